@@ -1,0 +1,297 @@
+"""Environment check (``qvl env``): one OK/WARN/FAIL line per item, then a recommended setup.
+
+Every probe is a small function returning :class:`Check` items, so that tests can run them one by
+one and :func:`recommend` (pure: hardware facts in, settings out) can be tested for GPUs this
+machine does not have. Versions come from ``importlib.metadata``; the tested versions from the
+committed ``constraints.txt`` that CI installs with.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import REAL_MODEL_ID, CourseConfig, load_config
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+#: Packages whose versions matter most for the course (the rest follow from them).
+KEY_PACKAGES = ["torch", "torchvision", "transformers", "peft", "accelerate", "bitsandbytes",
+                "tokenizers", "huggingface-hub", "pillow", "pyyaml"]
+CONSTRAINTS_FILE = Path(__file__).resolve().parent.parent / "constraints.txt"
+GIB = 1024**3
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    name: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+
+    def line(self) -> str:
+        return f"[{self.status}] {self.name}: {self.detail}"
+
+
+@dataclass
+class GpuInfo:
+    """What the recommendation needs to know about one GPU."""
+
+    name: str
+    memory_gib: float
+    capability: tuple[int, int]
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 needs compute capability 8.0 (Ampere) or newer."""
+        return self.capability >= (8, 0)
+
+
+@dataclass
+class Recommendation:
+    """Suggested settings for this hardware (starting points, not measurements)."""
+
+    model: str
+    dtype: str
+    load_in_4bit: bool
+    max_pixels: int
+    batch_size: int
+    grad_accum: int
+    preset: str
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        tokens = self.max_pixels // (28 * 28)
+        out = [
+            f"model        {self.model}",
+            f"dtype        {self.dtype}",
+            f"quantization {'4-bit NF4 (QLoRA)' if self.load_in_4bit else 'none (16-bit LoRA)'}",
+            f"max_pixels   {self.max_pixels} (= {tokens} * 28 * 28, at most {tokens} visual tokens)",
+            f"batch        {self.batch_size} x accumulation {self.grad_accum}",
+            f"preset       configs/{self.preset}.yaml",
+        ]
+        return out + [f"note         {n}" for n in self.notes]
+
+
+@dataclass
+class EnvReport:
+    checks: list[Check]
+    gpus: list[GpuInfo]
+    recommendation: Recommendation
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != FAIL for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks],
+                "gpus": [asdict(g) for g in self.gpus],
+                "recommendation": asdict(self.recommendation)}
+
+    def text(self) -> str:
+        lines = [c.line() for c in self.checks]
+        lines += ["", "Recommended setup for this machine:"]
+        lines += ["  " + line for line in self.recommendation.lines()]
+        return "\n".join(lines)
+
+
+def load_tested_versions(path: Path = CONSTRAINTS_FILE) -> dict[str, str]:
+    """``name -> version`` from the committed constraints file (empty when it is absent, e.g.
+    when the package was installed without the repository)."""
+    if not path.is_file():
+        return {}
+    versions = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            versions[_normalise(name)] = version.split(";")[0].strip()
+    return versions
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def check_python() -> Check:
+    version = platform.python_version()
+    if sys.version_info < (3, 10):  # noqa: UP036 - the check exists to report old Pythons
+        return Check("python", FAIL, f"{version}; the course needs Python 3.10 or newer")
+    return Check("python", OK, f"{version} ({sys.executable})")
+
+
+def check_packages(tested: dict[str, str] | None = None) -> list[Check]:
+    """Installed versions of :data:`KEY_PACKAGES` against the tested ones."""
+    tested = load_tested_versions() if tested is None else tested
+    checks = []
+    for name in KEY_PACKAGES:
+        want = tested.get(_normalise(name))
+        try:
+            have = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            checks.append(Check(name, FAIL, "not installed; run: pip install -e . -c constraints.txt"))
+            continue
+        if want is None:
+            checks.append(Check(name, OK, f"{have} (no tested version on record)"))
+        elif have.split("+")[0] == want.split("+")[0]:
+            checks.append(Check(name, OK, f"{have} (tested)"))
+        else:
+            checks.append(Check(name, WARN, f"{have}, tested with {want}; if something breaks, "
+                                            "reinstall with: pip install -e . -c constraints.txt"))
+    return checks
+
+
+def detect_gpus() -> list[GpuInfo]:
+    """The CUDA GPUs torch can see (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        gpus.append(GpuInfo(props.name, round(props.total_memory / GIB, 1),
+                            (props.major, props.minor)))
+    return gpus
+
+
+def check_gpus(gpus: list[GpuInfo]) -> list[Check]:
+    if not gpus:
+        return [
+            Check("gpu", WARN, "no CUDA GPU: the course runs on the CPU with the tiny stand-in "
+                               "model (it shows the pipeline, not real results)"),
+            Check("dtype", OK, "CPU: float32 compute"),
+        ]
+    checks = []
+    for i, g in enumerate(gpus):
+        cc = f"{g.capability[0]}.{g.capability[1]}"
+        status = OK if g.memory_gib >= 15 else WARN
+        detail = f"{g.name}, {g.memory_gib:.1f} GiB, compute capability {cc}"
+        if status == WARN:
+            detail += "; under 16 GB the 3B model needs 4-bit and a small max_pixels"
+        checks.append(Check(f"gpu {i}", status, detail))
+    if all(g.bf16 for g in gpus):
+        checks.append(Check("bf16", OK, "supported (compute capability >= 8.0): use bf16"))
+    else:
+        checks.append(Check("bf16", WARN, "not supported on this GPU (T4/V100 class): use fp16 "
+                            "compute with a loss scaler, keep the LoRA weights in fp32, and watch "
+                            "for a NaN loss (the training guard stops such a run)"))
+    return checks
+
+
+def check_bnb_4bit(device: str | None = None) -> Check:
+    """Quantise a small tensor to NF4 and back on ``device`` with bitsandbytes."""
+    try:
+        import bitsandbytes.functional as bnbf
+        import torch
+    except Exception as exc:
+        return Check("bitsandbytes 4-bit", FAIL, f"cannot import bitsandbytes ({exc})")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 64, generator=generator).to(device)
+        packed, state = bnbf.quantize_4bit(x, quant_type="nf4", compress_statistics=True)
+        y = bnbf.dequantize_4bit(packed, state)
+        rel_error = ((x - y).abs().mean() / x.abs().mean()).item()
+    except Exception as exc:
+        return Check("bitsandbytes 4-bit", FAIL,
+                     f"NF4 round trip on {device} failed: {type(exc).__name__}: {exc}")
+    if rel_error > 0.2:
+        return Check("bitsandbytes 4-bit", FAIL,
+                     f"NF4 round trip on {device} is wrong (mean relative error {rel_error:.2f})")
+    return Check("bitsandbytes 4-bit", OK,
+                 f"NF4 round trip on {device} works (mean relative error {rel_error:.3f})")
+
+
+def check_disk(folder: Path) -> Check:
+    folder = next((p for p in [folder, *folder.parents] if p.exists()), Path.cwd())
+    free = shutil.disk_usage(folder).free / GIB
+    detail = f"{free:.0f} GiB free at {folder}"
+    if free < 2:
+        return Check("disk", FAIL, detail + "; the course needs a few GiB even with the tiny model")
+    if free < 20:
+        return Check("disk", WARN, detail + "; the 3B model (~7.5 GB) plus checkpoints and a "
+                                            "merged export need about 20 GiB")
+    return Check("disk", OK, detail)
+
+
+def check_hf_cache() -> Check:
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    token = "set" if os.environ.get("HF_TOKEN") else "not set (not needed for Qwen2.5-VL)"
+    return Check("hugging face cache", OK, f"{constants.HF_HUB_CACHE}; offline mode "
+                 f"{'on' if offline else 'off'}; HF_TOKEN {token}")
+
+
+def check_model(cfg: CourseConfig, cuda_available: bool) -> Check:
+    """Is the model the config chooses available here (or buildable / downloadable)?"""
+    choice = cfg.resolve_model(cuda_available=cuda_available)
+    if choice.is_tiny:
+        from .tiny import MARKER_FILE
+
+        built = (Path(choice.path) / MARKER_FILE).exists()
+        state = "built" if built else "not built yet (built on first use in a few seconds)"
+        return Check("model", OK, f"tiny stand-in ({choice.reason}); {state} at {choice.path}")
+    if Path(choice.path).exists():
+        return Check("model", OK, f"{choice.name} from the local folder {choice.path}")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(choice.path, "config.json")
+    if isinstance(cached, str):
+        return Check("model", OK, f"{choice.name} is in the Hugging Face cache")
+    if constants.HF_HUB_OFFLINE:
+        return Check("model", FAIL, f"{choice.name} is not in the cache and offline mode is on; "
+                                    "download it on a connected machine first")
+    return Check("model", WARN, f"{choice.name} is not downloaded yet (about 7.5 GB on first use)")
+
+
+def recommend(gpus: list[GpuInfo]) -> Recommendation:
+    """Settings for the given GPUs (the first one decides; all are assumed alike).
+
+    The memory thresholds are starting points from the usual QLoRA arithmetic for a 3B model
+    (about 2.5 GiB of 4-bit weights, activations growing with max_pixels and batch); the memory
+    estimator of a later notebook refines them for a given dataset.
+    """
+    if not gpus:
+        return Recommendation(
+            model="tiny", dtype="float32", load_in_4bit=False, max_pixels=112 * 112,
+            batch_size=4, grad_accum=1, preset="tiny_cpu",
+            notes=["no GPU: learn the whole pipeline with the tiny stand-in model here",
+                   f"a real run of {REAL_MODEL_ID} needs a CUDA GPU with 16 GB or more "
+                   "(a free Colab/Kaggle T4 works with QLoRA); set model: auto there"])
+    g = gpus[0]
+    many = f"{len(gpus)} GPUs: launch with accelerate (configs/accelerate_ddp.yaml)"
+    notes = [many] if len(gpus) > 1 else []
+    if not g.bf16:
+        return Recommendation(
+            REAL_MODEL_ID, "float16", True, 256 * 28 * 28, 1, 8, "t4_qlora",
+            notes + ["fp16 compute can overflow: the training guard stops a NaN loss",
+                     "if it does, lower lr or max_pixels"])
+    if g.memory_gib < 20:
+        return Recommendation(REAL_MODEL_ID, "bfloat16", True, 256 * 28 * 28, 1, 8, "t4_qlora",
+                              notes + ["bf16 works here; change dtype in the preset"])
+    if g.memory_gib < 36:
+        return Recommendation(REAL_MODEL_ID, "bfloat16", True, 512 * 28 * 28, 1, 4, "24gb_qlora",
+                              notes)
+    if g.memory_gib < 60:
+        return Recommendation(REAL_MODEL_ID, "bfloat16", False, 1024 * 28 * 28, 2, 2,
+                              "80gb_lora", notes + ["16-bit LoRA fits; QLoRA would allow a "
+                                                    "larger batch"])
+    return Recommendation(REAL_MODEL_ID, "bfloat16", False, 1280 * 28 * 28, 4, 1, "80gb_lora",
+                          notes)
+
+
+def run_checks(cfg: CourseConfig | None = None, gpus: list[GpuInfo] | None = None) -> EnvReport:
+    """Run every check and build the report (never raises for a broken environment)."""
+    cfg = cfg or load_config()
+    gpus = detect_gpus() if gpus is None else gpus
+    checks = [check_python(), *check_packages(), *check_gpus(gpus), check_bnb_4bit(),
+              check_disk(Path(cfg.output_dir)), check_hf_cache(), check_model(cfg, bool(gpus))]
+    return EnvReport(checks, gpus, recommend(gpus))

@@ -1,0 +1,67 @@
+"""Error types of the course: one per domain, each naming where the problem is and how to fix it.
+
+The command line turns a :class:`QVLError` into one readable line and exit status 1 (the input has
+problems) instead of a traceback; notebooks show the same message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class QVLError(Exception):
+    """Base class: a problem the learner can fix, with its location and the fix.
+
+    Args:
+        message: what is wrong, in one sentence.
+        file: the file the problem is in, if any.
+        line: 1-based line number inside ``file``, if known.
+        sample_id: the id of the sample concerned, if any.
+        fix: what to do about it.
+
+    ``exit_code`` is what the command line exits with: 2 (the command could not run) unless a
+    subclass says the input itself has problems (1).
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        sample_id: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.sample_id = sample_id
+        self.fix = fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line is not None else "")
+        if self.sample_id is not None:
+            where += f" (sample {self.sample_id})" if where else f"sample {self.sample_id}"
+        text = f"{where}: {self.message}" if where else self.message
+        if self.fix:
+            text += f" Fix: {self.fix}"
+        return text
+
+
+class ConfigError(QVLError):
+    """course.yaml, a preset or a ``QVL_*`` variable is missing, malformed or inconsistent."""
+
+
+class ModelError(QVLError):
+    """The chosen model cannot be found, built or loaded."""
+
+
+class DatasetError(QVLError):
+    """A record or data file is malformed (the input has problems: exit 1)."""
+
+    exit_code = 1

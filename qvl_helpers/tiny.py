@@ -1,0 +1,303 @@
+"""Build a tiny random Qwen2.5-VL offline: the real classes, processor, tokens and chat template.
+
+Nothing in the course can download weights on a CPU-only machine, so this module builds a model
+that is *structurally* Qwen/Qwen2.5-VL-3B-Instruct at a size that trains in seconds:
+
+* tokenizer: a byte-level BPE trained (Hugging Face ``tokenizers``) on a small built-in English and
+  Chinese corpus, wrapped in the real ``Qwen2Tokenizer`` class, with all of Qwen2.5-VL's special
+  tokens in their real order (their ids differ: the vocabulary is small), eos ``<|im_end|>``,
+  pad ``<|endoftext|>``;
+* chat template: Qwen2.5-VL's own, so rendering is identical character for character;
+* image processor: the hub settings (patch 14, merge 2, temporal patch 2, CLIP mean/std,
+  min/max pixels 3136 / 12845056);
+* model: ``Qwen2_5_VLForConditionalGeneration`` with M-RoPE sections summing to head_dim/2,
+  window attention plus one full-attention block, tied embeddings and tokens_per_second 2, every
+  layer size a multiple of 64 (bitsandbytes' CPU 4-bit kernels need that), initialised with
+  std 0.2 instead of 0.02 so that LoRA alone can move the outputs.
+
+The build is deterministic: the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+BUILDER_VERSION = 1
+MARKER_FILE = "qvl_tiny.json"
+
+#: Qwen2.5-VL's special tokens, in the order of their real ids (151643 ... 151656).
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+#: Tokens the real tokenizer adds after the special ones (151657 ... 151664), not marked special.
+EXTRA_TOKENS = [
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+
+#: Qwen2.5-VL-Instruct's chat template (chat_template.json on the hub). Split over lines here for
+#: reading only: the adjacent strings join into the exact original, which has no whitespace
+#: control, so every character between the tags is output.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+#: Preprocessor settings of Qwen/Qwen2.5-VL-3B-Instruct on the hub.
+HUB_MIN_PIXELS = 3136
+HUB_MAX_PIXELS = 12845056
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+#: Sizes of the stand-in. Real 3B values in comments.
+TINY_SIZES: dict[str, Any] = {
+    "bpe_vocab": 1000,           # 151643 byte-level BPE tokens
+    "hidden_size": 128,          # 2048
+    "intermediate_size": 256,    # 11008
+    "num_hidden_layers": 2,      # 36
+    "num_attention_heads": 4,    # 16 (head dim 32; real 128)
+    "num_key_value_heads": 2,    # 2
+    "mrope_section": [4, 6, 6],  # [16, 24, 24]: same 2:3:3 split, sum = head_dim / 2
+    "vision_depth": 2,           # 32
+    "vision_hidden_size": 64,    # 1280
+    "vision_intermediate_size": 128,  # 3420
+    "vision_num_heads": 2,       # 16
+    "fullatt_block_indexes": [1],     # [7, 15, 23, 31]: block 0 uses window attention
+    "initializer_range": 0.2,    # 0.02: too small for LoRA alone to move a random model
+}
+
+
+def _corpus() -> list[str]:
+    """A small deterministic English/Chinese corpus covering the course's tasks."""
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey"]
+    colours_zh = ["红色", "绿色", "蓝色", "黄色", "紫色", "橙色", "黑色", "白色", "灰色"]
+    shapes = ["circle", "square", "triangle", "star", "rectangle"]
+    shapes_zh = ["圆形", "正方形", "三角形", "星形", "长方形"]
+    places = ["left", "right", "top", "bottom", "centre", "top left", "bottom right"]
+    places_zh = ["左边", "右边", "上面", "下面", "中间", "左上角", "右下角"]
+    items = ["coffee", "tea", "bread", "milk", "apples", "rice", "noodles", "water", "sandwich"]
+    items_zh = ["咖啡", "茶", "面包", "牛奶", "苹果", "米饭", "面条", "水", "三明治"]
+    lines = [
+        "You are a helpful assistant.",
+        "Describe this image.", "What is in the picture?", "Read the text in this scan.",
+        "Extract the total as JSON.", "Return the fields store, date and total as JSON.",
+        "请描述图片内容。", "图片里有什么？", "请把收据的总金额提取为 JSON。", "这是一张收据。",
+        "The quick brown fox jumps over the lazy dog.", "0123456789 +-*/=%.,:;!?()[]{}\"'",
+        "我们用自己的图片和问答数据微调视觉语言模型。", "模型学会了看图回答问题。",
+    ]
+    for i, (c, czh) in enumerate(zip(colours, colours_zh, strict=True)):
+        for j, (s, szh) in enumerate(zip(shapes, shapes_zh, strict=True)):
+            p, pzh = places[(i + j) % len(places)], places_zh[(i + j) % len(places)]
+            lines += [
+                f"What colour is the {s}? The {s} is {c}.",
+                f"There is a {c} {s} at the {p} of the image.",
+                f"How many {s}s are there? There are {i + j + 1}.",
+                f"图中{pzh}有一个{czh}的{szh}。", f"这个{szh}是什么颜色？{czh}。",
+            ]
+    for i, (item, item_zh) in enumerate(zip(items, items_zh, strict=True)):
+        price = f"{(i + 1) * 3.25:.2f}"
+        lines += [
+            f'{{"store": "Corner Shop", "date": "2024-0{i % 9 + 1}-1{i}", "total": "{price}"}}',
+            f"{item} x{i + 1}  {price}", f"TOTAL {price}", f"Thank you for shopping with us! #{i}",
+            f"{item_zh} {i + 1}份 合计 {price} 元", f'{{"商店": "街角小店", "总计": "{price}"}}',
+        ]
+    return lines
+
+
+def build_tokenizer() -> Any:
+    """Train the byte-level BPE and wrap it in the real ``Qwen2Tokenizer`` class."""
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    # The same normaliser and pre-tokeniser as Qwen2's tokenizer: NFC, Qwen's split regex, bytes.
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_SIZES["bpe_vocab"], show_progress=False, special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(_corpus() * 3, trainer)
+    trained = json.loads(bpe.to_str())["model"]
+    vocab: dict[str, int] = dict(trained["vocab"])
+    # Special tokens go after the BPE vocabulary, in the real order, like in Qwen's tokenizer.
+    for token in SPECIAL_TOKENS + EXTRA_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[tuple(m) for m in trained["merges"]],
+        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None,
+        extra_special_tokens=SPECIAL_TOKENS[1:], errors="replace", model_max_length=131072,
+    )
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in EXTRA_TOKENS])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor() -> Any:
+    """The ``Qwen2_5_VLProcessor`` with the hub's image settings and the tiny tokenizer."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    image_kwargs = dict(min_pixels=HUB_MIN_PIXELS, max_pixels=HUB_MAX_PIXELS, patch_size=14,
+                        temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN,
+                        image_std=CLIP_STD)
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**image_kwargs),
+        video_processor=Qwen2VLVideoProcessor(**image_kwargs),
+        tokenizer=build_tokenizer(),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(tokenizer: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` with the real structure at tiny size."""
+    from transformers import Qwen2_5_VLConfig
+
+    s = TINY_SIZES
+    tok = tokenizer.convert_tokens_to_ids
+    vocab_size = -(-len(tokenizer) // 64) * 64  # padded like the real 151936 > 151665 tokens
+    head_dim = s["hidden_size"] // s["num_attention_heads"]
+    assert sum(s["mrope_section"]) * 2 == head_dim, "M-RoPE sections must sum to head_dim / 2"
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=s["hidden_size"],
+            intermediate_size=s["intermediate_size"], num_hidden_layers=s["num_hidden_layers"],
+            num_attention_heads=s["num_attention_heads"],
+            num_key_value_heads=s["num_key_value_heads"], max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "mrope_section": s["mrope_section"],
+                             "rope_theta": 1000000.0},
+            rms_norm_eps=1e-6, initializer_range=s["initializer_range"], tie_word_embeddings=True,
+            bos_token_id=tok("<|endoftext|>"), eos_token_id=tok("<|im_end|>"),
+            pad_token_id=tok("<|endoftext|>"), max_window_layers=s["num_hidden_layers"],
+        ),
+        vision_config=dict(
+            depth=s["vision_depth"], hidden_size=s["vision_hidden_size"],
+            intermediate_size=s["vision_intermediate_size"], num_heads=s["vision_num_heads"],
+            out_hidden_size=s["hidden_size"], fullatt_block_indexes=s["fullatt_block_indexes"],
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+            tokens_per_second=2, initializer_range=s["initializer_range"],
+        ),
+        image_token_id=tok("<|image_pad|>"), video_token_id=tok("<|video_pad|>"),
+        vision_start_token_id=tok("<|vision_start|>"), vision_end_token_id=tok("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def _is_tiny_build(folder: Path) -> bool:
+    return (folder / MARKER_FILE).is_file()
+
+
+def _write_build(out: Path, seed: int) -> None:
+    """Build everything into ``out`` (an empty folder)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    config = build_config(tokenizer)
+    fork_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=fork_devices):  # leave the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    gen = model.generation_config  # as on the hub: stop at <|im_end|> or <|endoftext|>
+    gen.bos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    gen.do_sample, gen.temperature, gen.top_p, gen.top_k = True, 0.1, 0.001, 1
+    gen.repetition_penalty = 1.05
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    marker = {"builder": "qvl_helpers.tiny", "builder_version": BUILDER_VERSION, "seed": seed,
+              "note": "random weights: a structural stand-in for Qwen/Qwen2.5-VL-3B-Instruct"}
+    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _install_build(out: Path, seed: int, *, replace: bool) -> Path:
+    """Build in a temporary sibling folder, then move it to ``out`` in one rename.
+
+    A killed build therefore never leaves a half-written model at ``out``. With ``replace`` an
+    existing ``out`` (already checked to be an earlier build) is removed first; without it a
+    concurrent process that finished first wins and its build is kept.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        _write_build(tmp, seed)
+        for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors create owner-only modes
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        try:
+            if out.exists():
+                shutil.rmtree(out) if replace else out.rmdir()
+            tmp.rename(out)
+        except OSError:
+            if not _is_tiny_build(out):  # not another process's finished build: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def build_tiny_model(out: str | Path, seed: int = 0) -> Path:
+    """Build the tiny model into ``out`` and return its path.
+
+    An existing folder is replaced only when it is empty or holds an earlier tiny build.
+
+    Raises:
+        ModelError: ``out`` exists and holds something else (nothing is overwritten).
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_tiny_build(out))):
+        raise ModelError("the output folder exists and is not an earlier tiny-model build.",
+                         file=out, fix="choose a new or empty folder (nothing was overwritten).")
+    return _install_build(out, seed, replace=True)
+
+
+def ensure_tiny_model(folder: str | Path, seed: int = 0) -> Path:
+    """Return ``folder`` holding a complete tiny build, building it first if it is missing.
+
+    Safe when several processes call it at once: each builds privately and the first complete
+    build to be moved into place wins.
+    """
+    folder = Path(folder).expanduser().resolve()
+    if _is_tiny_build(folder):
+        return folder
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ModelError("the tiny-model cache folder holds something else.", file=folder,
+                         fix="delete that folder or set QVL_CACHE_DIR to another place.")
+    return _install_build(folder, seed, replace=False)

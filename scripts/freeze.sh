@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Rewrite constraints.txt from the current .venv after an upgrade that the tests passed with.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+{
+    echo "# Exact versions CI tested (Python 3.11, Linux x86_64). Install with:"
+    echo "#   pip install -e \".[test]\" -c constraints.txt"
+    echo "# Regenerate after a tested upgrade: bash scripts/freeze.sh"
+    "$ROOT/.venv/bin/python" -m pip freeze --exclude-editable | grep -v '^qvl-helpers' | sort -f
+} > "$ROOT/constraints.txt"
+echo "wrote $ROOT/constraints.txt"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (first run only) and open the course in JupyterLab. Extra arguments go to jupyter lab,
+# e.g.  bash scripts/lab.sh --no-browser --ip 0.0.0.0 --port 8888
+# The model is chosen by course.yaml (model: auto = the real 3B on a CUDA GPU, the tiny stand-in
+# otherwise); `qvl env` tells what this machine can do.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ROOT"
+qvl env || true
+exec jupyter lab --notebook-dir="$ROOT" "$ROOT/notebooks" "$@"

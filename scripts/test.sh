@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run every check CI runs: ruff, the unit tests, every notebook.
+# Extra arguments go to the unit-test pytest run (e.g. -k tiny -x).
+set -euo pipefail
+start=$SECONDS
+stage() {  # stage NAME COMMAND...: run one stage and print how long it took
+    local name="$1"; shift
+    local t0=$SECONDS
+    echo "== $name"
+    "$@"
+    echo "== $name: $((SECONDS - t0)) s"
+}
+t0=$SECONDS
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+echo "== environment: $((SECONDS - t0)) s"
+cd "$ROOT"
+# Keep the tests away from the learner's own outputs and model cache.
+export QVL_OUTPUT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/qvl-test-outputs.XXXXXX")"
+export QVL_CACHE_DIR="${QVL_CACHE_DIR:-$ROOT/.cache/qvl}"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+trap 'rm -rf "$QVL_OUTPUT_DIR"' EXIT
+
+stage "ruff" ruff check .
+stage "unit tests" python -m pytest tests -q "$@"
+stage "notebooks" python -m pytest --nbmake --nbmake-timeout=900 notebooks -q
+echo "== all stages passed in $((SECONDS - start)) s"

@@ -1,0 +1,35 @@
+"""The command line's contract: exit codes and one-line errors (no tracebacks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qvl_helpers.cli import main
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: qvl" in capsys.readouterr().err
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_tiny_into_foreign_folder_is_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "keep.txt").write_text("x")
+    assert main(["tiny", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qvl tiny: error: ") and "Traceback" not in err
+    assert str(tmp_path) in err and "Fix:" in err
+
+
+def test_bad_course_yaml_is_reported(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (clean_env / "course.yaml").write_text("max_pixels: many\n")
+    assert main(["env"]) == 2
+    err = capsys.readouterr().err
+    assert "course.yaml" in err and "max_pixels" in err
