@@ -4,12 +4,12 @@ The notebooks explain; this package does the work. Stable entry points for scrip
 ``load_config``, ``load_records`` and ``make_collator`` (see ``docs``/design for the contract).
 """
 
-from .config import CourseConfig, ModelChoice, load_config, model_banner
+from .config import CourseConfig, ModelChoice, ensure_model, load_config, model_banner
 from .errors import ConfigError, DatasetError, ModelError, QVLError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "CourseConfig", "DatasetError", "ModelChoice", "ModelError", "QVLError",
-    "load_config", "model_banner",
+    "ensure_model", "load_config", "model_banner",
 ]

@@ -264,6 +264,19 @@ def load_config(path: str | Path | None = None, *, use_env: bool = True,
     return CourseConfig(**values, source=file)
 
 
+def ensure_model(choice: ModelChoice) -> str:
+    """Make the chosen model loadable and return what to pass to ``from_pretrained``.
+
+    Builds the tiny stand-in into its cache folder when it is missing (a few seconds, offline);
+    a hub model is left to ``from_pretrained`` to download on first use.
+    """
+    if choice.is_tiny:
+        from .tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(choice.path))
+    return choice.path
+
+
 def model_banner(choice: ModelChoice) -> str:
     """A boxed notice that the tiny stand-in is in use (empty string for a real model)."""
     if not choice.is_tiny:

@@ -92,6 +92,37 @@ TINY_SIZES: dict[str, Any] = {
 }
 
 
+#: The real Qwen2.5-VL-3B-Instruct's config.json values, to compare with the stand-in.
+REAL_3B: dict[str, Any] = {
+    "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936,
+    "mrope_section": [16, 24, 24], "vision_depth": 32, "vision_hidden_size": 1280,
+    "vision_intermediate_size": 3420, "vision_num_heads": 16,
+    "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112, "patch_size": 14,
+    "spatial_merge_size": 2, "tokens_per_second": 2, "tie_word_embeddings": True,
+}
+
+
+def architecture_rows(config: Any) -> list[tuple[str, Any, Any]]:
+    """``(setting, this model, real 3B)`` rows for a loaded ``Qwen2_5_VLConfig``."""
+    text, vision = config.text_config, config.vision_config
+    mine = {
+        "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
+        "num_hidden_layers": text.num_hidden_layers,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_key_value_heads, "vocab_size": text.vocab_size,
+        "mrope_section": list(text.rope_parameters["mrope_section"]),
+        "vision_depth": vision.depth, "vision_hidden_size": vision.hidden_size,
+        "vision_intermediate_size": vision.intermediate_size, "vision_num_heads": vision.num_heads,
+        "fullatt_block_indexes": list(vision.fullatt_block_indexes),
+        "window_size": vision.window_size, "patch_size": vision.patch_size,
+        "spatial_merge_size": vision.spatial_merge_size,
+        "tokens_per_second": vision.tokens_per_second,
+        "tie_word_embeddings": bool(config.tie_word_embeddings),
+    }
+    return [(key, mine[key], REAL_3B[key]) for key in REAL_3B]
+
+
 def _corpus() -> list[str]:
     """A small deterministic English/Chinese corpus covering the course's tasks."""
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey"]

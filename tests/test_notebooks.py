@@ -1,0 +1,62 @@
+"""Every committed notebook is clean: stripped, small, well named, and opens and ends the same way.
+
+(Executing them is the job of `pytest --nbmake notebooks`, run by scripts/test.sh and CI.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from nbcheck import load, problems, source
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+REFERENCE = NOTEBOOKS[0]
+
+
+def _setup(path: Path) -> str:
+    return source(load(path)["cells"][1])
+
+
+def test_there_are_notebooks() -> None:
+    assert REFERENCE.name == "00_environment_check.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_clean(path: Path) -> None:
+    assert problems(path, _setup(REFERENCE)) == []
+
+
+def _write(tmp_path: Path, name: str, nb: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path
+
+
+def test_rules_catch_outputs(tmp_path: Path) -> None:
+    nb = copy.deepcopy(load(REFERENCE))
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "hi"}]
+    code["execution_count"] = 1
+    found = problems(_write(tmp_path, "00_x.ipynb", nb))
+    assert any("has outputs" in p for p in found)
+
+
+def test_rules_catch_bad_names_and_size(tmp_path: Path) -> None:
+    nb = copy.deepcopy(load(REFERENCE))
+    assert any("NN_snake_case" in p for p in problems(_write(tmp_path, "Data Prep.ipynb", nb)))
+    assert any("NN_snake_case" in p for p in problems(_write(tmp_path, "1_data.ipynb", nb)))
+    nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "x" * 210_000})
+    assert any("200 KB" in p for p in problems(_write(tmp_path, "01_big.ipynb", nb)))
+
+
+def test_rules_catch_missing_conventions(tmp_path: Path) -> None:
+    nb = copy.deepcopy(load(REFERENCE))
+    nb["cells"] = [c for c in nb["cells"] if "## Exercises" not in source(c)]
+    nb["cells"][1]["source"] = "import sys\nsys.path.insert(0, '..')"
+    found = problems(_write(tmp_path, "01_x.ipynb", nb), _setup(REFERENCE))
+    assert any("Summary" in p for p in found)
+    assert any("setup cell differs" in p for p in found)
+    assert any("sys.path" in p for p in found)
