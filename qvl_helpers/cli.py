@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from .errors import QVLError
+from .errors import OutputExistsError, QVLError
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -35,6 +36,99 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_root_note(root: Path, written_to: Path) -> str:
+    """Tell the learner which --image-root later steps need, when it is not the file's folder."""
+    if root.resolve() == written_to.resolve():
+        return ""
+    return f"image paths are relative to {root}: pass --image-root {root} to later steps"
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from .data.readers import read_records, relocate_image_paths, to_official, write_jsonl
+    from .data.split import image_root_for_output
+
+    src, out = Path(args.input), Path(args.out)
+    if out.exists() and not args.force:
+        raise OutputExistsError("the output file already exists.", file=out,
+                       fix="choose another --out or pass --force to replace it.")
+    if out.resolve() == src.resolve():
+        raise QVLError("--out is the input file.", file=out, fix="write to a new file.")
+    root = Path(args.image_root) if args.image_root else src.parent
+    good, bad = [], []
+    for raw in read_records(src, args.format):
+        if raw.record is None:
+            bad.append(raw)
+        else:
+            good.append(relocate_image_paths(raw.record, root, out.parent))
+    for raw in bad:
+        for code, message in raw.findings:
+            sample = f" ({raw.source_id})" if raw.source_id else ""
+            print(f"{src}:{raw.line}{sample} [error] {code}: {message}", file=sys.stderr)
+    if bad and not args.keep_going:
+        print(f"{len(bad)} of {len(good) + len(bad)} records cannot be converted; nothing was "
+              "written. Fix them, or pass --keep-going to write the others.", file=sys.stderr)
+        return 1
+    if args.to == "official":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps([to_official(r) for r in good], ensure_ascii=False, indent=2)
+        out.write_text(text + "\n", encoding="utf-8")
+    else:
+        write_jsonl(good, out)
+    print(f"wrote {len(good)} records to {out}" + (f" ({len(bad)} skipped)" if bad else ""))
+    note = _image_root_note(image_root_for_output(root, out.parent), out.parent)
+    if note:
+        print(note)
+    return 1 if bad else 0
+
+
+def _processor_for(model: str) -> object:
+    from transformers import AutoProcessor
+
+    from .config import ensure_model, load_config
+
+    choice = load_config(model=model).resolve_model()
+    return AutoProcessor.from_pretrained(ensure_model(choice))
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.doctor import check_file
+
+    cfg = load_config()
+    processor = _processor_for(args.model) if args.model else None
+    report = check_file(args.data, image_root=args.image_root, fmt=args.format,
+                        processor=processor, min_pixels=args.min_pixels or cfg.min_pixels,
+                        max_pixels=args.max_pixels or cfg.max_pixels,
+                        max_length=args.max_length or cfg.max_length,
+                        progress=sys.stderr.isatty())
+    print(report.text(limit=args.limit))
+    if args.json:
+        print(f"report written to {report.save_json(args.json)}")
+    return 0 if report.ok else 1
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from .data.split import split_file
+
+    result = split_file(args.data, args.out_dir, image_root=args.image_root, val=args.val,
+                        test=args.test, seed=args.seed, overwrite=args.force, fmt=args.format)
+    print(result.text())
+    for name, path in result.files.items():
+        print(f"  {name}: {path}")
+    note = _image_root_note(result.image_root, Path(args.out_dir))
+    if note:
+        print(note)
+    return 0
+
+
+def cmd_data_samples(args: argparse.Namespace) -> int:
+    from .data.samples import make_all
+
+    for name, path in make_all(args.out_dir, overwrite=args.force).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvl", description="Fine-tune Qwen2.5-VL on your own data: the course's steps.")
@@ -48,6 +142,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.set_defaults(func=cmd_tiny)
+
+    data = sub.add_parser("data", help="convert, check, split your data; make sample data")
+    dsub = data.add_subparsers(dest="data_command", metavar="STEP", required=True)
+    formats = ["auto", "seed", "official", "sharegpt", "messages", "csv"]
+
+    p = dsub.add_parser("convert", help="any accepted layout -> canonical JSONL")
+    p.add_argument("input")
+    p.add_argument("--out", required=True, help="output file (.jsonl; .json with --to official)")
+    p.add_argument("--format", default="auto", choices=formats)
+    p.add_argument("--image-root", help="folder image paths are relative to (default: the "
+                                        "input's folder)")
+    p.add_argument("--to", default="canonical", choices=["canonical", "official"],
+                   help="official: Qwen's fine-tuning layout (<image>, human/gpt), a JSON array")
+    p.add_argument("--keep-going", action="store_true",
+                   help="write the convertible records even if some cannot be converted")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_data_convert)
+
+    p = dsub.add_parser("check", help="the data doctor: report every problem")
+    p.add_argument("data")
+    p.add_argument("--image-root")
+    p.add_argument("--format", default="auto", choices=formats)
+    p.add_argument("--model", help="tiny, a hub id or a folder: also count tokens (too_long)")
+    p.add_argument("--max-length", type=int, help="token limit per sample (default: course.yaml)")
+    p.add_argument("--min-pixels", type=int, help="default: course.yaml")
+    p.add_argument("--max-pixels", type=int, help="default: course.yaml")
+    p.add_argument("--json", metavar="REPORT.json", help="write the full report")
+    p.add_argument("--limit", type=int, default=50, help="problems to print (default 50)")
+    p.set_defaults(func=cmd_data_check)
+
+    p = dsub.add_parser("split", help="train/val/test without image leakage")
+    p.add_argument("data")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--image-root")
+    p.add_argument("--format", default="auto", choices=formats)
+    p.add_argument("--val", type=float, default=0.1)
+    p.add_argument("--test", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace existing split files")
+    p.set_defaults(func=cmd_data_split)
+
+    p = dsub.add_parser("samples", help="generate the bundled sample datasets")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--force", action="store_true", help="regenerate existing sample sets")
+    p.set_defaults(func=cmd_data_samples)
     return parser
 
 
@@ -62,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except QVLError as exc:
-        print(f"qvl {args.command}: error: {exc}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+        print(f"qvl {command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"qvl {args.command}: interrupted", file=sys.stderr)

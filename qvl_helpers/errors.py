@@ -57,6 +57,10 @@ class ConfigError(QVLError):
     """course.yaml, a preset or a ``QVL_*`` variable is missing, malformed or inconsistent."""
 
 
+class OutputExistsError(QVLError):
+    """A step would replace something the learner made; it never does so without being asked."""
+
+
 class ModelError(QVLError):
     """The chosen model cannot be found, built or loaded."""
 

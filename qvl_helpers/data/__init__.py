@@ -1,0 +1,63 @@
+"""Your data in: readers for every accepted layout, the data doctor, splits, sample datasets.
+
+``load_records`` is the stable entry point for training and evaluation code: it returns
+canonical records with image paths resolved (absolute) and confined to the image root, and
+raises :class:`~qvl_helpers.errors.DatasetError` naming the file, line, sample and fix for the
+first bad record (``qvl data check`` lists them all).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError
+from ..images import ImageProblem, resolve_confined
+from .doctor import CODES, CheckReport, Problem, check_file
+from .readers import FORMATS, DataFileError, detect_file_format, read_records, write_jsonl
+from .records import answers_of, images_of
+from .split import split_file
+
+
+def load_records(path: str | Path, image_root: str | Path | None = None,
+                 fmt: str = "auto") -> list[dict[str, Any]]:
+    """Read a data file into canonical records whose image paths are absolute and confined.
+
+    Images are not opened (``qvl data check`` does that); a missing image file is refused.
+
+    Raises:
+        DatasetError: the first record that is malformed or refers to a missing image or to a
+            path outside ``image_root`` (default: the file's folder).
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    records = []
+    for raw in read_records(path, fmt):
+        if raw.record is None:
+            code, message = raw.findings[0]
+            raise DatasetError(f"{code}: {message}", file=path, line=raw.line,
+                               sample_id=raw.source_id, fix="run `qvl data check` on the file "
+                               "to see every problem at once.")
+        record = raw.record
+        for message in record["messages"]:
+            for part in message["content"]:
+                if part["type"] != "image":
+                    continue
+                try:
+                    resolved = resolve_confined(part["image"], root)
+                except ImageProblem as exc:
+                    raise DatasetError(exc.message, file=path, line=raw.line,
+                                       sample_id=record["id"],
+                                       fix="keep images under the image root.") from None
+                if not resolved.is_file():
+                    raise DatasetError(f"image {part['image']} not found under {root}.",
+                                       file=path, line=raw.line, sample_id=record["id"],
+                                       fix="fix the path or pass the right image root.")
+                part["image"] = str(resolved)
+        records.append(record)
+    return records
+
+
+__all__ = ["CODES", "FORMATS", "CheckReport", "DataFileError", "Problem", "answers_of",
+           "check_file", "detect_file_format", "images_of", "load_records", "read_records",
+           "split_file", "write_jsonl"]

@@ -1,0 +1,172 @@
+"""The canonical record and the checks that need nothing but the record itself.
+
+A canonical record (one JSONL line) is ``{"id": str, "messages": [...]}`` where each message has
+a ``role`` (system, user, assistant) and ``content``: a list of ``{"type": "text", "text": ...}``
+and ``{"type": "image", "image": PATH}`` parts (a plain string is accepted as one text part).
+This is the content layout of transformers' chat templates and qwen-vl-utils.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from ..tiny import SPECIAL_TOKENS
+
+ROLES = ("system", "user", "assistant")
+#: Qwen's special tokens (and the chat-template markers) must never appear literally in data:
+#: the tokenizer would read them as control tokens and the conversation would break.
+RESERVED_TOKENS = tuple(SPECIAL_TOKENS)
+#: Image placeholders of other layouts: ``<image>`` (Qwen official, LLaVA, ShareGPT) and
+#: ``<img></img>`` / ``<img>path</img>`` (Qwen-VL, the seed guide).
+PLACEHOLDER = re.compile(r"<image>|<img>(.*?)</img>", re.DOTALL)
+
+Finding = tuple[str, str]  # (problem code, message)
+
+
+def text_part(text: str) -> dict[str, str]:
+    return {"type": "text", "text": text}
+
+
+def image_part(path: str) -> dict[str, str]:
+    return {"type": "image", "image": path}
+
+
+def parts_of(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The content of a (validated) message as a list of parts."""
+    content = message["content"]
+    return [text_part(content)] if isinstance(content, str) else content
+
+
+def images_of(record: dict[str, Any]) -> list[str]:
+    """Image paths of a record, in order, as written."""
+    return [p["image"] for m in record["messages"] for p in parts_of(m) if p["type"] == "image"]
+
+
+def texts_of(message: dict[str, Any]) -> str:
+    return "".join(p["text"] for p in parts_of(message) if p["type"] == "text")
+
+
+def answers_of(record: dict[str, Any]) -> list[str]:
+    """The assistant answers of a record, in order."""
+    return [texts_of(m) for m in record["messages"] if m["role"] == "assistant"]
+
+
+def normalise(record: dict[str, Any]) -> dict[str, Any]:
+    """Same record with every content as a list of parts (plain strings become one text part)."""
+    messages = [{"role": m["role"], "content": parts_of(m)} for m in record["messages"]]
+    return {"id": record["id"], "messages": messages}
+
+
+def _shape_findings(messages: Any) -> list[Finding]:
+    """Structure: a list of messages, each with a known role and well-formed content."""
+    if not isinstance(messages, list) or not messages:
+        return [("missing_field", "'messages' must be a non-empty list of messages")]
+    found: list[Finding] = []
+    for i, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            found.append(("missing_field", f"message {i} needs 'role' and 'content'"))
+            continue
+        if message["role"] not in ROLES:
+            found.append(("bad_roles", f"message {i} has role {message['role']!r}; use one of "
+                                       f"{', '.join(ROLES)}"))
+        content = message["content"]
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            found.append(("missing_field", f"message {i}: 'content' must be a string or a list "
+                                           "of parts"))
+            continue
+        for j, part in enumerate(content, 1):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            if kind == "image" and isinstance(part.get("image"), str) and part["image"].strip():
+                continue
+            found.append(("missing_field", f"message {i}, part {j} must be "
+                          "{'type': 'text', 'text': STR} or {'type': 'image', 'image': PATH}"))
+    return found
+
+
+def _role_findings(roles: list[str]) -> list[Finding]:
+    """Order: optional system first, then user/assistant alternating, ending with assistant."""
+    body = roles[1:] if roles and roles[0] == "system" else roles
+    if "system" in body:
+        return [("bad_roles", "a system message may only come first")]
+    if not body:
+        return [("bad_roles", "the conversation has no user message; add a user turn and an "
+                              "assistant answer")]
+    if body[0] != "user":
+        return [("bad_roles", f"the conversation must start with user (or system), not "
+                              f"{body[0]}")]
+    for i, (a, b) in enumerate(zip(body, body[1:], strict=False), 2):
+        if a == b:
+            return [("bad_roles", f"two {a} messages in a row (turn {i}); merge them or add the "
+                                  "missing turn")]
+    if body[-1] != "assistant":
+        return [("bad_roles", "the conversation must end with an assistant answer (there is "
+                              "nothing to learn after the last user turn)")]
+    return []
+
+
+def _content_findings(messages: list[dict[str, Any]]) -> list[Finding]:
+    """Answers, placeholders left in text, and reserved tokens."""
+    found: list[Finding] = []
+    for i, message in enumerate(messages, 1):
+        parts = parts_of(message)
+        text = "".join(p["text"] for p in parts if p["type"] == "text")
+        if message["role"] == "assistant":
+            if not text.strip():
+                found.append(("empty_answer", f"answer {i} is empty; write the answer or remove "
+                                              "the sample"))
+            if any(p["type"] == "image" for p in parts) or PLACEHOLDER.search(text):
+                found.append(("placeholder_mismatch", f"message {i} is an answer but holds an "
+                              "image or image placeholder; images belong in user turns"))
+        elif PLACEHOLDER.search(text):
+            found.append(("placeholder_mismatch", f"message {i} still holds an image "
+                          "placeholder as text; convert the file with `qvl data convert` so that "
+                          "placeholders become image parts"))
+        tokens = sorted({t for t in RESERVED_TOKENS if t in text})
+        if tokens:
+            found.append(("reserved_token", f"message {i} contains {', '.join(tokens)} literally; "
+                                            "remove it (the model reads it as a control token)"))
+    return found
+
+
+def record_findings(record: Any) -> list[Finding]:
+    """Everything wrong with one record that can be seen without opening its images."""
+    if not isinstance(record, dict):
+        return [("missing_field", "a record must be a JSON object with 'messages'")]
+    if "messages" not in record:
+        return [("missing_field", "the record has no 'messages' list")]
+    found = _shape_findings(record["messages"])
+    if found:
+        return found
+    messages = record["messages"]
+    found = _role_findings([m["role"] for m in messages])
+    return found + _content_findings(messages)
+
+
+def split_placeholders(text: str) -> Iterator[tuple[str, str | None]]:
+    """Split text around image placeholders: yields ``("text", s)`` and ``("image", inline)``
+    where ``inline`` is the path written inside ``<img>…</img>`` (``None`` when empty).
+
+    The whitespace that separates a placeholder from its text is layout, not content
+    (``"<image>\\nWhat is…"``), so it is dropped on the side touching the placeholder.
+    """
+    pos = 0
+    for match in PLACEHOLDER.finditer(text):
+        before = text[pos:match.start()]
+        if pos > 0:
+            before = before.lstrip()
+        before = before.rstrip()
+        if before:
+            yield "text", before
+        inline = match.group(1)
+        yield "image", inline.strip() if inline and inline.strip() else None
+        pos = match.end()
+    rest = text[pos:]
+    rest = rest.lstrip() if pos > 0 else rest
+    if rest:
+        yield "text", rest

@@ -1,0 +1,140 @@
+"""Leakage-free train/val/test splits.
+
+Records are grouped by the *content* of their images (SHA-256 of the file bytes): two records that
+share an image, even under different file names, always land in the same split, so the model is
+never evaluated on a picture it was trained on. Groups (not records) are shuffled with the seed
+and dealt out to test, val and train in turn.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError, OutputExistsError
+from ..images import ImageProblem, file_hash, resolve_confined
+from .readers import read_records, relocate_image_paths, write_jsonl
+from .records import images_of
+
+
+class _Groups:
+    """Union-find over record indices, joined through shared image hashes."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+@dataclass
+class SplitResult:
+    counts: dict[str, int]
+    groups: dict[str, int]
+    files: dict[str, Path]
+    image_root: Path
+
+    def text(self) -> str:
+        parts = [f"{name} {self.counts[name]} records ({self.groups[name]} image groups)"
+                 for name in ("train", "val", "test")]
+        return "; ".join(parts)
+
+
+def assign_splits(records: list[dict[str, Any]], hashes: list[list[str]], val: float,
+                  test: float, seed: int) -> tuple[list[str], list[int]]:
+    """The split name of each record, keeping records that share an image hash together, and
+    the group (image cluster) each record belongs to."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DatasetError(f"val ({val}) and test ({test}) must be fractions that sum below 1.",
+                           fix="use for example --val 0.1 --test 0.1.")
+    groups = _Groups(len(records))
+    owner: dict[str, int] = {}
+    for i, digests in enumerate(hashes):
+        for digest in digests:
+            if digest in owner:
+                groups.union(i, owner[digest])
+            else:
+                owner[digest] = i
+    members: dict[int, list[int]] = {}
+    for i in range(len(records)):
+        members.setdefault(groups.find(i), []).append(i)
+    # Order groups by a content key first so that the shuffle depends only on data and seed.
+    ordered = sorted(members.values(), key=lambda m: min(hashes[i][0] if hashes[i] else
+                                                         records[i]["id"] for i in m))
+    random.Random(seed).shuffle(ordered)
+    n = len(records)
+    want = {"test": round(n * test), "val": round(n * val)}
+    for name, fraction in (("test", test), ("val", val)):
+        if fraction > 0 and want[name] == 0 and n >= 3:
+            want[name] = 1  # a requested split is never silently empty
+    names = [""] * n
+    filled = {"test": 0, "val": 0}
+    for group in ordered:
+        target = next((s for s in ("test", "val") if filled[s] < want[s]), "train")
+        for i in group:
+            names[i] = target
+        if target != "train":
+            filled[target] += len(group)
+    return names, [groups.find(i) for i in range(n)]
+
+
+def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path | None = None,
+               val: float = 0.1, test: float = 0.1, seed: int = 0, overwrite: bool = False,
+               fmt: str = "auto") -> SplitResult:
+    """Split a data file into ``out_dir``/train.jsonl, val.jsonl and test.jsonl.
+
+    Raises:
+        DatasetError: the data has problems (run ``qvl data check`` first), or the output files
+            exist and ``overwrite`` is False (nothing is overwritten without being asked).
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    root = Path(image_root) if image_root is not None else path.parent
+    files = {name: out_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{', '.join(existing)} already exist.", file=out_dir,
+                           fix="choose another --out-dir, or pass --force to replace them.")
+    records, hashes = [], []
+    for raw in read_records(path, fmt):
+        if raw.record is None:
+            code, message = raw.findings[0]
+            raise DatasetError(f"{code}: {message}", file=path, line=raw.line,
+                               sample_id=raw.source_id,
+                               fix="run `qvl data check` and fix the data before splitting.")
+        digests = []
+        for text in images_of(raw.record):
+            try:
+                digests.append(file_hash(resolve_confined(text, root)))
+            except (ImageProblem, OSError) as exc:
+                raise DatasetError(f"image {text}: {exc}", file=path, line=raw.line,
+                                   sample_id=raw.record["id"],
+                                   fix="run `qvl data check` and fix the data before "
+                                       "splitting.") from None
+        records.append(raw.record)
+        hashes.append(digests)
+    if not records:
+        raise DatasetError("the file holds no records.", file=path, fix="check the file.")
+    names, group_of = assign_splits(records, hashes, val, test, seed)
+    counts, groups = {}, {}
+    for name, target in files.items():
+        chosen = [relocate_image_paths(r, root, out_dir) for r, n in zip(records, names,
+                                                                         strict=True) if n == name]
+        counts[name] = write_jsonl(chosen, target)
+        groups[name] = len({g for g, n in zip(group_of, names, strict=True) if n == name})
+    return SplitResult(counts, groups, files, image_root_for_output(root, out_dir))
+
+
+def image_root_for_output(src_root: Path, out_dir: Path) -> Path:
+    """The image root that later steps must use for files written to ``out_dir``."""
+    src_root, out_dir = src_root.resolve(), out_dir.resolve()
+    return out_dir if src_root == out_dir or out_dir in src_root.parents else src_root
