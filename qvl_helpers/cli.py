@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import OutputExistsError, QVLError
+from .errors import QVLError
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -44,41 +44,27 @@ def _image_root_note(root: Path, written_to: Path) -> str:
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
-    from .data.readers import read_records, relocate_image_paths, to_official, write_jsonl
+    from .data.readers import convert_file
     from .data.split import image_root_for_output
 
     src, out = Path(args.input), Path(args.out)
-    if out.exists() and not args.force:
-        raise OutputExistsError("the output file already exists.", file=out,
-                       fix="choose another --out or pass --force to replace it.")
-    if out.resolve() == src.resolve():
-        raise QVLError("--out is the input file.", file=out, fix="write to a new file.")
-    root = Path(args.image_root) if args.image_root else src.parent
-    good, bad = [], []
-    for raw in read_records(src, args.format):
-        if raw.record is None:
-            bad.append(raw)
-        else:
-            good.append(relocate_image_paths(raw.record, root, out.parent))
-    for raw in bad:
+    result = convert_file(src, out, fmt=args.format, image_root=args.image_root, to=args.to,
+                          keep_going=args.keep_going, overwrite=args.force)
+    for raw in result.failed:
         for code, message in raw.findings:
             sample = f" ({raw.source_id})" if raw.source_id else ""
             print(f"{src}:{raw.line}{sample} [error] {code}: {message}", file=sys.stderr)
-    if bad and not args.keep_going:
-        print(f"{len(bad)} of {len(good) + len(bad)} records cannot be converted; nothing was "
-              "written. Fix them, or pass --keep-going to write the others.", file=sys.stderr)
+    if result.out is None:
+        print(f"{len(result.failed)} record(s) cannot be converted; nothing was written. Fix "
+              "them, or pass --keep-going to write the others.", file=sys.stderr)
         return 1
-    if args.to == "official":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps([to_official(r) for r in good], ensure_ascii=False, indent=2)
-        out.write_text(text + "\n", encoding="utf-8")
-    else:
-        write_jsonl(good, out)
-    print(f"wrote {len(good)} records to {out}" + (f" ({len(bad)} skipped)" if bad else ""))
+    skipped = f" ({len(result.failed)} skipped)" if result.failed else ""
+    print(f"wrote {result.written} records to {out}{skipped}")
+    root = Path(args.image_root) if args.image_root else src.parent
     note = _image_root_note(image_root_for_output(root, out.parent), out.parent)
     if note:
         print(note)
-    return 1 if bad else 0
+    return 1 if result.failed else 0
 
 
 def _processor_for(model: str) -> object:

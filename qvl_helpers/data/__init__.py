@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import DatasetError
 from ..images import ImageProblem, resolve_confined
 from .doctor import CODES, CheckReport, Problem, check_file
+from .prepare import PreparedData, prepare_data
 from .readers import FORMATS, DataFileError, detect_file_format, read_records, write_jsonl
 from .records import answers_of, images_of
 from .split import split_file
@@ -58,6 +59,6 @@ def load_records(path: str | Path, image_root: str | Path | None = None,
     return records
 
 
-__all__ = ["CODES", "FORMATS", "CheckReport", "DataFileError", "Problem", "answers_of",
-           "check_file", "detect_file_format", "images_of", "load_records", "read_records",
-           "split_file", "write_jsonl"]
+__all__ = ["CODES", "FORMATS", "CheckReport", "DataFileError", "PreparedData", "Problem",
+           "answers_of", "check_file", "detect_file_format", "images_of", "load_records",
+           "prepare_data", "read_records", "split_file", "write_jsonl"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
+from ..errors import DatasetError, OutputExistsError
 from .records import Finding, image_part, normalise, record_findings, split_placeholders, text_part
 
 FORMATS = ("seed", "official", "sharegpt", "messages", "csv")
@@ -56,6 +56,7 @@ class RawRecord:
     record: dict[str, Any] | None
     findings: list[Finding] = field(default_factory=list)
     source_id: str | None = None  # the id the input gave, if any
+    draft: dict[str, Any] | None = None  # converted but invalid: kept to show what is wrong
 
 
 @dataclass
@@ -360,7 +361,10 @@ def read_records(path: str | Path, fmt: str = "auto") -> Iterator[RawRecord]:
             continue
         record = {"id": rid, "messages": messages}
         found = record_findings(record)
-        yield RawRecord(item.line, None if found else normalise(record), found, rid)
+        if found:
+            yield RawRecord(item.line, None, found, rid, draft=record)
+        else:
+            yield RawRecord(item.line, normalise(record), found, rid)
 
 
 def _unknown_layout(obj: Any) -> str:
@@ -436,3 +440,48 @@ def write_jsonl(records: Any, path: Path) -> int:
             count += 1
     tmp.replace(path)
     return count
+
+
+@dataclass
+class ConvertResult:
+    written: int
+    failed: list[RawRecord]
+    out: Path | None  # None when nothing was written
+
+
+def convert_file(src: str | Path, out: str | Path, *, fmt: str = "auto",
+                 image_root: str | Path | None = None, to: str = "canonical",
+                 keep_going: bool = False, overwrite: bool = False) -> ConvertResult:
+    """Convert a data file to canonical JSONL (or, with ``to="official"``, to Qwen's official
+    layout as a JSON array).
+
+    Every turn is kept. Records that cannot be converted are returned in ``failed``; unless
+    ``keep_going``, nothing is written when there are any. Image paths are rewritten so that
+    they stay valid from the output's folder when possible (see :func:`relocate_image_paths`).
+
+    Raises:
+        OutputExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    src, out = Path(src), Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError("the output file already exists.", file=out,
+                                fix="choose another output, or pass --force to replace it.")
+    if out.resolve() == src.resolve():
+        raise OutputExistsError("the output is the input file.", file=out,
+                                fix="write to a new file.")
+    root = Path(image_root) if image_root is not None else src.parent
+    good, failed = [], []
+    for raw in read_records(src, fmt):
+        if raw.record is None:
+            failed.append(raw)
+        else:
+            good.append(relocate_image_paths(raw.record, root, out.parent))
+    if failed and not keep_going:
+        return ConvertResult(0, failed, None)
+    if to == "official":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps([to_official(r) for r in good], ensure_ascii=False, indent=2)
+        out.write_text(text + "\n", encoding="utf-8")
+    else:
+        write_jsonl(good, out)
+    return ConvertResult(len(good), failed, out)

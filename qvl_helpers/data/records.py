@@ -124,9 +124,9 @@ def _content_findings(messages: list[dict[str, Any]]) -> list[Finding]:
                 found.append(("placeholder_mismatch", f"message {i} is an answer but holds an "
                               "image or image placeholder; images belong in user turns"))
         elif PLACEHOLDER.search(text):
-            found.append(("placeholder_mismatch", f"message {i} still holds an image "
-                          "placeholder as text; convert the file with `qvl data convert` so that "
-                          "placeholders become image parts"))
+            found.append(("placeholder_mismatch", f"message {i} holds an image placeholder "
+                          "(<image> or <img>) as text; in this layout images are "
+                          "{'type': 'image'} parts: remove the placeholder text"))
         tokens = sorted({t for t in RESERVED_TOKENS if t in text})
         if tokens:
             found.append(("reserved_token", f"message {i} contains {', '.join(tokens)} literally; "

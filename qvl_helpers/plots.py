@@ -1,0 +1,126 @@
+"""Figures for the notebooks (matplotlib). Each function returns the figure it draws, so a
+notebook shows it and a script can ``savefig`` it."""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+
+from .images import load_rgb
+
+
+# Without a CJK font matplotlib warns once per missing glyph, at every draw; Chinese then shows as
+# boxes in figures (the HTML sample browser shows it properly), which text_fonts' docs explain.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans Mono CJK SC", "WenQuanYi Zen Hei", "SimHei",
+             "Microsoft YaHei", "PingFang SC", "Source Han Sans SC")
+
+
+@cache
+def text_fonts() -> list[str]:
+    """A monospace font plus the first installed CJK font as fallback, so that Chinese text
+    renders where such a font exists (the HTML sample browser shows it everywhere)."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans Mono", *[name for name in CJK_FONTS if name in installed][:1]]
+
+
+def conversation_text(record: dict[str, Any], width: int = 38, limit: int = 6) -> str:
+    """A short text rendering of a record's turns ("[image]" for each image part)."""
+    lines = []
+    for message in record["messages"][:limit]:
+        text = "".join("[image] " if p["type"] == "image" else p["text"] for p in message["content"])
+        wrapped = textwrap.shorten(" ".join(text.split()), width=width * 2, placeholder=" …")
+        lines.append(textwrap.fill(f"{message['role'][0].upper()}: {wrapped}", width=width))
+    return "\n".join(lines)
+
+
+def sample_grid(records: Sequence[dict[str, Any]], cols: int = 4,
+                captions: Sequence[str] | None = None) -> Figure:
+    """Images of ``records`` (their first image, as the model sees it) with the conversation
+    under each, or a custom caption."""
+    rows = max(1, -(-len(records) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, record) in enumerate(zip(axes.flat, records, strict=False)):
+        images = [p["image"] for m in record["messages"] for p in m["content"]
+                  if p["type"] == "image"]
+        try:
+            ax.imshow(load_rgb(images[0]) if images else [[[1.0, 1.0, 1.0]]])
+        except Exception as exc:
+            ax.text(0.5, 0.5, f"cannot show image:\n{type(exc).__name__}", ha="center",
+                    va="center", color="crimson", transform=ax.transAxes)
+        extra = f" (+{len(images) - 1} more)" if len(images) > 1 else ""
+        ax.set_title(f"{record['id']}{extra}", fontsize=9)
+        caption = captions[i] if captions is not None else conversation_text(record)
+        ax.text(0.0, -0.04, caption, transform=ax.transAxes, va="top", fontsize=8,
+                family=text_fonts())
+    fig.tight_layout()
+    return fig
+
+
+def problem_samples(path: str, report: Any, image_root: str | None = None,
+                    limit: int = 8) -> Figure:
+    """The samples the data doctor complained about, each shown with what is wrong with it."""
+    from pathlib import Path
+
+    from .data.readers import read_records
+
+    root = Path(image_root) if image_root else Path(path).parent
+    by_line: dict[int, list[str]] = {}
+    for p in report.problems:
+        if p.line is not None:
+            by_line.setdefault(p.line, []).append(f"{p.code}")
+    shown, captions = [], []
+    for raw in read_records(path):
+        if raw.line not in by_line or len(shown) >= limit:
+            continue
+        record = raw.record or _displayable(raw.draft) or {
+            "id": raw.source_id or f"line {raw.line}", "messages": []}
+        record = {"id": record["id"], "messages": [
+            {"role": m["role"], "content": [_confined_part(c, root) for c in m["content"]]}
+            for m in record["messages"]]}
+        shown.append(record)
+        problems = ", ".join(by_line[raw.line])
+        captions.append(textwrap.fill(f"line {raw.line}: {problems}", width=36) + "\n"
+                        + conversation_text(record, limit=2))
+    return sample_grid(shown, cols=4, captions=captions)
+
+
+def _confined_part(part: dict[str, Any], root: Any) -> dict[str, Any]:
+    """An image part with its path resolved inside ``root``; a path that escapes it is never
+    opened, not even for display."""
+    from .images import ImageProblem, resolve_confined
+
+    if part["type"] != "image":
+        return part
+    try:
+        return {"type": "image", "image": str(resolve_confined(part["image"], root))}
+    except ImageProblem:
+        return {"type": "text", "text": f"[image outside the root: {part['image']}]"}
+
+
+def _displayable(draft: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A draft record (converted, but invalid) in the part layout, if it has one."""
+    if draft is None:
+        return None
+    try:
+        from .data.records import normalise
+
+        record = normalise(draft)
+        for m in record["messages"]:
+            for c in m["content"]:
+                if c.get("type") not in ("text", "image") or not isinstance(
+                        c.get("text", c.get("image")), str):
+                    return None
+        return record
+    except (KeyError, TypeError, AttributeError):
+        return None

@@ -1,0 +1,72 @@
+"""Notebook displays: HTML tables and an ipywidgets sample browser.
+
+These only present what the rest of the package computes; nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from .data.doctor import CheckReport
+from .images import load_rgb
+
+
+def report_html(report: CheckReport, limit: int = 50) -> str:
+    """The data doctor's report as an HTML table (errors red, warnings amber)."""
+    colour = {"error": "#c62828", "warning": "#b26a00"}
+    rows = []
+    for p in report.problems[:limit]:
+        rows.append(
+            f"<tr><td>{p.line if p.line is not None else ''}</td>"
+            f"<td>{html.escape(p.id or '')}</td>"
+            f"<td style='color:{colour[p.severity]};font-weight:bold'>{p.severity}</td>"
+            f"<td><code>{p.code}</code></td><td style='text-align:left'>"
+            f"{html.escape(p.message)}</td></tr>")
+    more = (f"<p>… and {len(report.problems) - limit} more (see the JSON report).</p>"
+            if len(report.problems) > limit else "")
+    head = ("<tr><th>line</th><th>id</th><th>severity</th><th>code</th><th>what to do</th></tr>")
+    verdict = "✅" if report.ok else "❌"
+    return (f"<p><b>{verdict} {html.escape(report.summary())}</b></p>"
+            + (f"<table>{head}{''.join(rows)}</table>{more}" if rows else ""))
+
+
+def _png(path: str, max_side: int = 320) -> bytes:
+    img = load_rgb(path)
+    img.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_browser(records: Sequence[dict[str, Any]]) -> Any:
+    """Page through records: images as the model sees them, and every turn of the conversation."""
+    import ipywidgets as w
+
+    slider = w.IntSlider(0, 0, max(0, len(records) - 1), description="sample")
+    out = w.Output()
+
+    def show(index: int) -> None:
+        record = records[index]
+        out.clear_output(wait=True)
+        with out:
+            from IPython.display import HTML, Image, display
+
+            display(HTML(f"<b>{html.escape(record['id'])}</b>"))
+            for message in record["messages"]:
+                for part in message["content"]:
+                    if part["type"] == "image":
+                        try:
+                            display(Image(data=_png(part["image"])))
+                        except Exception as exc:
+                            display(HTML(f"<i>cannot show {html.escape(part['image'])}: "
+                                         f"{html.escape(str(exc))}</i>"))
+                    else:
+                        text = html.escape(part["text"]).replace("\n", "<br>")
+                        display(HTML(f"<p><b>{message['role']}</b>: {text}</p>"))
+
+    slider.observe(lambda change: show(change["new"]), names="value")
+    show(0)
+    return w.VBox([slider, out])
