@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 
 from .images import load_rgb
 
-
 # Without a CJK font matplotlib warns once per missing glyph, at every draw; Chinese then shows as
 # boxes in figures (the HTML sample browser shows it properly), which text_fonts' docs explain.
 warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
