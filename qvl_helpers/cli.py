@@ -115,6 +115,27 @@ def cmd_data_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import load_records
+    from .tokens import token_budget
+
+    cfg = load_config()
+    processor = _processor_for(args.model or cfg.model)
+    records = load_records(args.data, image_root=args.image_root)
+    budget = token_budget(records, processor, min_pixels=args.min_pixels or cfg.min_pixels,
+                          max_pixels=args.max_pixels or cfg.max_pixels,
+                          max_length=args.max_length or cfg.max_length)
+    print(budget.text())
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(budget.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+        print(f"report written to {path}")
+    return 1 if budget.too_long else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvl", description="Fine-tune Qwen2.5-VL on your own data: the course's steps.")
@@ -168,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing split files")
     p.set_defaults(func=cmd_data_split)
+
+    p = sub.add_parser("tokens", help="token budget: text + visual tokens per sample")
+    p.add_argument("data")
+    p.add_argument("--model", help="tiny, a hub id or a folder (default: course.yaml)")
+    p.add_argument("--image-root")
+    p.add_argument("--max-length", type=int, help="default: course.yaml")
+    p.add_argument("--min-pixels", type=int, help="default: course.yaml")
+    p.add_argument("--max-pixels", type=int, help="default: course.yaml")
+    p.add_argument("--json", metavar="REPORT.json", help="write every sample's lengths")
+    p.set_defaults(func=cmd_tokens)
 
     p = dsub.add_parser("samples", help="generate the bundled sample datasets")
     p.add_argument("--out-dir", required=True)

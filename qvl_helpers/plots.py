@@ -123,3 +123,39 @@ def _displayable(draft: dict[str, Any] | None) -> dict[str, Any] | None:
         return record
     except (KeyError, TypeError, AttributeError):
         return None
+
+
+def visual_tokens_plot(max_pixels_options: Sequence[int], min_pixels: int = 3136,
+                       sides: Sequence[int] = tuple(range(28, 2017, 28)),
+                       aspect: float = 4 / 3) -> Figure:
+    """Visual tokens of a ``aspect``:1 image against its width, for several max_pixels: tokens
+    grow with the area until max_pixels caps them."""
+    from .tokens import visual_tokens
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for cap in max_pixels_options:
+        ax.plot(sides, [visual_tokens(w, max(1, round(w / aspect)), min_pixels, cap)
+                        for w in sides], label=f"max_pixels {cap:,} ({cap // 784} tokens)")
+    ax.set_xlabel(f"image width in pixels (aspect {aspect:.2f}:1)")
+    ax.set_ylabel("visual tokens per image")
+    ax.set_title("Visual tokens grow with image area until max_pixels caps them")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def length_histogram(budget: Any) -> Figure:
+    """Histogram of sample lengths (text + visual tokens) with the max_length line."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    totals = budget.totals
+    ax.hist(totals, bins=min(40, max(5, len(set(totals)))), color="#5c6bc0", alpha=0.85)
+    ax.axvline(budget.max_length, color="crimson", linestyle="--",
+               label=f"max_length {budget.max_length}")
+    ax.set_xlabel("tokens per sample (text + visual)")
+    ax.set_ylabel("samples")
+    over = len(budget.too_long)
+    ax.set_title(f"{len(totals)} samples, {over} longer than max_length")
+    ax.legend()
+    fig.tight_layout()
+    return fig

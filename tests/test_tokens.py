@@ -1,0 +1,123 @@
+"""Token arithmetic matches the processor (and Qwen's own helper); the budget finds what won't fit."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from qvl_helpers.cli import main
+from qvl_helpers.data import load_records
+from qvl_helpers.tokens import oriented_size, smart_resize, token_budget, visual_tokens
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINING_RANGES = [(3136, 12845056), (256 * 784, 1280 * 784), (3136, 12544), (3136, 401408)]
+
+
+def _random_sizes(n: int, seed: int) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    sizes = []
+    while len(sizes) < n:
+        w, h = (int(10 ** rng.uniform(1.18, 3.9)) for _ in range(2))  # 15 px .. ~8000 px
+        if max(w, h) / min(w, h) <= 200:
+            sizes.append((w, h))
+    return sizes
+
+
+def test_matches_qwen_vl_utils_on_random_sizes() -> None:
+    """Qwen's helper package agrees on every realistic size. Known divergences (see
+    test_known_divergences): sides of 14 px or less, and very elongated images shrunk so far
+    that qwen-vl-utils floors the short side to 0."""
+    from qwen_vl_utils import smart_resize as qwen_smart_resize
+
+    compared = 0
+    for w, h in _random_sizes(300, seed=0):
+        for lo, hi in TRAINING_RANGES:
+            theirs = qwen_smart_resize(h, w, 28, lo, hi)
+            ours = smart_resize(h, w, lo, hi)
+            if 0 in theirs:
+                assert min(ours) == 28
+                continue
+            assert ours == theirs, (w, h, lo, hi)
+            compared += 1
+    assert compared >= 200 * len(TRAINING_RANGES)
+
+
+def test_matches_the_processor(processor) -> None:
+    """What the model really gets: image_grid_thw from the processor itself."""
+    ip = processor.image_processor
+    sizes = _random_sizes(40, seed=1) + [(28, 28), (16, 600), (5000, 30), (4000, 3000), (1, 1)]
+    for w, h in sizes:
+        for lo, hi in [(3136, 12544), (3136, 401408)]:
+            try:
+                expected = smart_resize(h, w, lo, hi)
+            except ValueError:  # aspect > 200: the processor refuses it too
+                with pytest.raises(ValueError):
+                    ip(Image.new("RGB", (w, h)), size={"shortest_edge": lo, "longest_edge": hi})
+                continue
+            out = ip(Image.new("RGB", (w, h)), size={"shortest_edge": lo, "longest_edge": hi})
+            _, gh, gw = out["image_grid_thw"][0].tolist()
+            assert (gh * 14, gw * 14) == expected, (w, h, lo, hi)
+            assert visual_tokens(w, h, lo, hi) == gh * gw // 4
+
+
+def test_known_divergences() -> None:
+    """Where qwen-vl-utils and transformers differ, we follow transformers (the model's input).
+    Both cases are refused by the data doctor anyway (image_too_small under 28 px)."""
+    from qwen_vl_utils import smart_resize as qwen_smart_resize
+
+    assert smart_resize(321, 14, 3136, 12845056) == (280, 28)      # 14 px side rounds to 0
+    assert qwen_smart_resize(321, 14, 28, 3136, 12845056) == (308, 28)  # clamped to 28 first
+    assert smart_resize(603317, 4532, 3136, 12544) == (1288, 28)
+    assert qwen_smart_resize(603317, 4532, 28, 3136, 12544) == (1288, 0)
+
+
+def test_known_values() -> None:
+    assert visual_tokens(112, 112, 3136, 12845056) == 16
+    assert visual_tokens(4000, 3000, 3136, 1280 * 784) <= 1280
+    assert visual_tokens(10, 10, 3136, 12845056) == 4  # scaled up to min_pixels
+    with pytest.raises(ValueError):
+        smart_resize(10, 3000, 3136, 12845056)
+
+
+def test_oriented_size_reads_exif(tmp_path: Path) -> None:
+    img = Image.new("RGB", (80, 40))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert oriented_size(tmp_path / "r.jpg") == (40, 80)
+
+
+def test_budget_and_advice(processor) -> None:
+    records = load_records(REPO / "data_samples" / "receipts" / "receipts.jsonl")
+    fits = token_budget(records, processor, min_pixels=3136, max_pixels=401408, max_length=4096)
+    assert fits.too_long == [] and fits.advice() == []
+    tight = token_budget(records, processor, min_pixels=3136, max_pixels=401408,
+                         max_length=fits.percentile(50))
+    assert 0 < len(tight.too_long) < len(records)
+    pixels = tight.fitting_max_pixels()
+    assert pixels is not None and pixels < 401408
+    smaller = token_budget(records, processor, min_pixels=3136, max_pixels=pixels,
+                           max_length=tight.max_length)
+    assert smaller.too_long == []  # the advice really works
+    assert any(str(pixels) in line for line in tight.advice())
+
+
+def test_sample_length_agrees_with_the_collator(processor) -> None:
+    from qvl_helpers.collate import make_collator
+
+    records = load_records(REPO / "data_samples" / "formats" / "messages.jsonl")
+    budget = token_budget(records, processor, min_pixels=3136, max_pixels=50176, max_length=9999)
+    batch = make_collator(processor, max_pixels=50176)(records)
+    assert batch["attention_mask"].sum(dim=1).tolist() == budget.totals
+
+
+def test_tokens_cli(tiny_dir: Path, tmp_path: Path) -> None:
+    data = str(REPO / "data_samples" / "receipts" / "receipts.jsonl")
+    assert main(["tokens", data, "--model", str(tiny_dir), "--max-length", "4096"]) == 0
+    report = tmp_path / "t.json"
+    assert main(["tokens", data, "--model", str(tiny_dir), "--max-length", "100",
+                 "--json", str(report)]) == 1
+    assert report.exists()
