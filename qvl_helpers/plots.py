@@ -159,3 +159,30 @@ def length_histogram(budget: Any) -> Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def resize_view(path: str, min_pixels: int, max_pixels: int) -> Figure:
+    """An image before and after the processor's resize, with the grid of visual tokens (28 px,
+    bold) and vision patches (14 px, faint) drawn on the resized one."""
+    from .tokens import FACTOR, PATCH, smart_resize
+
+    img = load_rgb(path)
+    height, width = smart_resize(img.height, img.width, min_pixels, max_pixels)
+    resized = img.resize((width, height))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 5))
+    left.imshow(img)
+    left.set_title(f"original {img.width}×{img.height} px")
+    right.imshow(resized)
+    for x in range(0, width + 1, PATCH):
+        right.axvline(x - 0.5, color="white" if x % FACTOR else "crimson",
+                      lw=0.3 if x % FACTOR else 0.8)
+    for y in range(0, height + 1, PATCH):
+        right.axhline(y - 0.5, color="white" if y % FACTOR else "crimson",
+                      lw=0.3 if y % FACTOR else 0.8)
+    tokens = (height // FACTOR) * (width // FACTOR)
+    right.set_title(f"resized {width}×{height} px → {tokens} visual tokens\n"
+                    f"(red: 28 px token cells; white: 14 px patches, 4 per token)")
+    for ax in (left, right):
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
