@@ -136,6 +136,28 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 1 if budget.too_long else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config, parse_set
+    from .train import train
+
+    cfg = load_config(presets=[args.config] if args.config else [], **parse_set(args.set))
+    result = train(cfg, resume=args.resume)
+    return 0 if result.steps > 0 else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    report = run_eval(args.model, args.data, args.out, adapter=args.adapter,
+                      image_root=args.image_root, image_ablation=args.image_ablation,
+                      quantization=args.quantization, batch_size=args.batch_size)
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in report["metrics"].items())
+    ablation = f" (images: {args.image_ablation})" if args.image_ablation else ""
+    print(f"{report['n']} samples{ablation}: {metrics}")
+    print(f"report written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvl", description="Fine-tune Qwen2.5-VL on your own data: the course's steps.")
@@ -149,6 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser("train", help="fine-tune with LoRA/QLoRA into outputs/runs/NAME")
+    p.add_argument("--config", help="a preset (configs/*.yaml) applied over course.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting (repeatable), e.g. --set lr=1e-4")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint of the run")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="exact match of greedy answers on a JSONL file")
+    p.add_argument("--model", required=True, help="tiny, a hub id or a folder")
+    p.add_argument("--adapter", help="a LoRA adapter folder (outputs/runs/NAME/adapter)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="report file (predictions.jsonl goes beside it)")
+    p.add_argument("--image-root")
+    p.add_argument("--image-ablation", choices=["blank"],
+                   help="replace every image with a blank one of the same size")
+    p.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"],
+                   help="how to load the base model (default: 16-bit)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_eval)
 
     data = sub.add_parser("data", help="convert, check, split your data; make sample data")
     dsub = data.add_subparsers(dest="data_command", metavar="STEP", required=True)

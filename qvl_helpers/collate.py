@@ -22,7 +22,7 @@ carry no labels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +34,10 @@ from .images import load_rgb
 IGNORE_INDEX = -100
 
 
-def _images(messages: list[dict[str, Any]]) -> list[Any]:
-    return [load_rgb(p["image"]) for m in messages for p in m["content"] if p["type"] == "image"]
+def _images(messages: list[dict[str, Any]],
+            transform: Callable[[Any], Any] | None = None) -> list[Any]:
+    images = [load_rgb(p["image"]) for m in messages for p in m["content"] if p["type"] == "image"]
+    return [transform(i) for i in images] if transform else images
 
 
 def prompt_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -89,6 +91,8 @@ class Collator:
     max_length: int | None = None
     on_too_long: str = "error"
     dropped: list[str] = field(default_factory=list)  # ids dropped as too long
+    samples_seen: int = 0  # records this collator has batched (per process)
+    image_transform: Callable[[Any], Any] | None = None  # e.g. the blank-image ablation
 
     def __post_init__(self) -> None:
         if self.mode not in ("train", "generate"):
@@ -115,13 +119,14 @@ class Collator:
             messages = prompt_messages(record) if generate else record["messages"]
             texts.append(self.processor.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generate))
-            images.extend(_images(messages))
+            images.extend(_images(messages, self.image_transform))
         return self.processor(
             text=texts, images=images or None, padding=True, return_tensors="pt",
             padding_side="left" if generate else "right", images_kwargs=self._image_kwargs())
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         records = list(records)
+        self.samples_seen += len(records)
         batch = self._process(records)
         if self.max_length is not None:
             lengths = batch["attention_mask"].sum(dim=1).tolist()
@@ -156,10 +161,13 @@ class Collator:
 
 def make_collator(processor: Any, mode: str = "train", *, min_pixels: int | None = None,
                   max_pixels: int | None = None, max_length: int | None = None,
-                  on_too_long: str = "error") -> Collator:
+                  on_too_long: str = "error",
+                  image_transform: Callable[[Any], Any] | None = None) -> Collator:
     """The collator for ``mode="train"`` (right padding, labels) or ``"generate"`` (left padding,
-    prompt only). ``min_pixels``/``max_pixels`` default to the processor's own settings."""
-    return Collator(processor, mode, min_pixels, max_pixels, max_length, on_too_long)
+    prompt only). ``min_pixels``/``max_pixels`` default to the processor's own settings;
+    ``image_transform`` is applied to every image after loading (used by ablations)."""
+    return Collator(processor, mode, min_pixels, max_pixels, max_length, on_too_long,
+                    image_transform=image_transform)
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int = 0,

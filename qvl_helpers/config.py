@@ -77,6 +77,22 @@ class CourseConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     seed: int = 0
+    # --- training run (qvl train, notebook 03); presets in configs/ set these per hardware
+    run_name: str = "run"
+    quantization: str = "auto"     # auto (4bit on CUDA, none on CPU), 4bit, 8bit, none
+    dtype: str = "auto"            # auto (bf16, fp16 on T4/V100, fp32 on CPU), bf16, fp16, fp32
+    trained: str = "language"      # language, language+vision, language+merger or a regex
+    warmup: float = 0.03           # fraction of the steps spent warming up the learning rate
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_steps: int = -1            # > 0 overrides num_epochs
+    logging_steps: int = 10
+    eval_steps: int = 50
+    save_steps: int = 50
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = True
+    group_by_length: bool = True
+    on_too_long: str = "error"     # error: refuse the run; drop: skip and count such samples
     source: Path | None = None  # the course.yaml this came from (None: defaults only)
 
     def __post_init__(self) -> None:
@@ -100,6 +116,16 @@ class CourseConfig:
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.",
                               file=where, fix="use 0.05 (the usual value) or 0.")
+        choices = {"quantization": ("auto", "4bit", "8bit", "none"),
+                   "dtype": ("auto", "bf16", "fp16", "fp32"), "on_too_long": ("error", "drop")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got "
+                                  f"{getattr(self, key)!r}.", file=where,
+                                  fix=f"set {key} to one of {', '.join(allowed)}.")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}.",
+                              file=where, fix="use for example warmup: 0.03.")
         if not str(self.model).strip():
             raise ConfigError("model is empty.", file=where,
                               fix=f"use auto, tiny, {REAL_MODEL_ID} or a local model folder.")
@@ -161,16 +187,26 @@ _PATH_KEYS = {"data", "image_root", "output_dir", "cache_dir"}
 
 def _convert(key: str, value: Any, origin: str, base: Path) -> Any:
     """Convert one raw value (YAML scalar or environment string) to the field's type."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "null", "none"}):
+    empty = value is None or (isinstance(value, str) and value.strip().lower() in {"", "null"})
+    if empty:
         if key in {"data", "image_root"}:
             return None
         raise ConfigError(f"{key} has no value.", file=origin, fix=f"give {key} a value or remove it.")
     if key in _PATH_KEYS:
         path = Path(str(value)).expanduser()
-        return path if path.is_absolute() else (base / path)
+        return Path(os.path.normpath(path if path.is_absolute() else base / path))
     default = _FIELDS[key].default
     kind = type(default) if default is not dataclasses.MISSING else str
     try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"true", "yes", "on", "1"}:
+                return True
+            if text in {"false", "no", "off", "0"}:
+                return False
+            raise ValueError(text)
         if kind is int:
             if isinstance(value, float) and value.is_integer():
                 return int(value)
@@ -228,12 +264,36 @@ def _unknown_key(key: str, origin: str) -> ConfigError:
     return ConfigError(f"unknown setting {key!r}.", file=origin, fix=hint)
 
 
-def load_config(path: str | Path | None = None, *, use_env: bool = True,
-                **overrides: Any) -> CourseConfig:
+def _read_settings(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise ConfigError("configuration file not found.", file=file,
+                          fix="check the path (presets live in configs/).")
+    values = {}
+    for key, value in read_yaml_mapping(file).items():
+        if key not in _FIELDS:
+            raise _unknown_key(str(key), str(file))
+        values[key] = _convert(key, value, str(file), file.parent)
+    return values
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """``["lr=0.001", "run_name=x"]`` (the CLI's ``--set``) as a mapping."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value.", fix="write e.g. --set lr=1e-4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(path: str | Path | None = None, *, presets: list[str | Path] = (),
+                use_env: bool = True, **overrides: Any) -> CourseConfig:
     """Load the course settings.
 
     Order (later wins): defaults, ``course.yaml`` (``path``, ``$QVL_CONFIG`` or the nearest one
-    above the current folder), ``QVL_<KEY>`` environment variables, keyword ``overrides``.
+    above the current folder), each preset file in ``presets`` (relative paths in a preset are
+    relative to the preset), ``QVL_<KEY>`` environment variables, keyword ``overrides``.
 
     Raises:
         ConfigError: unreadable file, invalid YAML, unknown key or a value that cannot work.
@@ -241,13 +301,9 @@ def load_config(path: str | Path | None = None, *, use_env: bool = True,
     file = Path(path).expanduser().resolve() if path is not None else find_config_file()
     values: dict[str, Any] = {}
     if file is not None:
-        if not file.is_file():
-            raise ConfigError("configuration file not found.", file=file,
-                              fix="pass the path of your course.yaml.")
-        for key, value in read_yaml_mapping(file).items():
-            if key not in _FIELDS:
-                raise _unknown_key(str(key), str(file))
-            values[key] = _convert(key, value, str(file), file.parent)
+        values.update(_read_settings(file))
+    for preset in presets:
+        values.update(_read_settings(Path(preset).expanduser().resolve()))
     if use_env:
         for name, value in os.environ.items():
             if not name.startswith(ENV_PREFIX) or name in {"QVL_CONFIG"}:

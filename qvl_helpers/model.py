@@ -1,13 +1,13 @@
-"""Loading the model and seeing what is in it.
+"""Loading the model, choosing what LoRA trains, and seeing what is in it.
 
 Module names follow transformers 5.x: ``model.model.visual`` (vision tower: patch embedding,
 blocks, merger), ``model.model.language_model`` and ``model.lm_head``. With PEFT the same names
-appear below ``base_model.model.``.
+appear below ``base_model.model.``. transformers loads (with bitsandbytes for 4/8-bit), PEFT adds
+the adapters; this module only decides the settings and says what it decided.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -16,19 +16,9 @@ COMPONENTS = ("vision tower", "merger", "language model", "lm_head")
 
 
 def import_bitsandbytes() -> ModuleType:
-    """Import bitsandbytes without its CPU start-up warning.
+    """Import bitsandbytes (its CPU start-up warning is quietened in ``qvl_helpers/__init__``)."""
+    import bitsandbytes
 
-    On CPUs with AVX-512 BF16, bitsandbytes 0.50 tries to fetch an optional faster kernel through
-    the ``kernels`` package and logs a scary-looking warning when it is absent; it then falls back
-    to its built-in kernel, which is what the course uses and tests.
-    """
-    log = logging.getLogger("bitsandbytes")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        import bitsandbytes
-    finally:
-        log.setLevel(level)
     return bitsandbytes
 
 
@@ -86,3 +76,142 @@ def format_parameter_table(table: list[ParamRow]) -> str:
         line = f"{r.component:<16}{r.total:>16,}{r.trainable:>16,}{r.percent_trainable:>10.2f}%"
         lines.append(line + (f"  ({r.note})" if r.note else ""))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- what LoRA trains
+
+#: The language model's attention and MLP projections, by full-name pattern: a bare list of names
+#: would also catch the vision MLP's gate/up/down_proj.
+LANGUAGE = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+VISION = r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)"
+TRAINED_PARTS = {
+    "language": (LANGUAGE, []),
+    "language+vision": (f"({LANGUAGE}|{VISION})", []),
+    "language+merger": (LANGUAGE, ["merger"]),
+}
+
+
+def lora_targets(trained: str) -> tuple[str, list[str]]:
+    """(regex of LoRA target modules, modules trained in full) for a preset name or a custom
+    regex (matched against full module names)."""
+    if trained in TRAINED_PARTS:
+        return TRAINED_PARTS[trained]
+    import re
+
+    try:
+        re.compile(trained)
+    except re.error as exc:
+        from .errors import ConfigError
+
+        raise ConfigError(f"trained: {trained!r} is neither a preset ({', '.join(TRAINED_PARTS)})"
+                          f" nor a valid regex ({exc}).", fix="use a preset name.") from None
+    return trained, []
+
+
+def compute_dtype(device: str | None = None) -> Any:
+    """bf16 on GPUs that support it (compute capability 8.0+), fp16 on older ones (T4, V100),
+    fp32 on the CPU."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def attention_implementation() -> str:
+    """flash_attention_2 where it is installed and a CUDA GPU supports it, SDPA otherwise."""
+    import importlib.util
+
+    import torch
+
+    if (importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+            and torch.cuda.get_device_capability()[0] >= 8):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
+               device_map: Any = None) -> Any:
+    """Load Qwen2.5-VL for LoRA training.
+
+    ``quantization``: ``"4bit"`` (QLoRA: NF4, double quantization, compute in ``dtype``),
+    ``"8bit"`` or ``"none"`` (16-bit LoRA; fp32 on CPU). The vision tower and ``lm_head`` are
+    never quantized (quantizing them costs quality and saves little).
+    """
+    import_bitsandbytes()
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    from .errors import ConfigError
+
+    dtype = dtype or compute_dtype()
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention_implementation()}
+    skip = ["visual", "lm_head"]
+    if quantization == "4bit":
+        import_bitsandbytes()
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
+    elif quantization == "8bit":
+        import_bitsandbytes()
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True,
+                                                           llm_int8_skip_modules=skip)
+    elif quantization != "none":
+        raise ConfigError(f"quantization must be 4bit, 8bit or none, not {quantization!r}.")
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+
+def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 16,
+             dropout: float = 0.05, gradient_checkpointing: bool = True) -> Any:
+    """Wrap ``model`` with LoRA adapters on the parts named by ``trained``.
+
+    Gradient checkpointing is non-reentrant (with a frozen base, reentrant checkpointing silently
+    gives LoRA no gradient), and a vision tower with nothing trainable runs without building a
+    graph.
+    """
+    import_bitsandbytes()  # before peft imports it, to keep its CPU start-up warning quiet
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    target, full = lora_targets(trained)
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit",
+                                                                      False)
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # the name in recent transformers
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
+                        modules_to_save=full or None, task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    freeze_idle_vision(model)
+    return model
+
+
+def freeze_idle_vision(model: Any) -> bool:
+    """Run the vision tower under ``torch.no_grad`` when none of its parameters train (saves the
+    memory of its activations). Returns True when it did."""
+    import torch
+
+    visual = next((m for name, m in model.named_modules() if name.endswith("model.visual")), None)
+    if visual is None or any(p.requires_grad for p in visual.parameters()):
+        return False
+    if not getattr(visual, "_qvl_no_grad", False):
+        visual.forward = torch.no_grad()(visual.forward)
+        visual._qvl_no_grad = True
+    return True
+
+
+def lora_modules(model: Any) -> list[str]:
+    """Names of the modules that received LoRA adapters (for reporting what was selected)."""
+    return sorted({name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters()
+                   if ".lora_A." in name})

@@ -186,3 +186,23 @@ def resize_view(path: str, min_pixels: int, max_pixels: int) -> Figure:
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def loss_curves(log: Sequence[dict[str, Any]]) -> Figure:
+    """Training loss (and validation loss where logged) against the step."""
+    train = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="training loss", color="#3949ab")
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss", color="#e53935")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    if train or val:
+        ax.legend()
+    ax.set_title("Loss (log scale)")
+    fig.tight_layout()
+    return fig

@@ -432,7 +432,7 @@ def write_jsonl(records: Any, path: Path) -> int:
     """Write records as UTF-8 JSONL (non-ASCII kept readable) through a temporary file, so an
     interrupted write never leaves half a file; returns the count."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
     with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         for record in records:

@@ -67,13 +67,16 @@ def make_shapes(out: Path, n: int = 320, seed: int = 0) -> Path:
     names = list(COLOURS)
     records = []
     for i in range(n):
-        colour = names[i % len(names)]  # evenly spread: the most common answer is 1/6
+        # Colours evenly spread (the most common answer is 1/6), and every question wording used
+        # equally often with every colour: the text alone tells nothing about the answer.
+        colour = names[i % len(names)]
+        question = COLOUR_QUESTIONS[(i // len(names)) % len(COLOUR_QUESTIONS)]
         shape = rng.choice(SHAPES)
         image = f"images/shape_{i:04d}.png"
         _save(draw_shape(rng, COLOURS[colour], shape), out / image)
         records.append({"id": f"shape-{i:04d}", "messages": [
             {"role": "user", "content": [{"type": "image", "image": image},
-                                         {"type": "text", "text": rng.choice(COLOUR_QUESTIONS)}]},
+                                         {"type": "text", "text": question}]},
             {"role": "assistant", "content": [{"type": "text", "text": colour}]}]})
     path = out / "shapes.jsonl"
     write_jsonl(records, path)

@@ -1,0 +1,143 @@
+"""Evaluation (``qvl eval``): greedy, left-padded batched generation and exact match.
+
+The model answers every sample of a JSONL file from its prompt (the conversation up to the last
+answer); predictions are compared with the reference answers. ``image_ablation="blank"`` replaces
+every image with a white one of the same size: a model that still scores well without the images
+learned to guess from the text, not to look. The evaluation notebook extends the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .collate import make_collator
+from .data.records import answers_of
+
+ABLATIONS = ("blank",)
+
+
+def normalise_answer(text: str) -> str:
+    """Whitespace-normalised answer (exact match ignores spacing differences only)."""
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return normalise_answer(prediction) == normalise_answer(reference)
+
+
+def blank_like(image: Any) -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", image.size, (255, 255, 255))
+
+
+def image_limits(adapter: str | Path | None, processor: Any) -> tuple[int, int]:
+    """The min/max pixels a run was trained with (its run_config.yaml), else the processor's:
+    inference must use the same image limits as training."""
+    if adapter is not None and (Path(adapter) / "run_config.yaml").is_file():
+        saved = yaml.safe_load((Path(adapter) / "run_config.yaml").read_text(encoding="utf-8"))
+        return int(saved["min_pixels"]), int(saved["max_pixels"])
+    size = processor.image_processor.size
+    return int(size["shortest_edge"]), int(size["longest_edge"])
+
+
+def load_for_eval(model_path: str, adapter: str | Path | None = None,
+                  quantization: str = "none") -> tuple[Any, Any]:
+    """The base model (optionally with a LoRA adapter) and the processor saved with the adapter
+    (or the base's), in eval mode."""
+    from transformers import AutoProcessor
+
+    from .model import import_bitsandbytes, load_model
+
+    processor_dir = adapter if adapter and (Path(adapter) / "processor_config.json").is_file() \
+        else model_path
+    processor = AutoProcessor.from_pretrained(processor_dir)
+    device_map = "auto" if torch.cuda.is_available() else None
+    model = load_model(model_path, quantization, device_map=device_map)
+    if adapter is not None:
+        import_bitsandbytes()
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    return model, processor
+
+
+def generate_answers(model: Any, processor: Any, records: Sequence[dict[str, Any]], *,
+                     batch_size: int = 8, max_new_tokens: int = 64, min_pixels: int | None = None,
+                     max_pixels: int | None = None, image_ablation: str | None = None) -> list[str]:
+    """Greedy answers for each record's last turn, generated in left-padded batches."""
+    from transformers import GenerationConfig
+
+    tok = processor.tokenizer
+    collate = make_collator(processor, "generate", min_pixels=min_pixels, max_pixels=max_pixels,
+                            image_transform=blank_like if image_ablation == "blank" else None)
+    # A fresh config: greedy and nothing else (the hub's sampling settings would otherwise apply).
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=[tok.eos_token_id, tok.pad_token_id],
+                              pad_token_id=tok.pad_token_id)
+    device = next(model.parameters()).device
+    answers = []
+    with torch.no_grad():
+        for i in range(0, len(records), batch_size):
+            batch = {k: v.to(device) for k, v in collate(records[i:i + batch_size]).items()}
+            out = model.generate(**batch, generation_config=config)
+            new = out[:, batch["input_ids"].shape[1]:]
+            answers += tok.batch_decode(new, skip_special_tokens=True)
+    return answers
+
+
+def evaluate_records(model: Any, processor: Any, records: Sequence[dict[str, Any]], *,
+                     image_ablation: str | None = None, batch_size: int = 8,
+                     min_pixels: int | None = None, max_pixels: int | None = None
+                     ) -> dict[str, Any]:
+    """Metrics and predictions (the report layout of the design, without model names)."""
+    references = [answers_of(r)[-1] for r in records]
+    longest = max((len(processor.tokenizer.encode(r)) for r in references), default=16)
+    predictions = generate_answers(model, processor, records, batch_size=batch_size,
+                                   max_new_tokens=min(512, longest + 8), min_pixels=min_pixels,
+                                   max_pixels=max_pixels, image_ablation=image_ablation)
+    hits = [exact_match(p, r) for p, r in zip(predictions, references, strict=True)]
+    counts = Counter(normalise_answer(r) for r in references)
+    n = len(records)
+    return {
+        "n": n, "image_ablation": image_ablation,
+        "metrics": {"exact_match": sum(hits) / n if n else 0.0,
+                    "most_common_answer_rate": max(counts.values()) / n if n else 0.0},
+        "predictions": [{"id": r["id"], "prediction": p, "reference": ref, "correct": h}
+                        for r, p, ref, h in zip(records, predictions, references, hits,
+                                                strict=True)],
+    }
+
+
+def run_eval(model: str, data: str | Path, out: str | Path, *, adapter: str | Path | None = None,
+             image_root: str | Path | None = None, image_ablation: str | None = None,
+             quantization: str = "none", batch_size: int = 8) -> dict[str, Any]:
+    """``qvl eval``: evaluate ``model`` (+ ``adapter``) on a data file; writes the report to
+    ``out`` and one prediction per line to ``predictions.jsonl`` beside it."""
+    from .config import ensure_model, load_config
+    from .data import load_records
+
+    choice = load_config(model=model).resolve_model()
+    model_path = ensure_model(choice)
+    records = load_records(data, image_root=image_root)
+    net, processor = load_for_eval(model_path, adapter, quantization)
+    lo, hi = image_limits(adapter, processor)
+    result = evaluate_records(net, processor, records, image_ablation=image_ablation,
+                              batch_size=batch_size, min_pixels=lo, max_pixels=hi)
+    report = {"model": model, "adapter": str(adapter) if adapter else None,
+              "data": str(data), "min_pixels": lo, "max_pixels": hi, **result}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out.with_name("predictions.jsonl"), "w", encoding="utf-8") as fh:
+        for row in report["predictions"]:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return report

@@ -1,0 +1,218 @@
+"""Training on the tiny model: it provably learns a task that needs the image, on both the 4-bit
+and the 16-bit path; every LoRA parameter gets a gradient; killed runs resume; two processes
+train together; broken runs stop with an explanation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qvl_helpers.collate import make_collator
+from qvl_helpers.data import load_records
+from qvl_helpers.evaluate import run_eval
+from qvl_helpers.model import add_lora, load_model
+
+REPO = Path(__file__).resolve().parent.parent
+PRESET = str(REPO / "configs" / "tiny_cpu.yaml")
+SHAPES = REPO / "data_samples" / "shapes"
+
+
+def qvl(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qvl_helpers.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def outputs(tmp_path: Path) -> dict:
+    return {"QVL_OUTPUT_DIR": str(tmp_path / "outputs")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_tiny_model_learns_the_colour_task(tmp_path: Path, quantization: str) -> None:
+    start = time.time()
+    done = qvl("train", "--config", PRESET, "--set", f"quantization={quantization}",
+               env=outputs(tmp_path))
+    seconds = time.time() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert seconds < 300, f"training took {seconds:.0f} s"
+    run = tmp_path / "outputs" / "runs" / "tiny_cpu"
+    for name in ("adapter", "loss.png", "train_log.jsonl", "run_config.yaml"):
+        assert (run / name).exists(), name
+    test = tmp_path / "outputs" / "data" / "test.jsonl"
+    base = run_eval("tiny", test, tmp_path / "eval" / "base.json", image_root=SHAPES)
+    tuned = run_eval("tiny", test, tmp_path / "eval" / "tuned.json", adapter=run / "adapter",
+                     image_root=SHAPES)
+    blank = run_eval("tiny", test, tmp_path / "eval" / "blank.json", adapter=run / "adapter",
+                     image_root=SHAPES, image_ablation="blank")
+    majority = tuned["metrics"]["most_common_answer_rate"]
+    print(f"{quantization}: trained in {seconds:.0f} s; exact match base "
+          f"{base['metrics']['exact_match']:.3f}, tuned {tuned['metrics']['exact_match']:.3f}, "
+          f"blank images {blank['metrics']['exact_match']:.3f} (majority {majority:.3f})")
+    assert tuned["metrics"]["exact_match"] >= 0.9
+    assert base["metrics"]["exact_match"] < 0.1
+    assert blank["metrics"]["exact_match"] <= majority + 0.1
+    assert (tmp_path / "eval" / "predictions.jsonl").exists()
+
+
+@pytest.mark.parametrize("trained", ["language", "language+vision", "language+merger"])
+def test_every_lora_parameter_gets_a_gradient(tiny_dir: Path, trained: str) -> None:
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    torch.manual_seed(0)
+    model = add_lora(load_model(str(tiny_dir), "none"), trained=trained, r=4, alpha=8,
+                     dropout=0.0, gradient_checkpointing=True)
+    model.train()
+    base = model.get_base_model()
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+    batch = make_collator(processor, max_pixels=12544)(
+        load_records(SHAPES / "shapes.jsonl")[:4])
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD(trainable.values(), lr=0.1)
+    for _ in range(2):  # lora_B starts at zero, so lora_A's gradient is zero until one step
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    names = {n for n in trainable if "lora_" in n}
+    assert names, "no LoRA parameters"
+    if trained == "language":
+        assert all("visual" not in n for n in names), "the vision MLP must not be caught"
+    if trained == "language+vision":
+        assert any("visual.blocks" in n for n in names)
+    if trained == "language+merger":
+        assert any("merger" in n and "lora_" not in n for n in trainable)
+    for name, param in trainable.items():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def _steps(run: Path) -> int:
+    return json.loads((run / "ranks" / "rank-0.json").read_text())["steps"]
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, "training ended before the checkpoint appeared"
+        assert time.time() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
+    env = {**os.environ, **outputs(tmp_path)}
+    args = [sys.executable, "-m", "qvl_helpers.cli", "train", "--config", PRESET,
+            "--set", "max_steps=80", "--set", "save_steps=20"]
+    run = tmp_path / "outputs" / "runs" / "tiny_cpu"
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(run / "checkpoint-40" / "qvl_checkpoint_complete.json", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run / "adapter").exists()
+    done = qvl("train", "--config", PRESET, "--set", "max_steps=80", "--set", "save_steps=20",
+               "--resume", env=outputs(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming from" in done.stdout
+    assert _steps(run) == 80
+    _assert_loadable(run / "adapter")
+
+
+@pytest.mark.slow
+def test_sigkill_while_saving_then_resume(tmp_path: Path) -> None:
+    run = tmp_path / "outputs" / "runs" / "tiny_cpu"
+    killed = qvl("train", "--config", PRESET, "--set", "max_steps=60", "--set", "save_steps=20",
+                 env={**outputs(tmp_path), "QVL_KILL_DURING_SAVE_AT_STEP": "40"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (run / "checkpoint-40").exists()
+    assert not (run / "checkpoint-40" / "qvl_checkpoint_complete.json").exists()
+    done = qvl("train", "--config", PRESET, "--set", "max_steps=60", "--set", "save_steps=20",
+               "--resume", env=outputs(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoint-40 is incomplete" in done.stdout
+    assert "checkpoint-20" in done.stdout.split("Resuming from", 1)[1].splitlines()[0]
+    assert any(p.name.startswith("incomplete-checkpoint-40") for p in run.iterdir())
+    assert _steps(run) == 60
+    _assert_loadable(run / "adapter")
+
+
+def _assert_loadable(adapter: Path) -> None:
+    from peft import PeftModel
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base = load_model(config["base_model_name_or_path"], "none")
+    model = PeftModel.from_pretrained(base, str(adapter))
+    assert any("lora_" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "qvl_helpers.cli", "train",
+         "--config", PRESET, "--set", "max_steps=12", "--set", "save_steps=6"],
+        capture_output=True, text=True, env={**os.environ, **outputs(tmp_path)}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "outputs" / "runs" / "tiny_cpu"
+    reports = [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("rank-*.json"))]
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert all(r["world_size"] == 2 and r["steps"] == 12 for r in reports)
+    assert all(r["samples_collated"] >= 12 * 8 for r in reports)  # both ranks trained
+    adapters = [p for p in run.rglob("adapter_model.safetensors") if "checkpoint" not in str(p)]
+    assert adapters == [run / "adapter" / "adapter_model.safetensors"]
+    assert not (run / ".adapter.saving").exists()
+
+
+def test_absurd_learning_rate_hits_the_nan_guard(tmp_path: Path) -> None:
+    done = qvl("train", "--config", PRESET, "--set", "lr=1e12", "--set", "max_steps=30",
+               env=outputs(tmp_path))
+    assert done.returncode == 2
+    assert "the loss became" in done.stderr and "Fix:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    first = qvl("train", "--config", PRESET, "--set", "max_steps=2", "--set", "save_steps=1",
+                env=outputs(tmp_path))
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = qvl("train", "--config", PRESET, "--set", "max_steps=2", env=outputs(tmp_path))
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_all_masked_labels_refuse_to_start(tmp_path: Path, tiny_dir: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other_template"
+    shutil.copytree(tiny_dir, other)
+    template = (other / "chat_template.jinja").read_text()
+    # A template from another model family: the assistant turn is called "bot".
+    template = template.replace("{{ message['role'] }}",
+                                "{{ message['role'] | replace('assistant', 'bot') }}")
+    (other / "chat_template.jinja").write_text(template)
+    done = qvl("train", "--config", PRESET, "--set", f"model={other}", "--set", "max_steps=2",
+               env=outputs(tmp_path))
+    assert done.returncode == 2
+    assert "every label is masked" in done.stderr
+
+
+def test_out_of_memory_becomes_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qvl_helpers.config import load_config
+    from qvl_helpers.train import CourseTrainer, TrainingError, train
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(CourseTrainer, "train", boom)
+    monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path))
+    cfg = load_config(presets=[PRESET], max_steps=2)
+    with pytest.raises(TrainingError) as info:
+        train(cfg, verbose=False)
+    text = str(info.value)
+    assert "max_pixels 12544" in text and "batch_size 8" in text and "lower max_pixels" in text
