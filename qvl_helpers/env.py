@@ -265,7 +265,7 @@ def recommend(gpus: list[GpuInfo]) -> Recommendation:
     if not gpus:
         return Recommendation(
             model="tiny", dtype="float32", load_in_4bit=False, max_pixels=112 * 112,
-            batch_size=4, grad_accum=1, preset="tiny_cpu",
+            batch_size=8, grad_accum=1, preset="tiny_cpu",
             notes=["no GPU: learn the whole pipeline with the tiny stand-in model here",
                    f"a real run of {REAL_MODEL_ID} needs a CUDA GPU with 16 GB or more "
                    "(a free Colab/Kaggle T4 works with QLoRA); set model: auto there"])

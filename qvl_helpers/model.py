@@ -146,7 +146,9 @@ def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
 
     dtype = dtype or compute_dtype()
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention_implementation()}
-    skip = ["visual", "lm_head"]
+    # transformers 5.x matches these from the start of the module name (or as a suffix), not as
+    # substrings: "visual" alone would NOT keep model.visual out of quantization.
+    skip = ["model.visual", "lm_head"]
     if quantization == "4bit":
         import_bitsandbytes()
         kwargs["quantization_config"] = BitsAndBytesConfig(

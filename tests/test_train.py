@@ -216,3 +216,12 @@ def test_out_of_memory_becomes_advice(tmp_path: Path, monkeypatch: pytest.Monkey
         train(cfg, verbose=False)
     text = str(info.value)
     assert "max_pixels 12544" in text and "batch_size 8" in text and "lower max_pixels" in text
+
+
+def test_4bit_keeps_vision_and_lm_head_unquantized(tiny_dir: Path) -> None:
+    import bitsandbytes as bnb
+
+    model = load_model(str(tiny_dir), "4bit")
+    quantized = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert any("language_model.layers" in n for n in quantized)
+    assert not any("visual" in n or "lm_head" in n for n in quantized), sorted(quantized)[:5]
