@@ -225,3 +225,18 @@ def test_4bit_keeps_vision_and_lm_head_unquantized(tiny_dir: Path) -> None:
     quantized = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert any("language_model.layers" in n for n in quantized)
     assert not any("visual" in n or "lm_head" in n for n in quantized), sorted(quantized)[:5]
+
+
+def test_8bit_path_trains(tiny_dir: Path) -> None:
+    import bitsandbytes as bnb
+    from transformers import AutoProcessor
+
+    model = add_lora(load_model(str(tiny_dir), "8bit"), trained="language", r=4, alpha=8,
+                     dropout=0.0)
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    batch = make_collator(processor, max_pixels=12544)(load_records(SHAPES / "shapes.jsonl")[:2])
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
