@@ -7,4 +7,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 qvl env || true
-exec jupyter lab --notebook-dir="$ROOT" "$ROOT/notebooks" "$@"
+extra=()
+if [ "$(id -u)" = 0 ]; then extra+=(--allow-root); fi  # containers and cloud machines run as root
+exec jupyter lab --ServerApp.root_dir="$ROOT" --LabApp.default_url=/lab/tree/notebooks "${extra[@]}" "$@"
