@@ -188,11 +188,8 @@ def check_gpus(gpus: list[GpuInfo]) -> list[Check]:
 def check_bnb_4bit(device: str | None = None) -> Check:
     """Quantise a small tensor to NF4 and back on ``device`` with bitsandbytes."""
     try:
+        import bitsandbytes.functional as bnbf
         import torch
-
-        from .model import import_bitsandbytes
-
-        bnbf = import_bitsandbytes().functional
     except Exception as exc:
         return Check("bitsandbytes 4-bit", FAIL, f"cannot import bitsandbytes ({exc})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -54,7 +54,7 @@ def load_for_eval(model_path: str, adapter: str | Path | None = None,
     (or the base's), in eval mode."""
     from transformers import AutoProcessor
 
-    from .model import import_bitsandbytes, load_model
+    from .model import load_model
 
     processor_dir = adapter if adapter and (Path(adapter) / "processor_config.json").is_file() \
         else model_path
@@ -62,7 +62,6 @@ def load_for_eval(model_path: str, adapter: str | Path | None = None,
     device_map = "auto" if torch.cuda.is_available() else None
     model = load_model(model_path, quantization, device_map=device_map)
     if adapter is not None:
-        import_bitsandbytes()
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))

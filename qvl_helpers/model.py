@@ -9,17 +9,9 @@ the adapters; this module only decides the settings and says what it decided.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 COMPONENTS = ("vision tower", "merger", "language model", "lm_head")
-
-
-def import_bitsandbytes() -> ModuleType:
-    """Import bitsandbytes (its CPU start-up warning is quietened in ``qvl_helpers/__init__``)."""
-    import bitsandbytes
-
-    return bitsandbytes
 
 
 def component_of(param_name: str) -> str:
@@ -139,7 +131,6 @@ def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
     ``"8bit"`` or ``"none"`` (16-bit LoRA; fp32 on CPU). The vision tower and ``lm_head`` are
     never quantized (quantizing them costs quality and saves little).
     """
-    import_bitsandbytes()
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
     from .errors import ConfigError
@@ -150,12 +141,10 @@ def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
     # substrings: "visual" alone would NOT keep model.visual out of quantization.
     skip = ["model.visual", "lm_head"]
     if quantization == "4bit":
-        import_bitsandbytes()
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
     elif quantization == "8bit":
-        import_bitsandbytes()
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True,
                                                            llm_int8_skip_modules=skip)
     elif quantization != "none":
@@ -173,7 +162,6 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
     gives LoRA no gradient), and a vision tower with nothing trainable runs without building a
     graph.
     """
-    import_bitsandbytes()  # before peft imports it, to keep its CPU start-up warning quiet
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     target, full = lora_targets(trained)

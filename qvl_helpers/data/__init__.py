@@ -15,7 +15,7 @@ from ..errors import DatasetError
 from ..images import ImageProblem, resolve_confined
 from .doctor import CODES, CheckReport, Problem, check_file
 from .prepare import PreparedData, prepare_data
-from .readers import FORMATS, DataFileError, detect_file_format, read_records, write_jsonl
+from .readers import FORMATS, DataFileError, detect_file_format, read_records, record_error, write_jsonl
 from .records import answers_of, images_of
 from .split import split_file
 
@@ -35,10 +35,7 @@ def load_records(path: str | Path, image_root: str | Path | None = None,
     records = []
     for raw in read_records(path, fmt):
         if raw.record is None:
-            code, message = raw.findings[0]
-            raise DatasetError(f"{code}: {message}", file=path, line=raw.line,
-                               sample_id=raw.source_id, fix="run `qvl data check` on the file "
-                               "to see every problem at once.")
+            raise record_error(raw, path)
         record = raw.record
         for message in record["messages"]:
             for part in message["content"]:

@@ -367,6 +367,14 @@ def read_records(path: str | Path, fmt: str = "auto") -> Iterator[RawRecord]:
             yield RawRecord(item.line, normalise(record), found, rid)
 
 
+def record_error(raw: RawRecord, path: str | Path) -> DatasetError:
+    """The first problem of a record that could not be read, as an error for callers that need
+    every record (``load_records``, splitting)."""
+    code, message = raw.findings[0]
+    return DatasetError(f"{code}: {message}", file=path, line=raw.line, sample_id=raw.source_id,
+                        fix="run `qvl data check` on the file to see every problem at once.")
+
+
 def _unknown_layout(obj: Any) -> str:
     keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
     return (f"layout not recognised (keys: {keys}); expected 'messages', or 'conversations' with "

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import DatasetError, OutputExistsError
 from ..images import ImageProblem, file_hash, resolve_confined
-from .readers import read_records, relocate_image_paths, write_jsonl
+from .readers import read_records, record_error, relocate_image_paths, write_jsonl
 from .records import images_of
 
 
@@ -107,10 +107,7 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
     records, hashes = [], []
     for raw in read_records(path, fmt):
         if raw.record is None:
-            code, message = raw.findings[0]
-            raise DatasetError(f"{code}: {message}", file=path, line=raw.line,
-                               sample_id=raw.source_id,
-                               fix="run `qvl data check` and fix the data before splitting.")
+            raise record_error(raw, path)
         digests = []
         for text in images_of(raw.record):
             try:
