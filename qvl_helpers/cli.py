@@ -1,19 +1,34 @@
 """The ``qvl`` command line: the course's steps for scripts, CI and several GPUs.
 
 argparse does the parsing. Every command returns an exit status: 0 success, 1 the input has
-problems (reported), 2 the command could not run. A :class:`~qvl_helpers.errors.QVLError`
-becomes one line on stderr naming the file, the line or sample, and the fix — never a traceback.
+problems (reported), 2 the command could not run, 130 interrupted (Ctrl-C). Every failure ends
+in one or two lines on stderr naming what, where and the fix: a
+:class:`~qvl_helpers.errors.QVLError` as it is, a file-system error (missing file, permission,
+full disk) with its path, anything else as a likely bug. ``QVL_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import QVLError
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -79,8 +94,11 @@ def _processor_for(model: str) -> object:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data.doctor import check_file
+    from .outputs import claim_output
 
     cfg = load_config()
+    if args.json:
+        claim_output(args.json, inputs=[args.data], force=args.force)
     processor = _processor_for(args.model) if args.model else None
     report = check_file(args.data, image_root=args.image_root, fmt=args.format,
                         processor=processor, min_pixels=args.min_pixels or cfg.min_pixels,
@@ -98,9 +116,13 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
     result = split_file(args.data, args.out_dir, image_root=args.image_root, val=args.val,
                         test=args.test, seed=args.seed, overwrite=args.force, fmt=args.format)
+    from .data.prepare import split_warnings
+
     print(result.text())
     for name, path in result.files.items():
         print(f"  {name}: {path}")
+    for warning in split_warnings(result.counts, args.val, args.test):
+        print("Warning:", warning)
     note = _image_root_note(result.image_root, Path(args.out_dir))
     if note:
         print(note)
@@ -118,9 +140,12 @@ def cmd_data_samples(args: argparse.Namespace) -> int:
 def cmd_tokens(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import load_records
+    from .outputs import claim_output, write_json
     from .tokens import token_budget
 
     cfg = load_config()
+    if args.json:
+        claim_output(args.json, inputs=[args.data], force=args.force)
     processor = _processor_for(args.model or cfg.model)
     records = load_records(args.data, image_root=args.image_root)
     budget = token_budget(records, processor, min_pixels=args.min_pixels or cfg.min_pixels,
@@ -128,29 +153,55 @@ def cmd_tokens(args: argparse.Namespace) -> int:
                           max_length=args.max_length or cfg.max_length)
     print(budget.text())
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(budget.to_dict(), indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
-        print(f"report written to {path}")
+        print(f"report written to {write_json(args.json, budget.to_dict())}")
     return 1 if budget.too_long else 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _load_train_config(args: argparse.Namespace) -> object:
     from .config import load_config, parse_set
+
+    return load_config(presets=[args.config] if args.config else [], sets=parse_set(args.set))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _load_train_config(args)
+    print(f"Settings for `qvl train{' --config ' + args.config if args.config else ''}` "
+          "(value, and where it came from; later layers win: course.yaml < preset < QVL_* < "
+          "--set):")
+    print(cfg.describe())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    cfg = load_config(presets=[args.config] if args.config else [], **parse_set(args.set))
-    result = train(cfg, resume=args.resume)
-    return 0 if result.steps > 0 else 1
+    train(_load_train_config(args), resume=args.resume, force=args.force, dry_run=args.dry_run)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .config import load_config
+    from .evaluate import run_eval, run_eval_plan
 
-    report = run_eval(args.model, args.data, args.out, adapter=args.adapter,
-                      image_root=args.image_root, image_ablation=args.image_ablation,
-                      quantization=args.quantization, batch_size=args.batch_size)
+    plan = {"model": args.model, "adapter": args.adapter, "data": args.data,
+            "image_root": args.image_root}
+    if args.run:
+        from_run = run_eval_plan(args.run)
+        plan.update({k: v for k, v in from_run.items() if plan[k] is None})
+        if args.out is None:
+            system = ("tuned" if plan["adapter"] else "base") + (
+                f"-{args.image_ablation}" if args.image_ablation else "")
+            args.out = Path(load_config().output_dir) / "eval" / Path(args.run).name / \
+                f"{system}.json"
+    missing = [flag for flag, key in (("--model", "model"), ("--data", "data"))
+               if plan[key] is None] + (["--out"] if args.out is None else [])
+    if missing:
+        print(f"qvl eval: error: give --run RUN_DIR, or {', '.join(missing)}.", file=sys.stderr)
+        return 2
+    report = run_eval(plan["model"], plan["data"], args.out, adapter=plan["adapter"],
+                      image_root=plan["image_root"], image_ablation=args.image_ablation,
+                      quantization=args.quantization, batch_size=args.batch_size,
+                      force=args.force)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in report["metrics"].items())
     ablation = f" (images: {args.image_ablation})" if args.image_ablation else ""
     print(f"{report['n']} samples{ablation}: {metrics}")
@@ -172,25 +223,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.set_defaults(func=cmd_tiny)
 
-    p = sub.add_parser("train", help="fine-tune with LoRA/QLoRA into outputs/runs/NAME")
-    p.add_argument("--config", help="a preset (configs/*.yaml) applied over course.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting (repeatable), e.g. --set lr=1e-4")
+    for name, func, text in (
+            ("config", cmd_config, "show every setting and where it came from"),
+            ("train", cmd_train, "fine-tune with LoRA/QLoRA into outputs/runs/NAME")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="a hardware preset (configs/*.yaml) applied over "
+                                        "course.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one setting (repeatable), e.g. --set lr=1e-4")
+        p.set_defaults(func=func)
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint of the run")
-    p.set_defaults(func=cmd_train)
+                   help="continue the same run from its newest intact checkpoint (refused if "
+                        "its data, model or training settings changed)")
+    p.add_argument("--force", action="store_true",
+                   help="where the run would be refused (it exists, finished, or changed), "
+                        "start a new run under a free name instead (never in place)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything (settings, data, lengths, LoRA layers, resume) and "
+                        "print the plan without training (the data splits are prepared)")
 
     p = sub.add_parser("eval", help="exact match of greedy answers on a JSONL file")
-    p.add_argument("--model", required=True, help="tiny, a hub id or a folder")
+    p.add_argument("--run", help="a run folder (outputs/runs/NAME): its model, adapter, test "
+                                 "split and image root; other flags override")
+    p.add_argument("--model", help="tiny, a hub id or a folder")
     p.add_argument("--adapter", help="a LoRA adapter folder (outputs/runs/NAME/adapter)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True, help="report file (predictions.jsonl goes beside it)")
+    p.add_argument("--data", help="a JSONL file (prepared splits know their image root)")
+    p.add_argument("--out", help="report file; its predictions go beside it as "
+                                 "NAME.predictions.jsonl (default with --run: "
+                                 "outputs/eval/RUN/tuned.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--image-root")
     p.add_argument("--image-ablation", choices=["blank"],
                    help="replace every image with a blank one of the same size")
     p.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"],
                    help="how to load the base model (default: 16-bit)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.set_defaults(func=cmd_eval)
 
     data = sub.add_parser("data", help="convert, check, split your data; make sample data")
@@ -219,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-pixels", type=int, help="default: course.yaml")
     p.add_argument("--max-pixels", type=int, help="default: course.yaml")
     p.add_argument("--json", metavar="REPORT.json", help="write the full report")
-    p.add_argument("--limit", type=int, default=50, help="problems to print (default 50)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json report")
+    p.add_argument("--limit", type=positive_int, default=50, help="problems to print (default 50)")
     p.set_defaults(func=cmd_data_check)
 
     p = dsub.add_parser("split", help="train/val/test without image leakage")
@@ -241,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-pixels", type=int, help="default: course.yaml")
     p.add_argument("--max-pixels", type=int, help="default: course.yaml")
     p.add_argument("--json", metavar="REPORT.json", help="write every sample's lengths")
+    p.add_argument("--force", action="store_true", help="replace an existing --json report")
     p.set_defaults(func=cmd_tokens)
 
     p = dsub.add_parser("samples", help="generate the bundled sample datasets")
@@ -258,15 +327,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
         return int(exc.code or 0)
     func: Callable[[argparse.Namespace], int] = args.func
+    command = "qvl " + " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+    if os.environ.get("QVL_DEBUG") == "1":
+        return func(args)
     try:
         return func(args)
     except QVLError as exc:
-        command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
-        print(f"qvl {command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"qvl {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted. Finished checkpoints and files are kept; a run continues "
+              "with --resume.", file=sys.stderr)
         return 130
+    except OSError as exc:
+        print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the last resort: one line, not a traceback
+        print(f"{command}: error: unexpected {type(exc).__name__}: {exc}. This is probably a bug "
+              "in qvl: run again with QVL_DEBUG=1 to see the traceback, and report it.",
+              file=sys.stderr)
+        return 2
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A file-system error as what, where and the fix."""
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC:
+        return (f"the disk is full (while writing {where}). Fix: free space or choose another "
+                "output_dir; finished checkpoints are kept, and a run continues with --resume.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: permission denied. Fix: choose a folder you can write, or fix permissions."
+    if isinstance(exc, FileNotFoundError):
+        return f"{where} does not exist. Fix: check the path."
+    return f"{where}: {exc.strerror or exc}. Fix: check the path and the disk."
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 
 from .errors import ConfigError, DatasetError
 from .images import load_rgb
@@ -34,9 +35,20 @@ from .images import load_rgb
 IGNORE_INDEX = -100
 
 
-def _images(messages: list[dict[str, Any]],
+def _images(record: dict[str, Any], messages: list[dict[str, Any]],
             transform: Callable[[Any], Any] | None = None) -> list[Any]:
-    images = [load_rgb(p["image"]) for m in messages for p in m["content"] if p["type"] == "image"]
+    """The images of ``messages`` as the model sees them; one that cannot be decoded (changed or
+    damaged since the data was checked) is an error naming the sample and the file."""
+    images = []
+    for part in (p for m in messages for p in m["content"] if p["type"] == "image"):
+        try:
+            images.append(load_rgb(part["image"]))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DatasetError(f"image {part['image']} cannot be read ({type(exc).__name__}: "
+                               f"{exc}).", sample_id=record.get("id"),
+                               fix="run `qvl data check` on the data, then fix or replace the "
+                                   "image; training resumes from the last checkpoint with "
+                                   "--resume.") from None
     return [transform(i) for i in images] if transform else images
 
 
@@ -119,7 +131,7 @@ class Collator:
             messages = prompt_messages(record) if generate else record["messages"]
             texts.append(self.processor.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generate))
-            images.extend(_images(messages, self.image_transform))
+            images.extend(_images(record, messages, self.image_transform))
         return self.processor(
             text=texts, images=images or None, padding=True, return_tensors="pt",
             padding_side="left" if generate else "right", images_kwargs=self._image_kwargs())

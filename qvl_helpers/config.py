@@ -1,22 +1,41 @@
-"""Course settings in one place: ``course.yaml`` plus ``QVL_*`` environment overrides.
+"""Course settings in one place: ``course.yaml``, a hardware preset, ``QVL_*`` variables, ``--set``.
 
-:func:`load_config` finds and reads ``course.yaml`` (PyYAML does the parsing), applies environment
-variables, checks every value and returns a :class:`CourseConfig`. :meth:`CourseConfig.resolve_model`
-is the single place that decides which model the course uses (``auto`` → the real 3B on a CUDA GPU,
-the tiny stand-in otherwise), and :func:`model_banner` is the warning every notebook shows while the
-stand-in is in use.
+:func:`load_config` merges the layers (later wins) and remembers where every value came from:
+
+1. ``course.yaml``: the learner's choices (model, data, output folder) and the default knobs;
+2. a preset from ``configs/``: hardware knobs only (a preset that sets ``data`` is refused);
+3. ``QVL_<KEY>`` environment variables (a mistyped ``QVL_`` name is an error, not ignored);
+4. ``--set key=value`` on the command line (or keyword arguments to :func:`load_config`).
+
+pydantic checks every value against the field's type and bounds (finite positive numbers where
+required, plain run names, compilable LoRA patterns); a failure becomes a
+:class:`~qvl_helpers.errors.ConfigError` that names the origin of the bad value (file and line,
+variable, or ``--set``). :meth:`CourseConfig.resolve_model` is the single place that decides which
+model the course uses, and :func:`model_banner` is the notice shown while the tiny stand-in is used.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from .errors import ConfigError
 
@@ -24,6 +43,18 @@ REAL_MODEL_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
 TINY = "tiny"
 CONFIG_FILE = "course.yaml"
 ENV_PREFIX = "QVL_"
+#: The learner's own choices: only course.yaml, QVL_* or --set may set them, never a preset.
+LEARNER_KEYS = ("model", "data", "image_root", "output_dir")
+#: QVL_* variables that are not settings (anything else starting with QVL_ must be a setting).
+OTHER_VARIABLES = {
+    "QVL_CONFIG": "the course.yaml to use",
+    "QVL_DEBUG": "1 shows tracebacks instead of one-line errors",
+    "QVL_COURSE_REPO": "the course's git URL for the Colab/Kaggle setup cell",
+    "QVL_VENV": "the virtual environment the set-up scripts use",
+    "QVL_KILL_DURING_SAVE_AT_STEP": "fault injection for the resume tests",
+}
+TRAINED_PRESETS = ("language", "language+vision", "language+merger")
+_PLAIN_NAME = re.compile(r"[\w][\w.\-]*")
 
 
 def default_cache_dir() -> Path:
@@ -36,106 +67,176 @@ def default_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class ModelChoice:
-    """The model the course will use, and why.
+class Origin:
+    """Where a setting's value came from: shown by ``qvl config`` and named by every error."""
 
-    Attributes:
-        name: what the learner asked for after resolution (``tiny``, a hub id or a folder).
-        path: what to pass to ``from_pretrained`` (for the tiny model: its cache folder).
-        is_tiny: True when the random stand-in is used.
-        reason: one sentence saying why this model was chosen.
-    """
+    label: str                # "default", "course.yaml", "preset", "environment", "--set", ...
+    file: Path | None = None  # the YAML file, for the file layers
+    line: int | None = None   # 1-based line of the key in that file
+    name: str | None = None   # the variable (QVL_LR) or the --set text (lr=1e-4)
 
-    name: str
-    path: str
-    is_tiny: bool
-    reason: str
+    def __str__(self) -> str:
+        if self.file is not None:
+            return f"{self.file}:{self.line}" if self.line else str(self.file)
+        if self.label == "environment":
+            return f"environment variable {self.name}"
+        return f"{self.label} {self.name}" if self.name else self.label
+
+    def error(self, message: str, fix: str | None = None) -> ConfigError:
+        """A ConfigError located at this origin."""
+        if self.file is not None:
+            return ConfigError(message, file=self.file, line=self.line, fix=fix)
+        return ConfigError(message, file=str(self), fix=fix)
 
 
-@dataclass
-class CourseConfig:
+DEFAULT = Origin("default")
+
+#: What to do about a bad value, per key (used in error messages).
+FIXES = {
+    "min_pixels": "use a multiple of 784 (one visual token is 28*28 px), e.g. 3136.",
+    "max_pixels": "use a multiple of 784 at least min_pixels, e.g. 401408 (512 visual tokens).",
+    "max_length": "use the longest sample's token count or more (see `qvl tokens`), e.g. 2048.",
+    "lr": "use a finite positive number; for LoRA 1e-4 to 2e-4 is usual.",
+    "num_epochs": "use a positive number, e.g. 3.",
+    "lora_alpha": "use a positive number, usually 2 x lora_r (0 would make the adapter do nothing).",
+    "max_steps": "use -1 (train num_epochs) or a positive number of steps.",
+    "run_name": "use a plain folder name such as my-run-1 (letters, digits, '-', '_', '.').",
+    "trained": f"use {', '.join(TRAINED_PRESETS)} or a regular expression over module names.",
+    "warmup": "use a fraction of the steps in [0, 1), e.g. 0.03.",
+    "lora_dropout": "use a value in [0, 1), e.g. 0.05.",
+}
+
+
+class CourseConfig(BaseModel):
     """Every setting of the course. Field names are the keys of ``course.yaml``.
 
-    Paths are stored resolved against the folder of the file they came from (or the current
-    folder for environment variables), so a notebook in ``notebooks/`` and a script at the
-    repository root see the same files.
+    Paths are resolved against the folder of the file they came from (or the current folder for
+    variables and ``--set``), so a notebook in ``notebooks/`` and a script at the repository root
+    see the same files. ``origin(key)`` tells where a value came from.
     """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True,
+                              validate_assignment=True)
 
     model: str = "auto"
     data: Path | None = None
     image_root: Path | None = None
     output_dir: Path = Path("outputs")
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    min_pixels: int = 3136
-    max_pixels: int = 512 * 28 * 28
-    max_length: int = 2048
-    lr: float = 2e-4
-    num_epochs: float = 3
-    batch_size: int = 1
-    grad_accum: int = 4
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    min_pixels: PositiveInt = 3136
+    max_pixels: PositiveInt = 512 * 28 * 28
+    max_length: PositiveInt = 2048
+    lr: PositiveFloat = 2e-4
+    num_epochs: PositiveFloat = 3
+    batch_size: PositiveInt = 1
+    grad_accum: PositiveInt = 4
+    lora_r: PositiveInt = 8
+    lora_alpha: PositiveInt = 16
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
     seed: int = 0
     # --- training run (qvl train, notebook 03); presets in configs/ set these per hardware
     run_name: str = "run"
-    quantization: str = "auto"     # auto (4bit on CUDA, none on CPU), 4bit, 8bit, none
-    dtype: str = "auto"            # auto (bf16, fp16 on T4/V100, fp32 on CPU), bf16, fp16, fp32
+    quantization: Literal["auto", "4bit", "8bit", "none"] = "auto"  # auto: 4bit on CUDA
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"         # auto: bf16/fp16/fp32
     trained: str = "language"      # language, language+vision, language+merger or a regex
-    warmup: float = 0.03           # fraction of the steps spent warming up the learning rate
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    warmup: float = Field(0.03, ge=0, lt=1)  # fraction of the steps warming up the lr
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: NonNegativeFloat = 1.0    # 0 turns clipping off
     max_steps: int = -1            # > 0 overrides num_epochs
-    logging_steps: int = 10
-    eval_steps: int = 50
-    save_steps: int = 50
-    save_total_limit: int = 2
+    logging_steps: PositiveInt = 10
+    eval_steps: PositiveInt = 50
+    save_steps: PositiveInt = 50
+    save_total_limit: PositiveInt = 2
     gradient_checkpointing: bool = True
     group_by_length: bool = True
-    on_too_long: str = "error"     # error: refuse the run; drop: skip and count such samples
+    on_too_long: Literal["error", "drop"] = "error"  # drop: skip and count such samples
     source: Path | None = None  # the course.yaml this came from (None: defaults only)
 
-    def __post_init__(self) -> None:
-        self.validate()
+    _origins: dict[str, Origin] = PrivateAttr(default_factory=dict)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for values that cannot work, saying which key and why."""
-        where = str(self.source) if self.source else "configuration"
-        positive = ["min_pixels", "max_pixels", "max_length", "batch_size", "grad_accum", "lora_r"]
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}.", file=where,
-                                  fix=f"set {key} to a number above 0.")
-        if self.min_pixels > self.max_pixels:
-            raise ConfigError(
-                f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels}).",
-                file=where, fix="make min_pixels <= max_pixels (one visual token is 28*28 = 784 px).")
-        if self.lr <= 0 or self.num_epochs <= 0:
-            raise ConfigError("lr and num_epochs must be positive.", file=where,
-                              fix="use for example lr: 0.0002 and num_epochs: 3.")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.",
-                              file=where, fix="use 0.05 (the usual value) or 0.")
-        choices = {"quantization": ("auto", "4bit", "8bit", "none"),
-                   "dtype": ("auto", "bf16", "fp16", "fp32"), "on_too_long": ("error", "drop")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got "
-                                  f"{getattr(self, key)!r}.", file=where,
-                                  fix=f"set {key} to one of {', '.join(allowed)}.")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}.",
-                              file=where, fix="use for example warmup: 0.03.")
-        if not str(self.model).strip():
-            raise ConfigError("model is empty.", file=where,
-                              fix=f"use auto, tiny, {REAL_MODEL_ID} or a local model folder.")
+    def __init__(self, _origins: Mapping[str, Origin] | None = None, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _config_error(exc, _origins or {}) from None
+        self._origins.update(_origins or {})
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        try:
+            super().__setattr__(key, value)
+        except ValidationError as exc:
+            raise _config_error(exc, {key: Origin("assignment", name=f"cfg.{key}")}) from None
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"model is empty; use auto, tiny, {REAL_MODEL_ID} or a folder")
+        return value.strip()
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _pixels_ordered(cls, value: int, info: Any) -> int:
+        low = info.data.get("min_pixels")
+        if low is not None and low > value:
+            raise ValueError(f"max_pixels ({value}) is below min_pixels ({low})")
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_meaningful(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(f"max_steps must be -1 (use num_epochs) or positive, not {value}")
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _PLAIN_NAME.fullmatch(value) or ".." in value or len(value) > 100:
+            raise ValueError(f"run_name {value!r} is not a plain folder name (it would write "
+                             "outside outputs/runs/)")
+        return value
+
+    @field_validator("trained")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        if value not in TRAINED_PRESETS:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"trained {value!r} is neither a preset nor a valid regular "
+                                 f"expression ({exc})") from None
+        return value
+
+    # ------------------------------------------------------------------ provenance and views
+
+    def origin(self, key: str) -> Origin:
+        """Where ``key``'s value came from (``default`` when nothing set it)."""
+        return self._origins.get(key, DEFAULT)
+
+    def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
+        """A ConfigError about ``key``'s value, located where that value was set."""
+        return self.origin(key).error(message, fix or FIXES.get(key))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-friendly values (paths as strings), e.g. to save with a run."""
+        return self.model_dump(mode="json")
+
+    def describe(self) -> str:
+        """Every setting, its value and where it came from, as aligned text."""
+        rows = [(key, str(value), str(self.origin(key)))
+                for key, value in self.to_dict().items() if key != "source"]
+        width = max(len(k) for k, _, _ in rows)
+        vwidth = min(48, max(len(v) for _, v, _ in rows))
+        return "\n".join(f"{k:<{width}}  {v:<{vwidth}}  {o}" for k, v, o in rows)
 
     def resolve_model(self, cuda_available: bool | None = None) -> ModelChoice:
         """Decide which model to use. Pure: builds and downloads nothing (see
         :func:`qvl_helpers.tiny.ensure_tiny_model` for that).
 
-        Args:
-            cuda_available: override for tests; by default ``torch.cuda.is_available()``.
+        Raises:
+            ConfigError: ``model`` names a local folder (``./x``, ``/x``, ``~/x``) that does not
+                exist.
         """
         name = str(self.model).strip()
         if name == "auto":
@@ -157,6 +258,11 @@ class CourseConfig:
                 local = candidate
         if local.exists():
             return ModelChoice(name, str(local.resolve()), _looks_tiny(local), "a local folder")
+        if not _HUB_ID.fullmatch(name):
+            raise self.error("model", f"the model folder {name} does not exist (and it is not a "
+                                      "hub id such as Qwen/Qwen2.5-VL-3B-Instruct).",
+                             fix="check the path (relative paths are relative to course.yaml), "
+                                 "or use auto or tiny.")
         return ModelChoice(name, name, False, "a Hugging Face hub id")
 
     @property
@@ -166,13 +272,28 @@ class CourseConfig:
 
         return self.cache_dir / f"tiny-qwen2_5_vl-v{BUILDER_VERSION}"
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML-friendly values (paths as strings), e.g. to save with a run."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = str(value) if isinstance(value, Path) else value
-        return out
+
+#: owner/name on the Hugging Face hub (a path like ./x, /x or a/b/c is a folder).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+SETTINGS = tuple(k for k in CourseConfig.model_fields if k != "source")
+_PATH_KEYS = {"data", "image_root", "output_dir", "cache_dir"}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model the course will use, and why.
+
+    Attributes:
+        name: what the learner asked for after resolution (``tiny``, a hub id or a folder).
+        path: what to pass to ``from_pretrained`` (for the tiny model: its cache folder).
+        is_tiny: True when the random stand-in is used.
+        reason: one sentence saying why this model was chosen.
+    """
+
+    name: str
+    path: str
+    is_tiny: bool
+    reason: str
 
 
 def _looks_tiny(folder: Path) -> bool:
@@ -181,42 +302,27 @@ def _looks_tiny(folder: Path) -> bool:
     return (folder / MARKER_FILE).exists()
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(CourseConfig) if f.name != "source"}
-_PATH_KEYS = {"data", "image_root", "output_dir", "cache_dir"}
+def _config_error(exc: ValidationError, origins: Mapping[str, Origin]) -> ConfigError:
+    """The first problem pydantic found, located at the origin of the bad value."""
+    problems = exc.errors()
+    first = problems[0]
+    key = str(first["loc"][0]) if first["loc"] else ""
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return _unknown_key(key, origins.get(key, Origin("load_config() arguments")))
+    shown = first.get("input")
+    more = f" ({len(problems) - 1} more problem(s) after this one)" if len(problems) > 1 else ""
+    text = message if message.startswith(key) else f"{key}: {message}"
+    if not isinstance(shown, dict) and repr(shown) not in text:
+        text += f" (got {shown!r})"
+    return origins.get(key, DEFAULT).error(text + "." + more,
+                                           FIXES.get(key, f"give {key} a valid value."))
 
 
-def _convert(key: str, value: Any, origin: str, base: Path) -> Any:
-    """Convert one raw value (YAML scalar or environment string) to the field's type."""
-    empty = value is None or (isinstance(value, str) and value.strip().lower() in {"", "null"})
-    if empty:
-        if key in {"data", "image_root"}:
-            return None
-        raise ConfigError(f"{key} has no value.", file=origin, fix=f"give {key} a value or remove it.")
-    if key in _PATH_KEYS:
-        path = Path(str(value)).expanduser()
-        return Path(os.path.normpath(path if path.is_absolute() else base / path))
-    default = _FIELDS[key].default
-    kind = type(default) if default is not dataclasses.MISSING else str
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in {"true", "yes", "on", "1"}:
-                return True
-            if text in {"false", "no", "off", "0"}:
-                return False
-            raise ValueError(text)
-        if kind is int:
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            return int(str(value).replace("_", ""))
-        if kind is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}.", file=origin,
-                          fix=f"write {key} as a plain {kind.__name__}.") from None
+def _unknown_key(key: str, origin: Origin) -> ConfigError:
+    close = difflib.get_close_matches(key, list(SETTINGS), n=1)
+    hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(SETTINGS)}."
+    return origin.error(f"unknown setting {key!r}.", hint)
 
 
 def find_config_file(start: Path | None = None) -> Path | None:
@@ -235,8 +341,12 @@ def find_config_file(start: Path | None = None) -> Path | None:
     return None
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; errors name the file and line."""
+def read_yaml_mapping(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A YAML file that must hold a mapping: (values, 1-based line of each key).
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML (with its line), or not a mapping.
+    """
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -244,6 +354,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
                           fix="check the path and save the file as UTF-8.") from None
     try:
         raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -251,32 +362,72 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"invalid YAML: {problem}.", file=path, line=line,
                           fix="fix the indentation or quoting on that line.") from None
     if raw is None:
-        return {}
+        return {}, {}
     if not isinstance(raw, dict):
         raise ConfigError("the file must hold key: value pairs.", file=path,
                           fix="see the course.yaml at the repository root for the layout.")
-    return raw
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+    return {str(k): v for k, v in raw.items()}, lines
 
 
-def _unknown_key(key: str, origin: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(_FIELDS), n=1)
-    hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(_FIELDS))}."
-    return ConfigError(f"unknown setting {key!r}.", file=origin, fix=hint)
+def _path_value(value: Any, base: Path) -> Any:
+    """Resolve a path setting against ``base``; ``null``/empty means None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "null", "none"}):
+        return None
+    if not isinstance(value, str | Path):
+        return value  # pydantic reports the wrong type
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
-def _read_settings(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        raise ConfigError("configuration file not found.", file=file,
-                          fix="check the path (presets live in configs/).")
-    values = {}
-    for key, value in read_yaml_mapping(file).items():
-        if key not in _FIELDS:
-            raise _unknown_key(str(key), str(file))
-        values[key] = _convert(key, value, str(file), file.parent)
-    return values
+class _Layers:
+    """Values and their origins, merged layer by layer (later wins)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.origins: dict[str, Origin] = {}
+
+    def add(self, key: str, value: Any, origin: Origin, base: Path) -> None:
+        if key not in SETTINGS:
+            raise _unknown_key(key, origin)
+        if key in _PATH_KEYS:
+            value = _path_value(value, base)
+            if value is None and key in ("output_dir", "cache_dir"):
+                raise origin.error(f"{key} has no value.", f"give {key} a folder or remove it.")
+        self.values[key] = value
+        self.origins[key] = origin
+
+    def add_file(self, file: Path, label: str) -> None:
+        if not file.is_file():
+            raise ConfigError("configuration file not found.", file=file,
+                              fix="check the path (presets live in configs/).")
+        values, lines = read_yaml_mapping(file)
+        for key, value in values.items():
+            origin = Origin(label, file, lines.get(key))
+            if label == "preset" and key in LEARNER_KEYS:
+                raise origin.error(
+                    f"a preset holds hardware settings only, and {key} is your choice.",
+                    f"remove {key} from the preset; set {key}: in course.yaml (or --set "
+                    f"{key}=...).")
+            self.add(key, value, origin, file.parent)
+
+    def add_environment(self, environ: Mapping[str, str]) -> None:
+        for name, value in sorted(environ.items()):
+            if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
+                continue
+            key = name[len(ENV_PREFIX):].lower()
+            origin = Origin("environment", name=name)
+            if key not in SETTINGS:
+                known = [ENV_PREFIX + k.upper() for k in SETTINGS] + list(OTHER_VARIABLES)
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise origin.error(f"{name} is not a setting of the course.",
+                                   f"{hint}Unset it (unset {name}) or correct its name; the "
+                                   "settings are the keys of course.yaml.")
+            self.add(key, value, origin, Path.cwd())
 
 
-def parse_set(items: list[str]) -> dict[str, str]:
+def parse_set(items: Iterable[str]) -> dict[str, str]:
     """``["lr=0.001", "run_name=x"]`` (the CLI's ``--set``) as a mapping."""
     out = {}
     for item in items:
@@ -287,37 +438,36 @@ def parse_set(items: list[str]) -> dict[str, str]:
     return out
 
 
-def load_config(path: str | Path | None = None, *, presets: list[str | Path] = (),
-                use_env: bool = True, **overrides: Any) -> CourseConfig:
-    """Load the course settings.
+def load_config(path: str | Path | None = None, *, presets: Iterable[str | Path] = (),
+                use_env: bool = True, sets: Mapping[str, Any] | None = None,
+                **overrides: Any) -> CourseConfig:
+    """Load the course settings, remembering where each value came from.
 
-    Order (later wins): defaults, ``course.yaml`` (``path``, ``$QVL_CONFIG`` or the nearest one
-    above the current folder), each preset file in ``presets`` (relative paths in a preset are
-    relative to the preset), ``QVL_<KEY>`` environment variables, keyword ``overrides``.
+    Order (later wins): defaults; ``course.yaml`` (``path``, ``$QVL_CONFIG`` or the nearest one
+    above the current folder); each preset in ``presets`` (hardware knobs only; relative paths in
+    it are relative to the preset); ``QVL_<KEY>`` variables; ``sets`` (the CLI's ``--set``);
+    keyword ``overrides``.
 
     Raises:
-        ConfigError: unreadable file, invalid YAML, unknown key or a value that cannot work.
+        ConfigError: unreadable file, invalid YAML, unknown key or variable, a preset that sets a
+            learner's choice, or a value that cannot work; located at its origin.
     """
     file = Path(path).expanduser().resolve() if path is not None else find_config_file()
-    values: dict[str, Any] = {}
+    layers = _Layers()
     if file is not None:
-        values.update(_read_settings(file))
+        layers.add_file(file, "course.yaml" if file.name == CONFIG_FILE else "settings file")
     for preset in presets:
-        values.update(_read_settings(Path(preset).expanduser().resolve()))
+        layers.add_file(Path(preset).expanduser().resolve(), "preset")
     if use_env:
-        for name, value in os.environ.items():
-            if not name.startswith(ENV_PREFIX) or name in {"QVL_CONFIG"}:
-                continue
-            key = name[len(ENV_PREFIX):].lower()
-            if key in _FIELDS:
-                values[key] = _convert(key, value, f"environment variable {name}", Path.cwd())
+        layers.add_environment(os.environ)
+    for key, value in (sets or {}).items():
+        layers.add(key, value, Origin("--set", name=f"{key}={value}"), Path.cwd())
     for key, value in overrides.items():
-        if key not in _FIELDS:
-            raise _unknown_key(key, "load_config() arguments")
-        values[key] = _convert(key, value, "load_config() arguments", Path.cwd())
-    if "output_dir" not in values and file is not None:
-        values["output_dir"] = file.parent / "outputs"
-    return CourseConfig(**values, source=file)
+        layers.add(key, value, Origin("load_config()", name=f"{key}={value!r}"), Path.cwd())
+    if "output_dir" not in layers.values and file is not None:
+        layers.values["output_dir"] = file.parent / "outputs"
+        layers.origins["output_dir"] = Origin("default (beside course.yaml)")
+    return CourseConfig(_origins=layers.origins, **layers.values, source=file)
 
 
 def ensure_model(choice: ModelChoice) -> str:

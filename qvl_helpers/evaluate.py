@@ -19,6 +19,8 @@ import yaml
 
 from .collate import make_collator
 from .data.records import answers_of
+from .errors import ConfigError, DatasetError
+from .runs import RUN_CONFIG
 
 ABLATIONS = ("blank",)
 
@@ -41,8 +43,8 @@ def blank_like(image: Any) -> Any:
 def image_limits(adapter: str | Path | None, processor: Any) -> tuple[int, int]:
     """The min/max pixels a run was trained with (its run_config.yaml), else the processor's:
     inference must use the same image limits as training."""
-    if adapter is not None and (Path(adapter) / "run_config.yaml").is_file():
-        saved = yaml.safe_load((Path(adapter) / "run_config.yaml").read_text(encoding="utf-8"))
+    if adapter is not None and (Path(adapter) / RUN_CONFIG).is_file():
+        saved = yaml.safe_load((Path(adapter) / RUN_CONFIG).read_text(encoding="utf-8"))
         return int(saved["min_pixels"]), int(saved["max_pixels"])
     size = processor.image_processor.size
     return int(size["shortest_edge"]), int(size["longest_edge"])
@@ -50,21 +52,20 @@ def image_limits(adapter: str | Path | None, processor: Any) -> tuple[int, int]:
 
 def load_for_eval(model_path: str, adapter: str | Path | None = None,
                   quantization: str = "none") -> tuple[Any, Any]:
-    """The base model (optionally with a LoRA adapter) and the processor saved with the adapter
-    (or the base's), in eval mode."""
-    from transformers import AutoProcessor
+    """The base model (optionally with a LoRA adapter, checked to fit: see
+    :func:`~qvl_helpers.model.load_adapter`) and the processor saved with the adapter (or the
+    base's), in eval mode."""
+    from .model import load_adapter, load_model, load_processor, read_adapter_config
 
-    from .model import load_model
-
+    if adapter is not None:
+        read_adapter_config(adapter)  # a broken adapter folder fails before the model loads
     processor_dir = adapter if adapter and (Path(adapter) / "processor_config.json").is_file() \
         else model_path
-    processor = AutoProcessor.from_pretrained(processor_dir)
+    processor = load_processor(processor_dir)
     device_map = "auto" if torch.cuda.is_available() else None
     model = load_model(model_path, quantization, device_map=device_map)
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = load_adapter(model, adapter)
     model.eval()
     return model, processor
 
@@ -97,7 +98,15 @@ def evaluate_records(model: Any, processor: Any, records: Sequence[dict[str, Any
                      image_ablation: str | None = None, batch_size: int = 8,
                      min_pixels: int | None = None, max_pixels: int | None = None
                      ) -> dict[str, Any]:
-    """Metrics and predictions (the report layout of the design, without model names)."""
+    """Metrics and predictions (the report layout of the design, without model names).
+
+    Raises:
+        DatasetError: there are no records (an empty split has no score).
+    """
+    if not records:
+        raise DatasetError("there are no samples to evaluate: a score of nothing would mean "
+                           "nothing.", fix="evaluate a split with samples (add data if the test "
+                                           "split is empty).")
     references = [answers_of(r)[-1] for r in records]
     longest = max((len(processor.tokenizer.encode(r)) for r in references), default=16)
     predictions = generate_answers(model, processor, records, batch_size=batch_size,
@@ -116,14 +125,41 @@ def evaluate_records(model: Any, processor: Any, records: Sequence[dict[str, Any
     }
 
 
+def predictions_path(report: str | Path) -> Path:
+    """Where the predictions of a report go: ``NAME.predictions.jsonl`` beside ``NAME.json``, so
+    evaluations of different systems never share a predictions file."""
+    report = Path(report)
+    return report.with_name(f"{report.stem}.predictions.jsonl")
+
+
 def run_eval(model: str, data: str | Path, out: str | Path, *, adapter: str | Path | None = None,
              image_root: str | Path | None = None, image_ablation: str | None = None,
-             quantization: str = "none", batch_size: int = 8) -> dict[str, Any]:
+             quantization: str = "none", batch_size: int = 8, force: bool = False
+             ) -> dict[str, Any]:
     """``qvl eval``: evaluate ``model`` (+ ``adapter``) on a data file; writes the report to
-    ``out`` and one prediction per line to ``predictions.jsonl`` beside it."""
+    ``out`` and its predictions beside it (:func:`predictions_path`).
+
+    Both outputs are claimed before any work: neither may be an input, and neither is replaced
+    unless ``force``. ``image_root`` defaults to the one recorded with prepared splits.
+
+    Raises:
+        ConfigError, OutputExistsError: the outputs cannot be written as asked.
+        DatasetError: the data is empty or has a bad record or a missing image.
+        ModelError: the model or the adapter cannot be loaded, or the adapter does not fit.
+    """
     from .config import ensure_model, load_config
     from .data import load_records
+    from .outputs import claim_output, write_json, write_text
 
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, not {batch_size}.",
+                          fix="use --batch-size 8 (or lower if memory is short).")
+    out = Path(out)
+    inputs = [data, model, adapter]
+    if adapter is not None and Path(adapter).is_dir():
+        inputs += list(Path(adapter).iterdir())
+    claim_output(out, inputs=inputs, force=force)
+    claim_output(predictions_path(out), inputs=inputs, force=force)
     choice = load_config(model=model).resolve_model()
     model_path = ensure_model(choice)
     records = load_records(data, image_root=image_root)
@@ -133,10 +169,30 @@ def run_eval(model: str, data: str | Path, out: str | Path, *, adapter: str | Pa
                               batch_size=batch_size, min_pixels=lo, max_pixels=hi)
     report = {"model": model, "adapter": str(adapter) if adapter else None,
               "data": str(data), "min_pixels": lo, "max_pixels": hi, **result}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(out.with_name("predictions.jsonl"), "w", encoding="utf-8") as fh:
-        for row in report["predictions"]:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_json(out, report)
+    write_text(predictions_path(out), "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                              for row in report["predictions"]))
     return report
+
+
+def run_eval_plan(run: str | Path) -> dict[str, Any]:
+    """What ``qvl eval --run RUN`` evaluates, read from the run's ``run.json``: the model it was
+    trained from, its adapter, its held-out test split and that split's image root.
+
+    Raises:
+        ConfigError: the folder is not a finished run made by ``qvl train``.
+    """
+    from .runs import ADAPTER, read_identity
+
+    run = Path(run)
+    identity = read_identity(run)
+    if identity is None:
+        raise ConfigError("this is not a run folder (no run.json).", file=run,
+                          fix="pass a folder under outputs/runs/ made by `qvl train`.")
+    if not (run / ADAPTER).is_dir():
+        raise ConfigError("the run has no adapter yet (it did not finish).", file=run,
+                          fix="finish it with `qvl train ... --resume` first.")
+    where = identity["where"]
+    model = where["model_path"] if Path(where["model_path"]).is_dir() else identity["model"]["name"]
+    return {"model": model, "adapter": run / ADAPTER, "data": Path(where["splits"]["test"]),
+            "image_root": Path(where["image_root"])}

@@ -8,8 +8,13 @@ the adapters; this module only decides the settings and says what it decided.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError, ModelError
 
 COMPONENTS = ("vision tower", "merger", "language model", "lm_head")
 
@@ -88,13 +93,9 @@ def lora_targets(trained: str) -> tuple[str, list[str]]:
     regex (matched against full module names)."""
     if trained in TRAINED_PARTS:
         return TRAINED_PARTS[trained]
-    import re
-
     try:
         re.compile(trained)
     except re.error as exc:
-        from .errors import ConfigError
-
         raise ConfigError(f"trained: {trained!r} is neither a preset ({', '.join(TRAINED_PARTS)})"
                           f" nor a valid regex ({exc}).", fix="use a preset name.") from None
     return trained, []
@@ -123,6 +124,27 @@ def attention_implementation() -> str:
     return "sdpa"
 
 
+def load_processor(path: str | Path) -> Any:
+    """``AutoProcessor.from_pretrained(path)``; a missing or broken folder becomes a
+    :class:`~qvl_helpers.errors.ModelError` naming it."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, "processor", exc) from None
+
+
+def _load_error(path: str | Path, what: str, exc: Exception) -> ModelError:
+    local = Path(str(path)).exists()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    fix = ("check that the folder holds a saved model (config.json, safetensors weights, "
+           "processor files)" if local else
+           "check the model name, or download it first while online (`hf download NAME`); "
+           "offline, only cached models load")
+    return ModelError(f"cannot load the {what} ({first}).", file=str(path), fix=fix + ".")
+
+
 def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
                device_map: Any = None) -> Any:
     """Load Qwen2.5-VL for LoRA training.
@@ -130,10 +152,11 @@ def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
     ``quantization``: ``"4bit"`` (QLoRA: NF4, double quantization, compute in ``dtype``),
     ``"8bit"`` or ``"none"`` (16-bit LoRA; fp32 on CPU). The vision tower and ``lm_head`` are
     never quantized (quantizing them costs quality and saves little).
+
+    Raises:
+        ModelError: the folder or hub id cannot be loaded (named, with what to do).
     """
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
-
-    from .errors import ConfigError
 
     dtype = dtype or compute_dtype()
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention_implementation()}
@@ -151,7 +174,40 @@ def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
         raise ConfigError(f"quantization must be 4bit, 8bit or none, not {quantization!r}.")
     if device_map is not None:
         kwargs["device_map"] = device_map
-    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    try:
+        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, "model", exc) from None
+
+
+def lora_target_names(model_path: str, trained: str) -> list[str]:
+    """The linear layers LoRA would wrap for ``trained``, found on a weightless copy of the model
+    (built on the meta device from its config: seconds, no memory), before any weights load.
+
+    PEFT matches a string ``target_modules`` with ``re.fullmatch`` against full module names
+    (peft 0.21, ``check_target_module_exists``); this does the same.
+
+    Raises:
+        ConfigError: the pattern matches no linear layer of this model.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(model_path, "model configuration", exc) from None
+    with torch.device("meta"):
+        skeleton = AutoModelForImageTextToText.from_config(config)
+    target, _ = lora_targets(trained)
+    linear = [name for name, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
+    hits = [name for name in linear if re.fullmatch(target, name)]
+    if not hits:
+        raise ConfigError(f"trained: {trained!r} matches no linear layer of {model_path} "
+                          f"({len(linear)} linear layers, for example {linear[len(linear) // 2]}).",
+                          fix=f"use one of {', '.join(TRAINED_PARTS)}, or a regular expression "
+                              "that matches full module names such as the example.")
+    return hits
 
 
 def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 16,
@@ -205,3 +261,78 @@ def lora_modules(model: Any) -> list[str]:
     """Names of the modules that received LoRA adapters (for reporting what was selected)."""
     return sorted({name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters()
                    if ".lora_A." in name})
+
+
+# ----------------------------------------------------------------------------- loading an adapter
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def read_adapter_config(adapter: str | Path) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a LoRA adapter folder, checked for what loading needs.
+
+    Raises:
+        ModelError: the folder, its config or its safetensors weights are missing or unreadable.
+    """
+    folder = Path(adapter)
+    fix = "point to a folder written by `qvl train` (outputs/runs/NAME/adapter)."
+    if not folder.is_dir():
+        raise ModelError("the adapter folder does not exist.", file=folder, fix=fix)
+    config_file = folder / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError("this is not an adapter folder (no adapter_config.json).", file=folder,
+                         fix=fix) from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"adapter_config.json is unreadable ({exc}).", file=config_file,
+                         fix="copy the adapter folder again from where it was trained.") from None
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise ModelError("adapter_config.json is not a PEFT adapter configuration.",
+                         file=config_file, fix=fix)
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise ModelError(f"the adapter has no {ADAPTER_WEIGHTS} (only safetensors weights are "
+                         "loaded).", file=folder, fix=fix)
+    return config
+
+
+def load_adapter(model: Any, adapter: str | Path) -> Any:
+    """Wrap ``model`` with the LoRA adapter in ``adapter`` and prove that it fits: every saved
+    adapter weight must find its module with the same shape, and every LoRA layer created must
+    receive a saved weight. Otherwise the model would silently run as the base model.
+
+    Raises:
+        ModelError: the folder is not a usable adapter, or it was trained on another model.
+    """
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = read_adapter_config(adapter)
+    trained_on = config.get("base_model_name_or_path") or "an unknown model"
+    weights = Path(adapter) / ADAPTER_WEIGHTS
+    try:
+        saved = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{ADAPTER_WEIGHTS} is unreadable or truncated ({exc}).", file=weights,
+                         fix="copy the adapter again, or use a complete checkpoint.") from None
+    other = (f"it was trained on {trained_on}; load it onto that model (or a model with the "
+             "same architecture and size).")
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(adapter))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise ModelError(f"the adapter does not fit this model ({first}).", file=adapter,
+                         fix=other) from None
+    current = get_peft_model_state_dict(wrapped)
+    missing = sorted(saved.keys() - current.keys())
+    untrained = sorted(current.keys() - saved.keys())
+    shapes = sorted(k for k in saved.keys() & current.keys()
+                    if tuple(saved[k].shape) != tuple(current[k].shape))
+    for problem, keys in (("adapter weights find no module in this model", missing),
+                          ("LoRA layers get no saved weight", untrained),
+                          ("adapter weights have another shape than the model's", shapes)):
+        if keys:
+            raise ModelError(f"the adapter does not fit this model: {len(keys)} {problem}, "
+                             f"for example {keys[0]}.", file=adapter, fix=other)
+    return wrapped

@@ -1,14 +1,18 @@
 """Training: the Hugging Face Trainer wired to the course's data, collator, guards and layout.
 
-``train(cfg)`` prepares what is missing (checked, leakage-free splits under ``outputs/data``),
-refuses a run that could not work (over-long samples, nothing to train), loads the model (4-bit,
-8-bit or 16-bit) with LoRA on the chosen parts, and trains with a cosine schedule, warmup,
-validation loss and checkpoints. Everything lands under ``outputs/runs/NAME/``::
+``train(cfg)`` runs small named steps: decide the run folder (:func:`plan_run`: a run is never
+overwritten, a finished run never retrained), prepare the data (checked, leakage-free splits under
+``outputs/data/<dataset>/``), check everything before the first step (:func:`preflight`: every
+split against ``max_length`` and the image checks, the LoRA pattern against the model, the run's
+identity against the recorded one when resuming), then load the model (4-bit, 8-bit or 16-bit)
+with LoRA on the chosen parts, fit with a cosine schedule, warmup, validation loss and checkpoints,
+and save the adapter. Everything lands under ``outputs/runs/NAME/``::
 
+    run.json        the run's identity: model, data hashes, shaping settings (see runs.py)
     checkpoint-N/   adapter, optimizer, scheduler, RNG state, processor, run_config.yaml,
-                    and a completion marker written last
+                    and a completion marker with every file's size and hash, written last
     adapter/        the final LoRA adapter + processor + run_config.yaml
-    train_log.jsonl one JSON object per log step; loss.png; run_config.yaml
+    train_log.jsonl one JSON object per log step (a resume is marked); loss.png; run_config.yaml
 
 The same code runs under ``accelerate launch`` / ``torchrun`` on several GPUs (or CPU processes).
 """
@@ -32,10 +36,28 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .collate import Collator, length_grouped_order, make_collator
 from .config import CourseConfig, ensure_model
-from .errors import DatasetError, OutputExistsError, QVLError
+from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
+from .outputs import OutputFolderError, ensure_folder
+from .runs import (
+    ADAPTER,
+    LOG,
+    RUN_CONFIG,
+    ResumePoint,
+    build_identity,
+    find_resume_checkpoint,
+    free_name,
+    identity_changes,
+    inspect_run,
+    mark_complete,
+    read_identity,
+    read_log,
+    resume_log,
+    run_dir,
+    set_aside,
+    start_log,
+    write_identity,
+)
 
-COMPLETE_MARKER = "qvl_checkpoint_complete.json"
-RUN_CONFIG = "run_config.yaml"
 #: Fault-injection point for the resume tests: SIGKILL this process while it writes the
 #: checkpoint of this step (after the weights, before the optimizer and trainer state).
 KILL_DURING_SAVE = "QVL_KILL_DURING_SAVE_AT_STEP"
@@ -78,10 +100,6 @@ class GroupedSampler(torch.utils.data.Sampler):
         return iter(length_grouped_order(self.lengths, self.batch_size, self.seed + self.epoch))
 
 
-def run_dir(cfg: CourseConfig) -> Path:
-    return Path(cfg.output_dir) / "runs" / cfg.run_name
-
-
 def resolve_quantization(cfg: CourseConfig) -> str:
     if cfg.quantization != "auto":
         return cfg.quantization
@@ -113,29 +131,6 @@ def check_labels(collator: Collator, records: Sequence[dict[str, Any]], sample: 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def is_complete(checkpoint: Path) -> bool:
-    return (checkpoint / COMPLETE_MARKER).is_file() and (checkpoint / "trainer_state.json").is_file()
-
-
-def find_resume_checkpoint(folder: Path, *, set_aside: bool = True) -> Path | None:
-    """The newest complete checkpoint in ``folder``. Incomplete ones (a process killed while
-    saving) are renamed ``incomplete-checkpoint-N`` (kept, never deleted) and skipped."""
-    found = []
-    for path in folder.glob("checkpoint-*"):
-        step = path.name.rsplit("-", 1)[-1]
-        if path.is_dir() and step.isdigit():
-            found.append((int(step), path))
-    for _, path in sorted(found, reverse=True):
-        if is_complete(path):
-            return path
-        if set_aside:
-            target = path.with_name(f"incomplete-{path.name}-{int(time.time())}")
-            print(f"{path.name} is incomplete (the process stopped while saving it); kept as "
-                  f"{target.name} and skipped.")
-            path.rename(target)
-    return None
-
-
 def save_run_config(cfg: CourseConfig, folder: Path, extra: dict[str, Any]) -> None:
     data = {**cfg.to_dict(), **extra}
     (folder / RUN_CONFIG).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
@@ -153,7 +148,7 @@ class RunFilesCallback(TrainerCallback):
                  live: bool = False) -> None:
         self.folder, self.processor, self.cfg, self.extra, self.live = folder, processor, cfg, \
             extra, live
-        self.log_path = folder / "train_log.jsonl"
+        self.log_path = folder / LOG
         self._display = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -172,8 +167,7 @@ class RunFilesCallback(TrainerCallback):
         if checkpoint.is_dir():
             self.processor.save_pretrained(checkpoint)
             save_run_config(self.cfg, checkpoint, self.extra)
-            (checkpoint / COMPLETE_MARKER).write_text(
-                json.dumps({"step": state.global_step, "time": time.time()}) + "\n")
+            mark_complete(checkpoint, state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.log_path.exists():
@@ -197,11 +191,6 @@ class RunFilesCallback(TrainerCallback):
         else:
             self._display.update(fig)
         plt.close(fig)
-
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """The entries of a train_log.jsonl."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -252,7 +241,7 @@ def _oom_message(cfg: CourseConfig, longest: int) -> str:
             f"{longest} tokens, batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum}.")
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- the steps
 
 
 @dataclass
@@ -262,90 +251,187 @@ class TrainResult:
     steps: int
     train_loss: float | None
     seconds: float
+    trained: bool = True  # False: a dry run, or a finished run that --resume left alone
 
 
 def _world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def train(cfg: CourseConfig, *, resume: bool = False, live_plot: bool = False,
-          callbacks: Sequence[TrainerCallback] = (), verbose: bool = True) -> TrainResult:
-    """Fine-tune with LoRA as ``cfg`` says and return where everything went.
-
-    Raises:
-        DatasetError: the data has problems, or samples exceed max_length.
-        OutputExistsError: the run folder holds an earlier run and ``resume`` is False.
-        TrainingError: nothing to train, a non-finite loss, or out of GPU memory.
-    """
-    from transformers import AutoProcessor
-
-    from .data import load_records, prepare_data
-    from .model import add_lora, format_parameter_table, load_model, parameter_table
-    from .tokens import token_budget
-
-    rank, world = _world()
-    say = print if (verbose and rank == 0) else (lambda *a, **k: None)
-    folder = run_dir(cfg)
-    adapter_dir = folder / "adapter"
-    checkpoint = None
-    if resume:
-        checkpoint = find_resume_checkpoint(folder, set_aside=rank == 0)
-        if checkpoint is None:
-            raise TrainingError("there is no complete checkpoint to resume from.", file=folder,
-                                fix="start the run without --resume.")
-        say(f"Resuming from {checkpoint}")
-        if rank == 0:
-            _trim_log(folder / "train_log.jsonl", int(checkpoint.name.rsplit("-", 1)[-1]))
-    elif folder.exists() and (adapter_dir.exists() or any(folder.glob("checkpoint-*"))):
-        raise OutputExistsError(f"the run {cfg.run_name!r} already exists.", file=folder,
-                                fix="pass --resume to continue it, or set another run_name "
-                                    "(nothing was overwritten).")
-    # Several processes (accelerate/torchrun): all have checked the folder above before any
-    # writes to it; then the main process prepares the data while the others wait.
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    state.wait_for_everyone()
-    with state.main_process_first():
-        prepared = prepare_data(cfg, verbose=verbose and rank == 0)
-    train_records = load_records(prepared.train, image_root=prepared.image_root)
-    val_records = load_records(prepared.val, image_root=prepared.image_root)
-    model_path = ensure_model(cfg.resolve_model())
-    processor = AutoProcessor.from_pretrained(model_path)
-    budget = token_budget(train_records, processor, min_pixels=cfg.min_pixels,
-                          max_pixels=cfg.max_pixels, max_length=cfg.max_length)
-    if budget.too_long and cfg.on_too_long == "error":
-        raise DatasetError(" ".join(budget.advice()), file=prepared.train,
-                           sample_id=budget.too_long[0].id,
-                           fix="follow the advice above, or set on_too_long: drop to skip them.")
-    collator = make_collator(processor, "train", min_pixels=cfg.min_pixels,
-                             max_pixels=cfg.max_pixels, max_length=cfg.max_length,
-                             on_too_long=cfg.on_too_long)
-    check_labels(collator, train_records)
-    collator.samples_seen = 0  # count training batches only from here
+    return state.process_index, state.num_processes
 
-    quantization, dtype = resolve_quantization(cfg), resolve_dtype(cfg)
-    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
-    model = load_model(model_path, quantization, dtype, device_map=device_map)
-    model = add_lora(model, trained=cfg.trained, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                     dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
-    say(format_parameter_table(parameter_table(model)))
 
+def _renamed(cfg: CourseConfig, say: Any, why: str) -> CourseConfig:
+    """``cfg`` with the first free run name (``--force`` starts a new run, never in place)."""
+    name = free_name(cfg)
+    say(f"{why}; --force starts a new run named {name!r} instead (the old run is untouched).")
+    return cfg.model_copy(update={"run_name": name})
+
+
+def plan_run(cfg: CourseConfig, *, resume: bool, force: bool,
+             say: Any = print) -> tuple[CourseConfig, bool, TrainResult | None]:
+    """Decide where this run goes before any work: ``(cfg, resume, finished)``.
+
+    A run folder with a checkpoint or an adapter is never trained over: without ``resume`` it is
+    refused (``force``: a new run name instead); a finished run is left alone (``finished`` is
+    its result); resuming needs something to resume.
+    """
+    folder = run_dir(cfg)
+    state = inspect_run(folder)
+    if state.finished:
+        steps = (state.identity or {}).get("finished", {}).get("steps", 0)
+        if resume and not force:
+            say(f"The run {cfg.run_name!r} already finished ({steps} steps); nothing to do. Its "
+                f"adapter: {folder / ADAPTER}")
+            return cfg, False, TrainResult(folder, folder / ADAPTER, steps, None, 0.0, False)
+        if not force:
+            raise OutputExistsError(
+                f"the run {cfg.run_name!r} already exists and finished.", file=folder,
+                fix="set another run_name, or pass --force to start a new run under a new name "
+                    "(nothing was overwritten).")
+        return _renamed(cfg, say, f"the run {cfg.run_name!r} finished"), False, None
+    if state.started and not resume:
+        if not force:
+            raise OutputExistsError(
+                f"the run {cfg.run_name!r} already exists.", file=folder,
+                fix="pass --resume to continue it with the same settings, set another run_name, "
+                    "or pass --force to start a new run under a new name (nothing was "
+                    "overwritten).")
+        return _renamed(cfg, say, f"the run {cfg.run_name!r} exists"), False, None
+    if resume and not state.started:
+        raise TrainingError(f"there is no run {cfg.run_name!r} to resume.", file=folder,
+                            fix="start the run without --resume.")
+    return cfg, resume, None
+
+
+def check_resume(cfg: CourseConfig, identity: dict[str, Any], *, force: bool,
+                 say: Any = print) -> tuple[CourseConfig, ResumePoint | None]:
+    """Resume only the same run: the recorded identity must equal the current one. Returns the
+    checkpoint to resume from, or (with ``force`` and a changed identity) a renamed new run."""
+    folder = run_dir(cfg)
+    recorded = read_identity(folder)
+    changes = (identity_changes(recorded, identity, cfg) if recorded else
+               ["no run.json: the run's identity was not recorded, so it cannot be compared"])
+    if changes:
+        if force:
+            return _renamed(cfg, say, f"the run {cfg.run_name!r} was made with other settings "
+                                      f"({'; '.join(changes)})"), None
+        raise TrainingError(
+            f"cannot resume the run {cfg.run_name!r}: it was started with other data, model or "
+            "settings, and continuing would mix two runs. Changed: " + "; ".join(changes) + ".",
+            file=folder, fix="resume with the run's own settings (see its run_config.yaml), or "
+                             "pass --force to start a new run under a new name with these.")
+    point = find_resume_checkpoint(folder)
+    if point.checkpoint is None:
+        why = "; ".join(f"{p.name}: {reason}" for p, reason in point.rejected) or "none saved"
+        raise TrainingError(f"there is no complete checkpoint to resume from ({why}).",
+                            file=folder, fix="start a new run (another run_name, or --force).")
+    return cfg, point
+
+
+def recheck_images(prepared: Any, cfg: CourseConfig) -> None:
+    """Splits made earlier are re-checked (images may have changed since): the doctor's image
+    checks on each split, errors only."""
+    from .data import check_file
+
+    for name, path in prepared.files().items():
+        report = check_file(path, image_root=prepared.image_root, min_pixels=cfg.min_pixels,
+                            max_pixels=cfg.max_pixels, leakage=False)
+        first = next((p for p in report.problems if p.severity == "error"), None)
+        if first is not None and first.code != "missing_field":
+            raise DatasetError(f"the {name} split has {report.errors} error(s), for example "
+                               f"{first.code}: {first.message}", file=path, line=first.line,
+                               sample_id=first.id,
+                               fix="fix or replace the image (`qvl data check` lists every "
+                                   "problem), then run again.")
+
+
+def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[dict[str, Any]]],
+              processor: Any, say: Any = print) -> dict[str, Any]:
+    """Everything knowable before the first step, for every split the run and its evaluation
+    will use: non-empty training data, images, and lengths against ``max_length`` (with the same
+    tolerance, ``on_too_long``, everywhere). Returns each split's token budget."""
+    from .tokens import token_budget
+
+    if not records["train"]:
+        raise DatasetError("the train split is empty: there is nothing to train on.",
+                           file=prepared.train, fix="add data (a few dozen samples at least).")
+    for warning in prepared.warnings:
+        say("Warning:", warning)
+    if not prepared.built:
+        recheck_images(prepared, cfg)
+    budgets = {}
+    for name, split in records.items():
+        budget = token_budget(split, processor, min_pixels=cfg.min_pixels,
+                              max_pixels=cfg.max_pixels, max_length=cfg.max_length)
+        budgets[name] = budget
+        over = budget.too_long
+        if over and cfg.on_too_long == "error":
+            worst = max(over, key=lambda s: s.total)
+            raise DatasetError(
+                f"{len(over)} sample(s) of the {name} split are longer than max_length "
+                f"{cfg.max_length} (this one has {worst.total} tokens); found before training, "
+                "so no work is lost.", file=getattr(prepared, name), sample_id=worst.id,
+                fix=" ".join(budget.advice()[1:]) + "; or set on_too_long: drop to skip such "
+                    "samples in training and evaluation.")
+        if over:
+            say(f"Warning: {len(over)} sample(s) of the {name} split exceed max_length and will "
+                f"be skipped (on_too_long: drop): {', '.join(s.id for s in over[:5])}")
+    return budgets
+
+
+def _dry_run_text(cfg: CourseConfig, model_path: str, prepared: Any, budgets: dict[str, Any],
+                  targets: list[str], world: int, resume_from: ResumePoint | None) -> str:
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    n = prepared.counts.get("train", 0)
+    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
+        math.ceil(n / (cfg.batch_size * world)) / cfg.grad_accum * cfg.num_epochs)
+    lines = ["Settings (value, and where it came from):", cfg.describe(), "",
+             f"run folder   {run_dir(cfg)}",
+             f"model        {model_path}",
+             f"data         {prepared.source} -> {prepared.folder}",
+             "splits       " + ", ".join(f"{k} {v}" for k, v in prepared.counts.items()),
+             "longest      " + ", ".join(f"{k} {max(b.totals, default=0)} tokens"
+                                        for k, b in budgets.items()),
+             f"LoRA         {len(targets)} linear layers ({cfg.trained})",
+             f"steps        about {steps} ({per_step} samples per optimizer step)"]
+    if resume_from is not None and resume_from.checkpoint is not None:
+        lines.append(f"resume from  {resume_from.checkpoint}")
+    return "\n".join(lines + ["", "Dry run: everything checked; nothing was trained."])
+
+
+def open_run_folder(folder: Path, identity: dict[str, Any], resume_from: ResumePoint | None,
+                    cfg: CourseConfig, extra: dict[str, Any], say: Any = print) -> None:
+    """Main process: set aside unusable checkpoints, start or mark the log, record the run."""
     folder.mkdir(parents=True, exist_ok=True)
-    extra = {"resolved": {"model_path": model_path, "quantization": quantization,
-                          "dtype": str(dtype).removeprefix("torch."), "world_size": world,
-                          "train_records": len(train_records), "val_records": len(val_records),
-                          "image_root": str(prepared.image_root)}}
-    if rank == 0:
-        save_run_config(cfg, folder, extra)
+    if resume_from is not None:
+        for path, reason in resume_from.rejected:
+            kept = set_aside(path, "corrupt" if "bytes" in reason or "checksum" in reason
+                             or "missing" in reason else "incomplete")
+            say(f"{path.name} cannot be used ({reason}); kept as {kept.name} and skipped.")
+        resume_log(folder, resume_from.step)
+        return
+    old = start_log(folder)
+    if old is not None:
+        say(f"An earlier attempt of this run left a log; kept as {old.name}.")
+    write_identity(folder, identity)
+    save_run_config(cfg, folder, extra)
+
+
+def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[dict[str, Any]]],
+                  collator: Collator, processor: Any, lengths: list[int], dtype: torch.dtype,
+                  world: int, extra: dict[str, Any], callbacks: Sequence[TrainerCallback],
+                  live_plot: bool, verbose: bool, rank: int) -> CourseTrainer:
+    """The Trainer with the course's arguments, datasets, guards and run-files callback."""
     cuda = torch.cuda.is_available()
+    folder, val = run_dir(cfg), records["val"]
     args = TrainingArguments(
         output_dir=str(folder), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
         lr_scheduler_type="cosine", warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
-        logging_first_step=True, eval_strategy="steps" if val_records else "no",
+        logging_first_step=True, eval_strategy="steps" if val else "no",
         eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
@@ -354,42 +440,143 @@ def train(cfg: CourseConfig, *, resume: bool = False, live_plot: bool = False,
         dataloader_num_workers=0, report_to="none", disable_tqdm=not verbose or rank != 0,
     )  # gradient checkpointing is enabled by add_lora (non-reentrant), not by the Trainer
     run_files = RunFilesCallback(folder, processor, cfg, extra, live=live_plot)
-    trainer = CourseTrainer(
-        model=model, args=args, train_dataset=RecordDataset(train_records),
-        eval_dataset=RecordDataset(val_records) if val_records else None,
+    return CourseTrainer(
+        model=model, args=args, train_dataset=RecordDataset(records["train"]),
+        eval_dataset=RecordDataset(val) if val else None,
         data_collator=collator, callbacks=[run_files, *callbacks],
-        lengths=budget.totals if cfg.group_by_length else None,
-        guard_hint=_guard_hint(cfg, dtype))
-    start = time.time()
+        lengths=lengths if cfg.group_by_length else None, guard_hint=_guard_hint(cfg, dtype))
+
+
+def fit(trainer: CourseTrainer, cfg: CourseConfig, resume_from: ResumePoint | None,
+        longest: int) -> Any:
+    """``trainer.train`` with out-of-memory turned into advice."""
+    checkpoint = resume_from.checkpoint if resume_from is not None else None
     try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
-        raise TrainingError(_oom_message(cfg, max(budget.totals)),
+        raise TrainingError(_oom_message(cfg, longest),
                             fix="lower max_pixels first (it sets the visual tokens), then "
                                 "batch_size (raise grad_accum to keep the effective batch), "
                                 "then max_length; use 4-bit if you are not already.") from None
+
+
+def save_adapter(trainer: CourseTrainer, processor: Any, cfg: CourseConfig,
+                 extra: dict[str, Any], identity: dict[str, Any]) -> Path:
+    """Write the final adapter atomically (a temporary folder renamed into place) and record
+    that the run finished."""
+    folder = run_dir(cfg)
+    adapter_dir, tmp = folder / ADAPTER, folder / ".adapter.saving"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    save_run_config(cfg, tmp, extra)
+    tmp.rename(adapter_dir)
+    write_identity(folder, {**identity, "finished": {"steps": trainer.state.global_step,
+                                                     "time": round(time.time(), 3)}})
+    return adapter_dir
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_run: bool = False,
+          live_plot: bool = False, callbacks: Sequence[TrainerCallback] = (),
+          verbose: bool = True) -> TrainResult:
+    """Fine-tune with LoRA as ``cfg`` says and return where everything went.
+
+    ``resume`` continues the same run from its newest intact checkpoint (refused if its data,
+    model or shaping settings changed); ``force`` starts a new run under a free name where the
+    run would otherwise be refused; ``dry_run`` checks everything and prints the plan.
+
+    Raises:
+        ConfigError: a setting cannot work (named with where it was set).
+        DatasetError: the data has problems, or samples of any split exceed max_length.
+        OutputExistsError: the run exists and neither ``resume`` nor ``force`` was given.
+        TrainingError: nothing to train or resume, a changed run, a non-finite loss, out of
+            GPU memory.
+    """
+    from accelerate import PartialState
+
+    from .data import load_records, prepare_data
+    from .model import (
+        add_lora,
+        format_parameter_table,
+        load_model,
+        load_processor,
+        lora_target_names,
+        parameter_table,
+    )
+
+    rank, world = _world()
+    say = print if (verbose and rank == 0) else (lambda *a, **k: None)
+    try:
+        ensure_folder(Path(cfg.output_dir) / "runs", what="output folder")
+    except OutputFolderError as exc:
+        raise cfg.error("output_dir", f"{exc.message[:-1]}: {exc.file}.", exc.fix) from None
+    cfg, resume, finished = plan_run(cfg, resume=resume, force=force, say=say)
+    if finished is not None:
+        return finished
+    choice = cfg.resolve_model()
+    model_path = ensure_model(choice)
+    try:
+        targets = lora_target_names(model_path, cfg.trained)
+    except ConfigError as exc:
+        raise cfg.error("trained", exc.message, exc.fix) from None
+    state = PartialState(cpu=not torch.cuda.is_available())
+    with state.main_process_first():
+        prepared = prepare_data(cfg, verbose=verbose and rank == 0)
+    records = {name: load_records(path, image_root=prepared.image_root)
+               for name, path in prepared.files().items()}
+    processor = load_processor(model_path)
+    budgets = preflight(cfg, prepared, records, processor, say)
+    collator = make_collator(processor, "train", min_pixels=cfg.min_pixels,
+                             max_pixels=cfg.max_pixels, max_length=cfg.max_length,
+                             on_too_long=cfg.on_too_long)
+    check_labels(collator, records["train"])
+    collator.samples_seen = 0  # count training batches only from here
+    quantization, dtype = resolve_quantization(cfg), resolve_dtype(cfg)
+    resolved = {"quantization": quantization, "dtype": str(dtype).removeprefix("torch."),
+                "world_size": world}
+    identity = build_identity(cfg, model_name=choice.name, model_path=model_path,
+                              splits=prepared.files(), image_root=prepared.image_root,
+                              source=prepared.source, source_sha256=prepared.source_sha256,
+                              resolved=resolved)
+    resume_from = None
+    if resume:
+        cfg, resume_from = check_resume(cfg, identity, force=force, say=say)
+    if dry_run:
+        say(_dry_run_text(cfg, model_path, prepared, budgets, targets, world, resume_from))
+        return TrainResult(run_dir(cfg), run_dir(cfg) / ADAPTER, 0, None, 0.0, False)
+    folder = run_dir(cfg)
+    extra = {"resolved": {**resolved, "model_path": model_path,
+                          "data_folder": str(prepared.folder),
+                          "train_records": len(records["train"]),
+                          "val_records": len(records["val"]),
+                          "image_root": str(prepared.image_root)}}
+    state.wait_for_everyone()  # every process has planned before the main one changes anything
+    if rank == 0:
+        open_run_folder(folder, identity, resume_from, cfg, extra, say)
+        if resume_from is not None:
+            say(f"Resuming from {resume_from.checkpoint}")
+    state.wait_for_everyone()
+    device_map = {"": state.local_process_index} if torch.cuda.is_available() else None
+    model = load_model(model_path, quantization, dtype, device_map=device_map)
+    model = add_lora(model, trained=cfg.trained, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                     dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
+    say(format_parameter_table(parameter_table(model)))
+    trainer = build_trainer(cfg, model, records, collator, processor, budgets["train"].totals,
+                            dtype, world, extra, callbacks, live_plot, verbose, rank)
+    start = time.time()
+    output = fit(trainer, cfg, resume_from, max(budgets["train"].totals))
     seconds = time.time() - start
+    adapter_dir = folder / ADAPTER
     if trainer.is_world_process_zero():
-        tmp = folder / ".adapter.saving"
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        save_run_config(cfg, tmp, extra)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)  # the earlier final adapter of this same run (resumed)
-        tmp.rename(adapter_dir)
+        adapter_dir = save_adapter(trainer, processor, cfg, extra, identity)
     _write_rank_report(folder, rank, world, collator, trainer.state.global_step)
     loss = output.training_loss if output else None
     say(f"Trained {trainer.state.global_step} steps in {seconds:.0f} s; adapter: {adapter_dir}")
     return TrainResult(folder, adapter_dir, trainer.state.global_step,
                        None if loss is None or math.isnan(loss) else loss, seconds)
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log entries after the checkpoint a run resumes from (they will be logged again)."""
-    if path.exists():
-        kept = [e for e in read_log(path) if e.get("step", 0) <= step]
-        path.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
 
 
 def _write_rank_report(folder: Path, rank: int, world: int, collator: Collator,
@@ -400,4 +587,3 @@ def _write_rank_report(folder: Path, rank: int, world: int, collator: Collator,
     (ranks / f"rank-{rank}.json").write_text(json.dumps(
         {"rank": rank, "world_size": world, "samples_collated": collator.samples_seen,
          "steps": steps}) + "\n")
-

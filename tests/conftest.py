@@ -7,6 +7,29 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SHAPES = REPO / "data_samples" / "shapes"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_course_yaml(tmp_path_factory: pytest.TempPathFactory):
+    """The tests' own course.yaml (the tiny model on the bundled shapes task), through
+    QVL_CONFIG: a learner's edited course.yaml never changes what the tests measure, and a test
+    run never writes into the learner's outputs/ (QVL_OUTPUT_DIR, set by scripts/test.sh or
+    here, wins over the file)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("course")
+    path = folder / "course.yaml"
+    path.write_text(f"model: tiny\ndata: {SHAPES / 'shapes.jsonl'}\n", encoding="utf-8")
+    saved = {k: os.environ.get(k) for k in ("QVL_CONFIG", "QVL_OUTPUT_DIR")}
+    os.environ["QVL_CONFIG"] = str(path)
+    os.environ.setdefault("QVL_OUTPUT_DIR", str(folder / "outputs"))
+    yield path
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

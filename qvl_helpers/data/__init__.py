@@ -14,10 +14,19 @@ from typing import Any
 from ..errors import DatasetError
 from ..images import ImageProblem, resolve_confined
 from .doctor import CODES, CheckReport, Problem, check_file
-from .prepare import PreparedData, prepare_data
+from .prepare import SPLIT_INFO, PreparedData, prepare_data, read_split_info
 from .readers import FORMATS, DataFileError, detect_file_format, read_records, record_error, write_jsonl
-from .records import answers_of, images_of
+from .records import answers_of, image_parts, images_of
 from .split import split_file
+
+
+def default_image_root(path: str | Path) -> tuple[Path, str]:
+    """The folder a data file's image paths are relative to, and why: the image root recorded
+    in ``split_info.json`` for splits made by :func:`prepare_data`, else the file's folder."""
+    info = read_split_info(path)
+    if info and info.get("image_root"):
+        return Path(info["image_root"]), f"the image root recorded in {SPLIT_INFO} beside it"
+    return Path(path).parent, "the data file's folder"
 
 
 def load_records(path: str | Path, image_root: str | Path | None = None,
@@ -25,37 +34,40 @@ def load_records(path: str | Path, image_root: str | Path | None = None,
     """Read a data file into canonical records whose image paths are absolute and confined.
 
     Images are not opened (``qvl data check`` does that); a missing image file is refused.
+    ``image_root`` defaults to :func:`default_image_root`.
 
     Raises:
         DatasetError: the first record that is malformed or refers to a missing image or to a
-            path outside ``image_root`` (default: the file's folder).
+            path outside the image root; the message names the folder that was searched.
     """
     path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
+    if image_root is not None:
+        root, why = Path(image_root), "the image root given"
+    else:
+        root, why = default_image_root(path)
     records = []
     for raw in read_records(path, fmt):
         if raw.record is None:
             raise record_error(raw, path)
         record = raw.record
-        for message in record["messages"]:
-            for part in message["content"]:
-                if part["type"] != "image":
-                    continue
-                try:
-                    resolved = resolve_confined(part["image"], root)
-                except ImageProblem as exc:
-                    raise DatasetError(exc.message, file=path, line=raw.line,
-                                       sample_id=record["id"],
-                                       fix="keep images under the image root.") from None
-                if not resolved.is_file():
-                    raise DatasetError(f"image {part['image']} not found under {root}.",
-                                       file=path, line=raw.line, sample_id=record["id"],
-                                       fix="fix the path or pass the right image root.")
-                part["image"] = str(resolved)
+        for part in image_parts(record):
+            try:
+                resolved = resolve_confined(part["image"], root)
+            except ImageProblem as exc:
+                raise DatasetError(exc.message, file=path, line=raw.line,
+                                   sample_id=record["id"],
+                                   fix="keep images under the image root.") from None
+            if not resolved.is_file():
+                raise DatasetError(f"image {part['image']} not found in {root} ({why}).",
+                                   file=path, line=raw.line, sample_id=record["id"],
+                                   fix="fix the path, or pass the folder the image paths are "
+                                       "relative to as the image root (--image-root).")
+            part["image"] = str(resolved)
         records.append(record)
     return records
 
 
-__all__ = ["CODES", "FORMATS", "CheckReport", "DataFileError", "PreparedData", "Problem",
-           "answers_of", "check_file", "detect_file_format", "images_of", "load_records",
-           "prepare_data", "read_records", "split_file", "write_jsonl"]
+__all__ = ["CODES", "FORMATS", "SPLIT_INFO", "CheckReport", "DataFileError", "PreparedData",
+           "Problem", "answers_of", "check_file", "default_image_root", "detect_file_format",
+           "image_parts", "images_of", "load_records", "prepare_data", "read_records",
+           "read_split_info", "split_file", "write_jsonl"]

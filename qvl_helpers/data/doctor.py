@@ -85,11 +85,11 @@ class CheckReport:
                 "problems": [asdict(p) for p in self.problems]}
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
-        return path
+        """Write the report (atomically; callers decide whether an existing file may go)."""
+        from ..outputs import ensure_folder, write_json
+
+        ensure_folder(Path(path).parent)
+        return write_json(path, self.to_dict())
 
     def summary(self) -> str:
         verdict = "OK" if self.ok else "NOT READY"

@@ -1,37 +1,60 @@
-"""One call that turns the configured data into checked, leakage-free splits under outputs/data/.
+"""One call that turns the configured data into checked, leakage-free splits.
 
 Any notebook or ``qvl`` command that needs the splits calls :func:`prepare_data`; a notebook opened
 on its own therefore produces its missing input itself (and says so) instead of failing.
+
+Splits are kept **per data source**: ``outputs/data/<stem>-<key>/``, where ``key`` is a hash of
+the data file's bytes, its image root and the split settings. Training on other data (or an
+edited file) makes a new folder and never replaces the splits that earlier runs and evaluations
+refer to; the same data and settings always find the same folder. Each folder holds::
+
+    train.jsonl  val.jsonl  test.jsonl   the splits (image paths relative to image_root)
+    check_report.json                    the data doctor's report on the source file
+    split_info.json                      source file and hash, image root, settings, counts
+
+A folder appears only when complete (it is written under a temporary name and renamed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import CourseConfig
 from ..errors import ConfigError, DatasetError
-from .doctor import CheckReport, check_file
+from ..images import file_hash
+from ..outputs import ensure_folder, write_json
+from .doctor import check_file
 from .split import image_root_for_output, split_file
 
 SPLITS = ("train", "val", "test")
+SPLIT_INFO = "split_info.json"
 
 
 @dataclass
 class PreparedData:
-    """Where the splits are, and the folder their image paths are relative to."""
+    """Where the splits are, the folder their image paths are relative to, and what they hold."""
 
+    folder: Path
     train: Path
     val: Path
     test: Path
     image_root: Path
     report: Path
     built: bool  # True when this call made them, False when they were already there
+    source: Path | None = None
+    source_sha256: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
-
-def data_dir(cfg: CourseConfig) -> Path:
-    return Path(cfg.output_dir) / "data"
+    def files(self) -> dict[str, Path]:
+        return {name: getattr(self, name) for name in SPLITS}
 
 
 def source_image_root(cfg: CourseConfig) -> Path:
@@ -42,59 +65,111 @@ def source_image_root(cfg: CourseConfig) -> Path:
     return Path(cfg.image_root) if cfg.image_root else Path(cfg.data).parent
 
 
-def _source_stamp(cfg: CourseConfig, root: Path, val: float, test: float) -> dict:
-    """What the splits were made from: a change in any of it makes them stale."""
-    stat = Path(cfg.data).stat()
-    return {"data": str(Path(cfg.data).resolve()), "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "image_root": str(root.resolve()), "val": val,
-            "test": test, "seed": cfg.seed}
+def dataset_key(data: Path, image_root: Path, val: float, test: float, seed: int,
+                data_sha256: str | None = None) -> str:
+    """``<stem>-<8 hex>``: the folder name of one data source's splits."""
+    digest = data_sha256 or file_hash(data)
+    settings = json.dumps([digest, str(image_root.resolve()), val, test, seed])
+    stem = re.sub(r"[^\w.-]+", "_", data.stem)[:40] or "data"
+    return f"{stem}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
-def prepare_data(cfg: CourseConfig, *, rebuild: bool = False, val: float = 0.1,
-                 test: float = 0.1, verbose: bool = True) -> PreparedData:
-    """Check the configured data and split it into ``outputs/data/{train,val,test}.jsonl``.
+def read_split_info(split_file_path: str | Path) -> dict[str, Any] | None:
+    """The ``split_info.json`` beside a split file (None if the file was not made here)."""
+    info = Path(split_file_path).with_name(SPLIT_INFO)
+    if not info.is_file():
+        return None
+    try:
+        return json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
-    Existing splits are reused unless ``rebuild`` is True or they were made from another file,
-    another version of it, or other split settings (recorded in ``outputs/data/source.json``).
-    The doctor's report is written to ``outputs/data/check_report.json``; data with errors is
-    not split.
+
+def split_warnings(counts: dict[str, int], val: float, test: float) -> list[str]:
+    """Plain-language warnings for splits too small to validate on or to score."""
+    total = sum(counts.values())
+    out = []
+    if val > 0 and counts.get("val", 0) == 0:
+        out.append(f"the val split is empty ({total} records in all): no validation loss will be "
+                   "logged. Add data (a few dozen samples at least).")
+    if test > 0 and counts.get("test", 0) == 0:
+        out.append(f"the test split is empty ({total} records in all): nothing is held out, so "
+                   "the fine-tune cannot be evaluated. Add data (a few dozen samples at least).")
+    elif 0 < counts.get("test", 0) < 30:
+        n = counts["test"]
+        out.append(f"the test split has only {n} sample(s): one answer moves a score by "
+                   f"{100 / n:.0f} points, so treat scores as rough. More data makes them firmer.")
+    return out
+
+
+def prepare_data(cfg: CourseConfig, *, val: float = 0.1, test: float = 0.1,
+                 verbose: bool = True) -> PreparedData:
+    """Check the configured data and split it into ``outputs/data/<stem>-<key>/``.
+
+    The folder is reused when it exists (same bytes, same image root, same settings give the
+    same splits); otherwise the data doctor runs first and data with errors is not split.
 
     Raises:
-        DatasetError: the data has errors (the message points to the report).
+        ConfigError: no data file is configured, or it does not exist.
+        DatasetError: the data has errors (the message points to the report), or holds no record.
     """
-    out = data_dir(cfg)
+    say = print if verbose else (lambda *a, **k: None)
     root = source_image_root(cfg)
-    files = {name: out / f"{name}.jsonl" for name in SPLITS}
-    report_path = out / "check_report.json"
-    paths = dict(image_root=image_root_for_output(root, out), report=report_path)
-    if not Path(cfg.data).is_file():
-        raise ConfigError("the configured data file does not exist.", file=cfg.data,
-                          fix="set data: in course.yaml to your annotation file.")
-    stamp_path, stamp = out / "source.json", _source_stamp(cfg, root, val, test)
-    if all(p.exists() for p in files.values()) and not rebuild:
-        recorded = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
-        if recorded == stamp:
-            if verbose:
-                print(f"Using the existing splits in {out} (rebuild=True makes them again).")
-            return PreparedData(**files, **paths, built=False)
-        if verbose:
-            print(f"The splits in {out} were made from other data or settings: making them again.")
-    if verbose:
-        print(f"Preparing {cfg.data}: check, then split into {out}")
-    report: CheckReport = check_file(cfg.data, image_root=root, min_pixels=cfg.min_pixels,
-                                     max_pixels=cfg.max_pixels)
-    report.save_json(report_path)
-    if verbose:
-        print(report.summary())
+    data = Path(cfg.data)
+    if not data.is_file():
+        raise cfg.error("data", f"the data file {data} does not exist.",
+                        fix="set data: in course.yaml to your annotation file.")
+    digest = file_hash(data)
+    folder = Path(cfg.output_dir) / "data" / dataset_key(data, root, val, test, cfg.seed, digest)
+    if (folder / SPLIT_INFO).is_file():
+        say(f"Using the splits of {data.name} in {folder} (made earlier from the same data).")
+        return _prepared(folder, built=False)
+    ensure_folder(folder.parent, what="data output folder")
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    say(f"Preparing {data}: check, then split into {folder}")
+    report = check_file(data, image_root=root, min_pixels=cfg.min_pixels,
+                        max_pixels=cfg.max_pixels)
+    report_path = folder / "check_report.json"
+    say(report.summary())
     if not report.ok:
+        failed = folder.with_name(f"{folder.name}.check_report.json")
+        report.save_json(failed)
         first = next(p for p in report.problems if p.severity == "error")
         raise DatasetError(f"{report.errors} error(s), for example {first.code}: "
-                           f"{first.message}", file=cfg.data, line=first.line,
-                           sample_id=first.id, fix=f"see {report_path} (or notebook 01) and fix "
-                                                   "the data, then run again.")
-    result = split_file(cfg.data, out, image_root=root, val=val, test=test, seed=cfg.seed,
-                        overwrite=True)
-    stamp_path.write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-    if verbose:
-        print(result.text())
-    return PreparedData(**files, **paths, built=True)
+                           f"{first.message}", file=data, line=first.line, sample_id=first.id,
+                           fix=f"see {failed} (or notebook 01) and fix the data, then run again.")
+    try:
+        result = split_file(data, tmp, image_root=root, val=val, test=test, seed=cfg.seed)
+        report.save_json(tmp / report_path.name)
+        write_json(tmp / SPLIT_INFO, {
+            "data": str(data.resolve()), "data_sha256": digest,
+            "image_root": str(result.image_root.resolve()), "val": val, "test": test,
+            "seed": cfg.seed, "counts": result.counts})
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / SPLIT_INFO).is_file():
+                raise
+            # another process made the same folder meanwhile: same data, same splits
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    prepared = _prepared(folder, built=True)
+    say(result.text())
+    for warning in prepared.warnings:
+        say("Warning:", warning)
+    return prepared
+
+
+def _prepared(folder: Path, built: bool) -> PreparedData:
+    info = json.loads((folder / SPLIT_INFO).read_text(encoding="utf-8"))
+    counts = {k: int(v) for k, v in info.get("counts", {}).items()}
+    return PreparedData(folder=folder, **{n: folder / f"{n}.jsonl" for n in SPLITS},
+                        image_root=Path(info["image_root"]), report=folder / "check_report.json",
+                        built=built, source=Path(info["data"]), source_sha256=info["data_sha256"],
+                        counts=counts,
+                        warnings=split_warnings(counts, info.get("val", 0), info.get("test", 0)))
+
+
+__all__ = ["SPLITS", "PreparedData", "dataset_key", "image_root_for_output", "prepare_data",
+           "read_split_info", "source_image_root", "split_warnings"]

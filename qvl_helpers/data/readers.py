@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError, OutputExistsError
+from ..errors import DatasetError
 from .records import Finding, image_part, normalise, record_findings, split_placeholders, text_part
 
 FORMATS = ("seed", "official", "sharegpt", "messages", "csv")
@@ -468,15 +468,13 @@ def convert_file(src: str | Path, out: str | Path, *, fmt: str = "auto",
     they stay valid from the output's folder when possible (see :func:`relocate_image_paths`).
 
     Raises:
+        ConfigError: ``out`` is the input file (even with ``overwrite``).
         OutputExistsError: ``out`` exists and ``overwrite`` is False.
     """
+    from ..outputs import claim_output, write_text
+
     src, out = Path(src), Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError("the output file already exists.", file=out,
-                                fix="choose another output, or pass --force to replace it.")
-    if out.resolve() == src.resolve():
-        raise OutputExistsError("the output is the input file.", file=out,
-                                fix="write to a new file.")
+    claim_output(out, inputs=[src], force=overwrite)
     root = Path(image_root) if image_root is not None else src.parent
     good, failed = [], []
     for raw in read_records(src, fmt):
@@ -487,9 +485,8 @@ def convert_file(src: str | Path, out: str | Path, *, fmt: str = "auto",
     if failed and not keep_going:
         return ConvertResult(0, failed, None)
     if to == "official":
-        out.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps([to_official(r) for r in good], ensure_ascii=False, indent=2)
-        out.write_text(text + "\n", encoding="utf-8")
+        write_text(out, text + "\n")
     else:
         write_jsonl(good, out)
     return ConvertResult(len(good), failed, out)

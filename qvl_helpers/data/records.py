@@ -39,9 +39,14 @@ def parts_of(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [text_part(content)] if isinstance(content, str) else content
 
 
+def image_parts(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The image parts of a canonical record, in order (the dicts themselves, not copies)."""
+    return [p for m in record["messages"] for p in parts_of(m) if p["type"] == "image"]
+
+
 def images_of(record: dict[str, Any]) -> list[str]:
     """Image paths of a record, in order, as written."""
-    return [p["image"] for m in record["messages"] for p in parts_of(m) if p["type"] == "image"]
+    return [p["image"] for p in image_parts(record)]
 
 
 def texts_of(message: dict[str, Any]) -> str:

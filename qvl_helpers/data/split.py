@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError, OutputExistsError
+from ..errors import ConfigError, DatasetError, OutputExistsError
 from ..images import ImageProblem, file_hash, resolve_confined
 from .readers import read_records, record_error, relocate_image_paths, write_jsonl
 from .records import images_of
@@ -55,7 +55,7 @@ def assign_splits(records: list[dict[str, Any]], hashes: list[list[str]], val: f
     """The split name of each record, keeping records that share an image hash together, and
     the group (image cluster) each record belongs to."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise DatasetError(f"val ({val}) and test ({test}) must be fractions that sum below 1.",
+        raise ConfigError(f"val ({val}) and test ({test}) must be fractions that sum below 1.",
                            fix="use for example --val 0.1 --test 0.1.")
     groups = _Groups(len(records))
     owner: dict[str, int] = {}
@@ -100,6 +100,11 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
     path, out_dir = Path(path), Path(out_dir)
     root = Path(image_root) if image_root is not None else path.parent
     files = {name: out_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
+    for target in files.values():
+        if target.resolve() == path.resolve():
+            raise ConfigError(f"{target} would be both the input and a split file: splitting "
+                              "would destroy the input.", file=target,
+                              fix="choose another --out-dir (nothing was written).")
     existing = [str(p) for p in files.values() if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{', '.join(existing)} already exist.", file=out_dir,

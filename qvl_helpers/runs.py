@@ -1,0 +1,252 @@
+"""A training run's folder: its identity, its checkpoints and its log.
+
+A run is immutable once started. ``run.json`` records at the start what makes it *this* run: the
+model (name and a hash of its ``config.json``), the data (source file and split files with their
+SHA-256 and the image root) and the settings that shape what is learned (:data:`SHAPING_KEYS`).
+``--resume`` compares the recorded identity with the current one and refuses on any difference,
+naming each; a finished run is never trained again.
+
+Checkpoints are complete only with :data:`COMPLETE_MARKER`, written last, which lists every file
+with its size and SHA-256: a checkpoint whose files were cut short (a full disk, a kill while
+copying) is detected, set aside and the previous one used. The finders here never change anything
+on disk; :func:`set_aside` is the one function that renames (never deletes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import CourseConfig
+from .outputs import write_json
+
+IDENTITY = "run.json"
+RUN_CONFIG = "run_config.yaml"
+COMPLETE_MARKER = "qvl_checkpoint_complete.json"
+LOG = "train_log.jsonl"
+ADAPTER = "adapter"
+#: Settings that change what a run learns: a run resumed with another value is another run.
+#: (logging/eval/save intervals and gradient checkpointing change how, not what: they may change.)
+SHAPING_KEYS = ("min_pixels", "max_pixels", "max_length", "lr", "num_epochs", "max_steps",
+                "batch_size", "grad_accum", "lora_r", "lora_alpha", "lora_dropout", "trained",
+                "warmup", "weight_decay", "max_grad_norm", "seed", "group_by_length",
+                "on_too_long")
+
+
+def run_dir(cfg: CourseConfig, name: str | None = None) -> Path:
+    """``<output_dir>/runs/<run_name>``."""
+    return Path(cfg.output_dir) / "runs" / (name or cfg.run_name)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def build_identity(cfg: CourseConfig, *, model_name: str, model_path: str,
+                   splits: dict[str, Path], image_root: Path, source: Path | None,
+                   source_sha256: str, resolved: dict[str, Any]) -> dict[str, Any]:
+    """What makes a run *this* run (see the module docstring). Contents are compared by hash;
+    the ``where`` section (paths on this machine) is recorded but not compared, so a project
+    moved to another folder can still be resumed."""
+    config_file = Path(model_path) / "config.json"
+    settings = cfg.to_dict()
+    return {
+        "model": {"name": model_name,
+                  "config_sha256": sha256_file(config_file) if config_file.is_file() else None},
+        "data": {"source_sha256": source_sha256,
+                 "splits": {name: sha256_file(Path(p)) for name, p in splits.items()}},
+        "settings": {key: settings[key] for key in SHAPING_KEYS},
+        "resolved": resolved,
+        "where": {"model_path": str(model_path), "source": str(source) if source else None,
+                  "image_root": str(Path(image_root).resolve()),
+                  "splits": {name: str(Path(p).resolve()) for name, p in splits.items()}},
+    }
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def identity_changes(recorded: dict[str, Any], current: dict[str, Any],
+                     cfg: CourseConfig | None = None) -> list[str]:
+    """Each difference between a recorded identity and the current one, as a readable line
+    (``settings.lr: 0.003 (run) -> 0.001 (now, from --set lr=0.001)``)."""
+    keys = ("model", "data", "settings", "resolved")
+    old = _flatten({k: recorded.get(k, {}) for k in keys})
+    new = _flatten({k: current.get(k, {}) for k in keys})
+    lines = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) == new.get(key):
+            continue
+        where = ""
+        if cfg is not None and key.startswith("settings."):
+            where = f", from {cfg.origin(key.removeprefix('settings.'))}"
+        if key.startswith("data.") or key.endswith("sha256"):
+            lines.append(f"{key.removesuffix('_sha256')}: the file's content changed")
+        else:
+            lines.append(f"{key}: {old.get(key)!r} (run) -> {new.get(key)!r} (now{where})")
+    return lines
+
+
+def read_identity(folder: Path) -> dict[str, Any] | None:
+    path = folder / IDENTITY
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_identity(folder: Path, identity: dict[str, Any]) -> None:
+    write_json(folder / IDENTITY, identity)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_step(path: Path) -> int | None:
+    step = path.name.rsplit("-", 1)[-1]
+    return int(step) if path.name.startswith("checkpoint-") and step.isdigit() else None
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file below ``folder`` (except the marker) with its size and SHA-256."""
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
+
+
+def mark_complete(checkpoint: Path, step: int) -> None:
+    """Write the completion marker, with the manifest, as the last file of a checkpoint."""
+    write_json(checkpoint / COMPLETE_MARKER,
+               {"step": step, "time": time.time(), "files": manifest(checkpoint)})
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (None: it is complete and intact)."""
+    marker = checkpoint / COMPLETE_MARKER
+    if not marker.is_file() or not (checkpoint / "trainer_state.json").is_file():
+        return "incomplete (the process stopped while saving it)"
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError):
+        return "its completion marker is unreadable"
+    for name, expected in (files or {}).items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} is {path.stat().st_size} bytes, not the {expected['size']} written"
+        if sha256_file(path) != expected["sha256"]:
+            return f"{name} changed after it was written (checksum differs)"
+    return None
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint to resume from, and the newer ones that cannot be used (with why)."""
+
+    checkpoint: Path | None
+    rejected: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return checkpoint_step(self.checkpoint) or 0 if self.checkpoint else 0
+
+
+def find_resume_checkpoint(folder: Path) -> ResumePoint:
+    """The newest complete, intact checkpoint in ``folder``; changes nothing on disk."""
+    found = sorted(((checkpoint_step(p), p) for p in folder.glob("checkpoint-*")
+                    if p.is_dir() and checkpoint_step(p) is not None), reverse=True)
+    rejected = []
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return ResumePoint(path, rejected)
+        rejected.append((path, problem))
+    return ResumePoint(None, rejected)
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` to ``<why>-<name>-<time>`` beside it (kept, never deleted)."""
+    target = path.with_name(f"{why}-{path.name}-{int(time.time())}")
+    path.rename(target)
+    return target
+
+
+# ----------------------------------------------------------------------------- state and log
+
+
+@dataclass
+class RunState:
+    """What a run folder holds."""
+
+    folder: Path
+    exists: bool
+    finished: bool                 # the final adapter was saved
+    checkpoints: list[Path]        # checkpoint-N folders, complete or not
+    identity: dict[str, Any] | None
+
+    @property
+    def started(self) -> bool:
+        """True when there is something a new run would overwrite (a checkpoint or an adapter)."""
+        return self.finished or bool(self.checkpoints)
+
+
+def inspect_run(folder: Path) -> RunState:
+    """Look at a run folder without changing it."""
+    checkpoints = sorted((p for p in folder.glob("checkpoint-*")
+                          if p.is_dir() and checkpoint_step(p) is not None), key=checkpoint_step)
+    return RunState(folder, folder.exists(), (folder / ADAPTER).is_dir(), checkpoints,
+                    read_identity(folder))
+
+
+def free_name(cfg: CourseConfig) -> str:
+    """``run_name`` if its folder is unused, else the first free ``run_name-2``, ``-3``, ..."""
+    name, n = cfg.run_name, 1
+    while inspect_run(run_dir(cfg, name)).started:
+        n += 1
+        name = f"{cfg.run_name}-{n}"
+    return name
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The entries of a train_log.jsonl (log steps and ``event`` lines such as resumes)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def start_log(folder: Path) -> Path | None:
+    """A fresh run starts a clean log: an earlier failed attempt's log is kept aside as
+    ``train_log.attempt-<time>.jsonl``. Returns where it went (None if there was none)."""
+    path = folder / LOG
+    if not path.exists():
+        return None
+    target = path.with_name(f"train_log.attempt-{int(path.stat().st_mtime)}.jsonl")
+    path.rename(target)
+    return target
+
+
+def resume_log(folder: Path, step: int) -> None:
+    """Drop entries after the checkpoint a run resumes from (they will be logged again) and mark
+    the restart, so the log never holds the same step twice without a mark."""
+    path = folder / LOG
+    kept = [e for e in read_log(path) if e.get("step", 0) <= step] if path.exists() else []
+    kept.append({"event": "resume", "step": step, "time": round(time.time(), 3)})
+    path.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")

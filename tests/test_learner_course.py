@@ -1,0 +1,98 @@
+"""The learner's own data goes all the way through: with ``data:`` in ``course.yaml`` pointing at
+a small dataset in the seed guide's layout (Chinese text, images in ``pics/``), ``qvl train
+--config configs/tiny_cpu.yaml`` trains on it and notebooks 01-03 use it.
+
+Slow: one real tiny training run and three notebooks executed in a kernel (nbclient, the engine
+nbmake uses), about two minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from learner_data import FILE_NAME, make_seed_dataset
+from nbclient import NotebookClient
+
+from qvl_helpers.images import file_hash
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture
+def learner_env(tmp_path: Path) -> dict[str, str]:
+    data = make_seed_dataset(tmp_path / "my_data", n=40)
+    (tmp_path / "course.yaml").write_text(
+        f"model: auto\ndata: my_data/{FILE_NAME}\noutput_dir: outputs\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "QVL_OUTPUT_DIR"}
+    env["QVL_CONFIG"] = str(tmp_path / "course.yaml")
+    assert data.is_file()
+    return env
+
+
+def _runs_on(run: Path, data: Path) -> None:
+    identity = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert identity["where"]["source"] == str(data.resolve())
+    assert identity["data"]["source_sha256"] == file_hash(data)
+
+
+@pytest.mark.slow
+def test_qvl_train_with_the_cpu_preset_trains_on_the_learners_data(
+        tmp_path: Path, learner_env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "train", "--config",
+                           str(REPO / "configs" / "tiny_cpu.yaml")], cwd=tmp_path,
+                          env=learner_env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "outputs" / "runs" / "tiny_cpu"
+    _runs_on(run, tmp_path / "my_data" / FILE_NAME)
+    saved = yaml.safe_load((run / "run_config.yaml").read_text(encoding="utf-8"))
+    assert saved["resolved"]["train_records"] == 32  # 40 records: 32 train, 4 val, 4 test
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def _execute(name: str, env: dict[str, str]) -> str:
+    """Run one notebook top to bottom as a learner would (in notebooks/, with their
+    course.yaml); return all its text output."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(notebook, timeout=900, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "\n".join(texts)
+
+
+@pytest.mark.slow
+def test_notebooks_01_to_03_use_the_learners_data(tmp_path: Path,
+                                                  learner_env: dict[str, str]) -> None:
+    data = tmp_path / "my_data" / FILE_NAME
+    first = _execute("01_data_formatting.ipynb", learner_env)
+    assert f"annotation file: {data}" in first and "layout:          seed" in first
+    assert "train   32 records, leakage found: False" in first
+    (prepared,) = (tmp_path / "outputs" / "data").iterdir()
+    assert prepared.name.startswith(FILE_NAME.removesuffix(".jsonl"))
+    second = _execute("02_processor_and_tokens.ipynb", learner_env)
+    assert "Using the splits of " + FILE_NAME in second
+    assert "32 samples; tokens per sample" in second  # the budget of the learner's train split
+    third = _execute("03_qlora_training.ipynb", learner_env)
+    assert f"data          {data}" in third
+    runs = sorted((tmp_path / "outputs" / "runs").glob("nb03-*"))
+    assert runs and all((run / "run.json").is_file() for run in runs)
+    for run in runs:
+        _runs_on(run, data)
+    assert f"test split: {prepared / 'test.jsonl'}" in third
