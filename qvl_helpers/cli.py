@@ -83,12 +83,11 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def _processor_for(model: str) -> object:
-    from transformers import AutoProcessor
+    """The processor of the model named by a ``--model`` flag."""
+    from .config import choose_model, ensure_model
+    from .model import load_processor
 
-    from .config import ensure_model, load_config
-
-    choice = load_config(model=model).resolve_model()
-    return AutoProcessor.from_pretrained(ensure_model(choice))
+    return load_processor(ensure_model(choose_model(model, "--model")))
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -187,12 +186,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "image_root": args.image_root}
     if args.run:
         from_run = run_eval_plan(args.run)
+        if args.data is not None:  # other data: its own image root, not the run's split's
+            from_run.pop("image_root")
         plan.update({k: v for k, v in from_run.items() if plan[k] is None})
         if args.out is None:
             system = ("tuned" if plan["adapter"] else "base") + (
                 f"-{args.image_ablation}" if args.image_ablation else "")
-            args.out = Path(load_config().output_dir) / "eval" / Path(args.run).name / \
-                f"{system}.json"
+            args.out = Path(load_config().output_dir) / "eval" / \
+                Path(args.run).resolve().name / f"{system}.json"
     missing = [flag for flag, key in (("--model", "model"), ("--data", "data"))
                if plan[key] is None] + (["--out"] if args.out is None else [])
     if missing:
@@ -282,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root")
     p.add_argument("--format", default="auto", choices=formats)
     p.add_argument("--model", help="tiny, a hub id or a folder: also count tokens (too_long)")
-    p.add_argument("--max-length", type=int, help="token limit per sample (default: course.yaml)")
-    p.add_argument("--min-pixels", type=int, help="default: course.yaml")
-    p.add_argument("--max-pixels", type=int, help="default: course.yaml")
+    p.add_argument("--max-length", type=positive_int, help="token limit per sample (default: course.yaml)")
+    p.add_argument("--min-pixels", type=positive_int, help="default: course.yaml")
+    p.add_argument("--max-pixels", type=positive_int, help="default: course.yaml")
     p.add_argument("--json", metavar="REPORT.json", help="write the full report")
     p.add_argument("--force", action="store_true", help="replace an existing --json report")
     p.add_argument("--limit", type=positive_int, default=50, help="problems to print (default 50)")
@@ -305,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--model", help="tiny, a hub id or a folder (default: course.yaml)")
     p.add_argument("--image-root")
-    p.add_argument("--max-length", type=int, help="default: course.yaml")
-    p.add_argument("--min-pixels", type=int, help="default: course.yaml")
-    p.add_argument("--max-pixels", type=int, help="default: course.yaml")
+    p.add_argument("--max-length", type=positive_int, help="default: course.yaml")
+    p.add_argument("--min-pixels", type=positive_int, help="default: course.yaml")
+    p.add_argument("--max-pixels", type=positive_int, help="default: course.yaml")
     p.add_argument("--json", metavar="REPORT.json", help="write every sample's lengths")
     p.add_argument("--force", action="store_true", help="replace an existing --json report")
     p.set_defaults(func=cmd_tokens)
@@ -342,7 +343,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        print(f"{command}: error: the package {exc.name or exc} is missing. Fix: install the "
+              "course's tested versions (bash scripts/lab.sh, or pip install -e . -c "
+              "constraints.txt).", file=sys.stderr)
+        return 2
     except Exception as exc:  # the last resort: one line, not a traceback
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's, without importing torch
+            print(f"{command}: error: the GPU ran out of memory. Fix: lower --batch-size (or "
+                  "max_pixels), or load the model in 4-bit (--quantization 4bit).",
+                  file=sys.stderr)
+            return 2
         print(f"{command}: error: unexpected {type(exc).__name__}: {exc}. This is probably a bug "
               "in qvl: run again with QVL_DEBUG=1 to see the traceback, and report it.",
               file=sys.stderr)

@@ -35,9 +35,11 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .errors import ConfigError
+from .model import TRAINED_PARTS
 
 REAL_MODEL_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
 TINY = "tiny"
@@ -53,7 +55,7 @@ OTHER_VARIABLES = {
     "QVL_VENV": "the virtual environment the set-up scripts use",
     "QVL_KILL_DURING_SAVE_AT_STEP": "fault injection for the resume tests",
 }
-TRAINED_PRESETS = ("language", "language+vision", "language+merger")
+TRAINED_PRESETS = tuple(TRAINED_PARTS)
 _PLAIN_NAME = re.compile(r"[\w][\w.\-]*")
 
 
@@ -104,6 +106,8 @@ FIXES = {
     "trained": f"use {', '.join(TRAINED_PRESETS)} or a regular expression over module names.",
     "warmup": "use a fraction of the steps in [0, 1), e.g. 0.03.",
     "lora_dropout": "use a value in [0, 1), e.g. 0.05.",
+    "save_total_limit": "keep at least 2: the Trainer deletes the older checkpoint before the "
+                        "new one is marked complete, so 1 can leave none to resume from.",
 }
 
 
@@ -146,10 +150,11 @@ class CourseConfig(BaseModel):
     logging_steps: PositiveInt = 10
     eval_steps: PositiveInt = 50
     save_steps: PositiveInt = 50
-    save_total_limit: PositiveInt = 2
+    save_total_limit: int = Field(2, ge=2)  # the previous checkpoint must survive a kill
     gradient_checkpointing: bool = True
     group_by_length: bool = True
     on_too_long: Literal["error", "drop"] = "error"  # drop: skip and count such samples
+    tuned_for: Literal["any", "tiny"] = "any"  # a preset's knobs suit only the tiny stand-in
     source: Path | None = None  # the course.yaml this came from (None: defaults only)
 
     _origins: dict[str, Origin] = PrivateAttr(default_factory=dict)
@@ -162,10 +167,14 @@ class CourseConfig(BaseModel):
         self._origins.update(_origins or {})
 
     def __setattr__(self, key: str, value: Any) -> None:
+        old = self.__dict__.get(key)
         try:
             super().__setattr__(key, value)
         except ValidationError as exc:
-            raise _config_error(exc, {key: Origin("assignment", name=f"cfg.{key}")}) from None
+            self.__dict__[key] = old  # a whole-model check runs after the value was set
+
+            origins = {**self._origins, key: Origin("assignment", name=f"cfg.{key}")}
+            raise _config_error(exc, origins) from None
 
     @field_validator("model")
     @classmethod
@@ -174,13 +183,12 @@ class CourseConfig(BaseModel):
             raise ValueError(f"model is empty; use auto, tiny, {REAL_MODEL_ID} or a folder")
         return value.strip()
 
-    @field_validator("max_pixels")
-    @classmethod
-    def _pixels_ordered(cls, value: int, info: Any) -> int:
-        low = info.data.get("min_pixels")
-        if low is not None and low > value:
-            raise ValueError(f"max_pixels ({value}) is below min_pixels ({low})")
-        return value
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> CourseConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) is above max_pixels "
+                             f"({self.max_pixels})")
+        return self
 
     @field_validator("max_steps")
     @classmethod
@@ -306,17 +314,28 @@ def _config_error(exc: ValidationError, origins: Mapping[str, Origin]) -> Config
     """The first problem pydantic found, located at the origin of the bad value."""
     problems = exc.errors()
     first = problems[0]
-    key = str(first["loc"][0]) if first["loc"] else ""
+    key = str(first["loc"][0]) if first["loc"] else _latest("min_pixels", "max_pixels",
+                                                            origins=origins)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return _unknown_key(key, origins.get(key, Origin("load_config() arguments")))
     shown = first.get("input")
     more = f" ({len(problems) - 1} more problem(s) after this one)" if len(problems) > 1 else ""
     text = message if message.startswith(key) else f"{key}: {message}"
-    if not isinstance(shown, dict) and repr(shown) not in text:
+    if first["loc"] and not isinstance(shown, dict) and repr(shown) not in text:
         text += f" (got {shown!r})"
     return origins.get(key, DEFAULT).error(text + "." + more,
                                            FIXES.get(key, f"give {key} a valid value."))
+
+
+#: Layers in the order they are applied: a cross-field error is blamed on the latest one.
+_LAYERS = ("default", "default (beside course.yaml)", "course.yaml", "settings file", "preset",
+           "environment", "--set", "load_config()", "assignment")
+
+
+def _latest(*keys: str, origins: Mapping[str, Origin]) -> str:
+    """Of ``keys``, the one set by the latest layer (the value the learner changed last)."""
+    return max(keys, key=lambda k: _LAYERS.index(origins.get(k, DEFAULT).label))
 
 
 def _unknown_key(key: str, origin: Origin) -> ConfigError:
@@ -468,6 +487,19 @@ def load_config(path: str | Path | None = None, *, presets: Iterable[str | Path]
         layers.values["output_dir"] = file.parent / "outputs"
         layers.origins["output_dir"] = Origin("default (beside course.yaml)")
     return CourseConfig(_origins=layers.origins, **layers.values, source=file)
+
+
+def choose_model(model: str | Path, flag: str = "--model") -> ModelChoice:
+    """Resolve a model named outside the settings (a command-line flag, a run's record), with
+    ``course.yaml``'s cache folder; errors name ``flag``, not a file."""
+    cfg = load_config()
+    origin = Origin(flag, name=str(model))
+    try:
+        cfg.model = str(model)
+    except ConfigError as exc:
+        raise origin.error(exc.message, exc.fix) from None
+    cfg._origins["model"] = origin
+    return cfg.resolve_model()
 
 
 def ensure_model(choice: ModelChoice) -> str:

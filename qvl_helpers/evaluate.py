@@ -147,7 +147,7 @@ def run_eval(model: str, data: str | Path, out: str | Path, *, adapter: str | Pa
         DatasetError: the data is empty or has a bad record or a missing image.
         ModelError: the model or the adapter cannot be loaded, or the adapter does not fit.
     """
-    from .config import ensure_model, load_config
+    from .config import choose_model, ensure_model
     from .data import load_records
     from .outputs import claim_output, write_json, write_text
 
@@ -160,9 +160,12 @@ def run_eval(model: str, data: str | Path, out: str | Path, *, adapter: str | Pa
         inputs += list(Path(adapter).iterdir())
     claim_output(out, inputs=inputs, force=force)
     claim_output(predictions_path(out), inputs=inputs, force=force)
-    choice = load_config(model=model).resolve_model()
-    model_path = ensure_model(choice)
     records = load_records(data, image_root=image_root)
+    if not records:  # before minutes of model loading
+        raise DatasetError("there are no samples to evaluate: a score of nothing would mean "
+                           "nothing.", file=data, fix="evaluate a file with samples (add data if "
+                                                      "the test split is empty).")
+    model_path = ensure_model(choose_model(model, "--model"))
     net, processor = load_for_eval(model_path, adapter, quantization)
     lo, hi = image_limits(adapter, processor)
     result = evaluate_records(net, processor, records, image_ablation=image_ablation,
@@ -187,12 +190,21 @@ def run_eval_plan(run: str | Path) -> dict[str, Any]:
     run = Path(run)
     identity = read_identity(run)
     if identity is None:
-        raise ConfigError("this is not a run folder (no run.json).", file=run,
+        raise ConfigError("this is not a run folder (no readable run.json).", file=run,
                           fix="pass a folder under outputs/runs/ made by `qvl train`.")
     if not (run / ADAPTER).is_dir():
         raise ConfigError("the run has no adapter yet (it did not finish).", file=run,
                           fix="finish it with `qvl train ... --resume` first.")
-    where = identity["where"]
-    model = where["model_path"] if Path(where["model_path"]).is_dir() else identity["model"]["name"]
-    return {"model": model, "adapter": run / ADAPTER, "data": Path(where["splits"]["test"]),
-            "image_root": Path(where["image_root"])}
+    try:
+        where, name = identity["where"], identity["model"]["name"]
+        test = Path(where["splits"]["test"])
+    except (KeyError, TypeError):
+        raise ConfigError("run.json lacks the model or the splits (made by an older version?).",
+                          file=run / "run.json",
+                          fix="pass --model, --adapter, --data and --out yourself.") from None
+    beside = run.resolve().parent.parent / "data" / test.parent.name / test.name
+    if beside.is_file():  # the run's own outputs folder (the project may have been moved)
+        test = beside
+    model = where.get("model_path") or name
+    return {"model": model if Path(model).is_dir() else name, "adapter": run / ADAPTER,
+            "data": test, "image_root": None}  # the split's split_info.json knows its root

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,7 +320,10 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
     other = (f"it was trained on {trained_on}; load it onto that model (or a model with the "
              "same architecture and size).")
     try:
-        wrapped = PeftModel.from_pretrained(model, str(adapter))
+        with warnings.catch_warnings():  # the check below says it better, and stops
+            warnings.filterwarnings("ignore", message="Found missing adapter keys",
+                                    category=UserWarning)
+            wrapped = PeftModel.from_pretrained(model, str(adapter))
     except (ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:300]
         raise ModelError(f"the adapter does not fit this model ({first}).", file=adapter,

@@ -51,17 +51,22 @@ def claim_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (),
         OutputFolderError: its folder cannot be created or written.
     """
     path = Path(path)
-    resolved = path.resolve()
-    for item in inputs:
-        if item is not None and Path(item).resolve() == resolved:
-            raise ConfigError(f"the output {path} is also an input of this command: writing it "
-                              "would destroy the input.", file=path,
-                              fix="choose another output path (nothing was written).")
+    refuse_inputs(path, inputs)
     if path.exists() and not force:
         raise OutputExistsError("already exists; nothing was overwritten.", file=path,
                                 fix=f"choose another output path, or pass {flag} to replace it.")
     ensure_folder(path.parent)
     return path
+
+
+def refuse_inputs(path: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Raise :class:`ConfigError` if ``path`` is one of ``inputs`` (links resolved)."""
+    resolved = Path(path).resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve() == resolved:
+            raise ConfigError(f"the output {path} is also an input of this command: writing it "
+                              "would destroy the input.", file=path,
+                              fix="choose another output path (nothing was written).")
 
 
 def write_text(path: str | Path, text: str) -> Path:

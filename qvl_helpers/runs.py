@@ -14,7 +14,6 @@ on disk; :func:`set_aside` is the one function that renames (never deletes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import CourseConfig
-from .outputs import write_json
+from .images import file_hash as sha256_file
+from .outputs import write_json, write_text
 
 IDENTITY = "run.json"
 RUN_CONFIG = "run_config.yaml"
@@ -40,14 +40,6 @@ SHAPING_KEYS = ("min_pixels", "max_pixels", "max_length", "lr", "num_epochs", "m
 def run_dir(cfg: CourseConfig, name: str | None = None) -> Path:
     """``<output_dir>/runs/<run_name>``."""
     return Path(cfg.output_dir) / "runs" / (name or cfg.run_name)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- identity
@@ -85,22 +77,31 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def identity_changes(recorded: dict[str, Any], current: dict[str, Any],
-                     cfg: CourseConfig | None = None) -> list[str]:
+                     cfg: CourseConfig | None = None, *, partial: bool = False) -> list[str]:
     """Each difference between a recorded identity and the current one, as a readable line
-    (``settings.lr: 0.003 (run) -> 0.001 (now, from --set lr=0.001)``)."""
+    (``settings.lr: 0.003 (run) -> 0.001 (now, from --set lr=0.001)``). With ``partial``, only
+    the keys present in ``current`` are compared (a check before the data is prepared)."""
     keys = ("model", "data", "settings", "resolved")
     old = _flatten({k: recorded.get(k, {}) for k in keys})
     new = _flatten({k: current.get(k, {}) for k in keys})
     lines = []
-    for key in sorted(old.keys() | new.keys()):
+    for key in sorted(new.keys() if partial else old.keys() | new.keys()):
         if old.get(key) == new.get(key):
             continue
-        where = ""
-        if cfg is not None and key.startswith("settings."):
-            where = f", from {cfg.origin(key.removeprefix('settings.'))}"
-        if key.startswith("data.") or key.endswith("sha256"):
-            lines.append(f"{key.removesuffix('_sha256')}: the file's content changed")
+        if key == "data.source_sha256":
+            then = recorded.get("where", {}).get("source")
+            now = current.get("where", {}).get("source")
+            lines.append(f"data: {then} (run) -> {now} (now)" if then != now else
+                         f"data: the content of {now} changed")
+        elif key.startswith("data."):
+            lines.append(f"{key}: the file's content changed")
+        elif key == "resolved.world_size":
+            lines.append(f"processes: the run was launched with {old.get(key)}, now "
+                         f"{new.get(key)} (the batches would differ)")
         else:
+            where = ""
+            if cfg is not None and key.startswith("settings."):
+                where = f", from {cfg.origin(key.removeprefix('settings.'))}"
             lines.append(f"{key}: {old.get(key)!r} (run) -> {new.get(key)!r} (now{where})")
     return lines
 
@@ -139,36 +140,39 @@ def mark_complete(checkpoint: Path, step: int) -> None:
                {"step": step, "time": time.time(), "files": manifest(checkpoint)})
 
 
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from (None: it is complete and intact)."""
+def checkpoint_problem(checkpoint: Path) -> tuple[str, str] | None:
+    """Why a checkpoint cannot be resumed from, as ``(kind, reason)`` with kind ``incomplete``
+    (never finished saving) or ``corrupt`` (finished, then damaged); None: complete and intact."""
     marker = checkpoint / COMPLETE_MARKER
     if not marker.is_file() or not (checkpoint / "trainer_state.json").is_file():
-        return "incomplete (the process stopped while saving it)"
+        return "incomplete", "incomplete: the process stopped while saving it"
     try:
         files = json.loads(marker.read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError):
-        return "its completion marker is unreadable"
+        return "corrupt", "its completion marker is unreadable"
     for name, expected in (files or {}).items():
         path = checkpoint / name
         if not path.is_file():
-            return f"{name} is missing"
+            return "corrupt", f"{name} is missing"
         if path.stat().st_size != expected["size"]:
-            return f"{name} is {path.stat().st_size} bytes, not the {expected['size']} written"
+            return "corrupt", (f"{name} is {path.stat().st_size} bytes, not the "
+                               f"{expected['size']} written")
         if sha256_file(path) != expected["sha256"]:
-            return f"{name} changed after it was written (checksum differs)"
+            return "corrupt", f"{name} changed after it was written (checksum differs)"
     return None
 
 
 @dataclass
 class ResumePoint:
-    """The checkpoint to resume from, and the newer ones that cannot be used (with why)."""
+    """The checkpoint to resume from, and the newer ones that cannot be used:
+    ``(path, kind, reason)`` as :func:`checkpoint_problem` says."""
 
     checkpoint: Path | None
-    rejected: list[tuple[Path, str]] = field(default_factory=list)
+    rejected: list[tuple[Path, str, str]] = field(default_factory=list)
 
     @property
     def step(self) -> int:
-        return checkpoint_step(self.checkpoint) or 0 if self.checkpoint else 0
+        return (checkpoint_step(self.checkpoint) or 0) if self.checkpoint else 0
 
 
 def find_resume_checkpoint(folder: Path) -> ResumePoint:
@@ -180,7 +184,7 @@ def find_resume_checkpoint(folder: Path) -> ResumePoint:
         problem = checkpoint_problem(path)
         if problem is None:
             return ResumePoint(path, rejected)
-        rejected.append((path, problem))
+        rejected.append((path, *problem))
     return ResumePoint(None, rejected)
 
 
@@ -234,11 +238,13 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def start_log(folder: Path) -> Path | None:
     """A fresh run starts a clean log: an earlier failed attempt's log is kept aside as
-    ``train_log.attempt-<time>.jsonl``. Returns where it went (None if there was none)."""
+    ``train_log.attempt-N.jsonl`` (N = 1, 2, ...). Returns where it went (None if none)."""
     path = folder / LOG
     if not path.exists():
         return None
-    target = path.with_name(f"train_log.attempt-{int(path.stat().st_mtime)}.jsonl")
+    n = 1
+    while (target := path.with_name(f"train_log.attempt-{n}.jsonl")).exists():
+        n += 1
     path.rename(target)
     return target
 
@@ -249,4 +255,4 @@ def resume_log(folder: Path, step: int) -> None:
     path = folder / LOG
     kept = [e for e in read_log(path) if e.get("step", 0) <= step] if path.exists() else []
     kept.append({"event": "resume", "step": step, "time": round(time.time(), 3)})
-    path.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+    write_text(path, "".join(json.dumps(e) + "\n" for e in kept))

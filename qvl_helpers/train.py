@@ -161,6 +161,11 @@ class RunFilesCallback(TrainerCallback):
             self._draw_live()
 
     def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        # Every process writes part of a checkpoint (its RNG state, optimizer shards): the
+        # manifest is taken only once all of them have finished.
+        PartialState().wait_for_everyone()
         if not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -263,9 +268,13 @@ def _world() -> tuple[int, int]:
 
 def _renamed(cfg: CourseConfig, say: Any, why: str) -> CourseConfig:
     """``cfg`` with the first free run name (``--force`` starts a new run, never in place)."""
+    from .config import Origin
+
     name = free_name(cfg)
     say(f"{why}; --force starts a new run named {name!r} instead (the old run is untouched).")
-    return cfg.model_copy(update={"run_name": name})
+    renamed = cfg.model_copy(update={"run_name": name})
+    renamed._origins = {**cfg._origins, "run_name": Origin("--force", name="(a free name)")}
+    return renamed
 
 
 def plan_run(cfg: CourseConfig, *, resume: bool, force: bool,
@@ -304,29 +313,52 @@ def plan_run(cfg: CourseConfig, *, resume: bool, force: bool,
     return cfg, resume, None
 
 
-def check_resume(cfg: CourseConfig, identity: dict[str, Any], *, force: bool,
-                 say: Any = print) -> tuple[CourseConfig, ResumePoint | None]:
-    """Resume only the same run: the recorded identity must equal the current one. Returns the
-    checkpoint to resume from, or (with ``force`` and a changed identity) a renamed new run."""
-    folder = run_dir(cfg)
-    recorded = read_identity(folder)
-    changes = (identity_changes(recorded, identity, cfg) if recorded else
+def check_same_run(cfg: CourseConfig, identity: dict[str, Any], *, force: bool,
+                   say: Any = print, partial: bool = False) -> tuple[CourseConfig, bool]:
+    """Resume only the same run: the recorded identity must equal the current one (``partial``:
+    only what is known before the data is prepared). Returns ``(cfg, resume)``: unchanged and
+    True, or with ``force`` and a changed identity, a renamed new run and False.
+
+    Raises:
+        TrainingError: the identity changed and ``force`` is False (each change named).
+    """
+    recorded = read_identity(run_dir(cfg))
+    changes = (identity_changes(recorded, identity, cfg, partial=partial) if recorded else
                ["no run.json: the run's identity was not recorded, so it cannot be compared"])
-    if changes:
-        if force:
-            return _renamed(cfg, say, f"the run {cfg.run_name!r} was made with other settings "
-                                      f"({'; '.join(changes)})"), None
-        raise TrainingError(
-            f"cannot resume the run {cfg.run_name!r}: it was started with other data, model or "
-            "settings, and continuing would mix two runs. Changed: " + "; ".join(changes) + ".",
-            file=folder, fix="resume with the run's own settings (see its run_config.yaml), or "
-                             "pass --force to start a new run under a new name with these.")
-    point = find_resume_checkpoint(folder)
+    if not changes:
+        return cfg, True
+    if force:
+        return _renamed(cfg, say, f"the run {cfg.run_name!r} was made with other data, model or "
+                                  f"settings ({'; '.join(changes)})"), False
+    raise TrainingError(
+        f"cannot resume the run {cfg.run_name!r}: it was started with other data, model or "
+        "settings, and continuing would mix two runs. Changed: " + "; ".join(changes) + ".",
+        file=run_dir(cfg), fix="resume with the run's own data, model and settings (its "
+                               "run_config.yaml lists them), or pass --force to start a new run "
+                               "under a new name with these.")
+
+
+def resume_point(cfg: CourseConfig) -> ResumePoint:
+    """The newest intact checkpoint of the run, or an error saying why there is none."""
+    point = find_resume_checkpoint(run_dir(cfg))
     if point.checkpoint is None:
-        why = "; ".join(f"{p.name}: {reason}" for p, reason in point.rejected) or "none saved"
+        why = "; ".join(f"{p.name}: {reason}" for p, _, reason in point.rejected) or "none saved"
         raise TrainingError(f"there is no complete checkpoint to resume from ({why}).",
-                            file=folder, fix="start a new run (another run_name, or --force).")
-    return cfg, point
+                            file=run_dir(cfg), fix="start a new run (another run_name, or --force).")
+    return point
+
+
+def early_identity(cfg: CourseConfig, model_name: str) -> dict[str, Any]:
+    """The part of a run's identity known before the data is prepared (for ``partial``)."""
+    from .images import file_hash
+    from .runs import SHAPING_KEYS
+
+    settings = cfg.to_dict()
+    data = Path(cfg.data) if cfg.data else None
+    return {"model": {"name": model_name},
+            "data": {"source_sha256": file_hash(data) if data and data.is_file() else None},
+            "settings": {key: settings[key] for key in SHAPING_KEYS},
+            "where": {"source": str(data.resolve()) if data else None}}
 
 
 def recheck_images(prepared: Any, cfg: CourseConfig) -> None:
@@ -337,8 +369,10 @@ def recheck_images(prepared: Any, cfg: CourseConfig) -> None:
     for name, path in prepared.files().items():
         report = check_file(path, image_root=prepared.image_root, min_pixels=cfg.min_pixels,
                             max_pixels=cfg.max_pixels, leakage=False)
-        first = next((p for p in report.problems if p.severity == "error"), None)
-        if first is not None and first.code != "missing_field":
+        # (an empty split is reported as "holds no records": that is preflight's business)
+        first = next((p for p in report.problems if p.severity == "error"
+                      and not (p.code == "missing_field" and p.line is None)), None)
+        if first is not None:
             raise DatasetError(f"the {name} split has {report.errors} error(s), for example "
                                f"{first.code}: {first.message}", file=path, line=first.line,
                                sample_id=first.id,
@@ -405,9 +439,8 @@ def open_run_folder(folder: Path, identity: dict[str, Any], resume_from: ResumeP
     """Main process: set aside unusable checkpoints, start or mark the log, record the run."""
     folder.mkdir(parents=True, exist_ok=True)
     if resume_from is not None:
-        for path, reason in resume_from.rejected:
-            kept = set_aside(path, "corrupt" if "bytes" in reason or "checksum" in reason
-                             or "missing" in reason else "incomplete")
+        for path, kind, reason in resume_from.rejected:
+            kept = set_aside(path, kind)
             say(f"{path.name} cannot be used ({reason}); kept as {kept.name} and skipped.")
         resume_log(folder, resume_from.step)
         return
@@ -517,12 +550,21 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
     if finished is not None:
         return finished
     choice = cfg.resolve_model()
+    if cfg.tuned_for == "tiny" and not choice.is_tiny:
+        raise cfg.error("tuned_for", f"these settings are tuned for the tiny stand-in, but the "
+                                     f"model is {choice.name} ({choice.reason}; model set at "
+                                     f"{cfg.origin('model')}).",
+                        fix="use the preset `qvl env` recommends for this machine (configs/), "
+                            "or set model: tiny to run the tiny stand-in here.")
     model_path = ensure_model(choice)
     try:
         targets = lora_target_names(model_path, cfg.trained)
     except ConfigError as exc:
         raise cfg.error("trained", exc.message, exc.fix) from None
     state = PartialState(cpu=not torch.cuda.is_available())
+    if resume:  # refuse a changed run before preparing anything
+        cfg, resume = check_same_run(cfg, early_identity(cfg, choice.name), force=force,
+                                     say=say, partial=True)
     with state.main_process_first():
         prepared = prepare_data(cfg, verbose=verbose and rank == 0)
     records = {name: load_records(path, image_root=prepared.image_root)
@@ -543,7 +585,8 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
                               resolved=resolved)
     resume_from = None
     if resume:
-        cfg, resume_from = check_resume(cfg, identity, force=force, say=say)
+        cfg, resume = check_same_run(cfg, identity, force=force, say=say)
+        resume_from = resume_point(cfg) if resume else None
     if dry_run:
         say(_dry_run_text(cfg, model_path, prepared, budgets, targets, world, resume_from))
         return TrainResult(run_dir(cfg), run_dir(cfg) / ADAPTER, 0, None, 0.0, False)

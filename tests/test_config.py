@@ -61,7 +61,9 @@ def test_invalid_yaml_names_the_line(clean_env: Path) -> None:
 
 @pytest.mark.parametrize(("text", "line", "words"), [
     ("model: tiny\nbatch_size: two\n", 2, "batch_size: Input should be a valid integer"),
-    ("min_pixels: 500000\nmax_pixels: 1000\n", 2, "below min_pixels"),
+    ("min_pixels: 500000\nmax_pixels: 1000\n", 1, "above max_pixels"),
+    ("seed: 3\nmin_pixels: 500000\n", 2, "min_pixels (500000) is above max_pixels (401408)"),
+    ("save_total_limit: 1\n", 1, "save_total_limit"),
     ("lora_dropout: 1.5\n", 1, "lora_dropout"),
     ("max_length: 0\n", 1, "max_length: Input should be greater than 0"),
     ("lr: .nan\n", 1, "finite"),
@@ -182,10 +184,13 @@ def test_missing_local_model_folder_names_its_origin(clean_env: Path) -> None:
     assert info.value.line == 1 and "course.yaml" in info.value.file
 
 
-def test_assignment_is_validated(clean_env: Path) -> None:
+def test_assignment_is_validated_and_undone(clean_env: Path) -> None:
     cfg = load_config()
     with pytest.raises(ConfigError, match="cfg.lr"):
         cfg.lr = float("nan")
+    with pytest.raises(ConfigError, match="cfg.min_pixels"):
+        cfg.min_pixels = 10**7
+    assert (cfg.lr, cfg.min_pixels) == (2e-4, 3136)
 
 
 def test_qvl_config_shows_origins(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,9 +28,12 @@ NOTEBOOKS = REPO / "notebooks"
 
 @pytest.fixture
 def learner_env(tmp_path: Path) -> dict[str, str]:
+    import torch
+
     data = make_seed_dataset(tmp_path / "my_data", n=40)
+    model = "tiny" if torch.cuda.is_available() else "auto"  # the shipped course.yaml says auto
     (tmp_path / "course.yaml").write_text(
-        f"model: auto\ndata: my_data/{FILE_NAME}\noutput_dir: outputs\n", encoding="utf-8")
+        f"model: {model}\ndata: my_data/{FILE_NAME}\noutput_dir: outputs\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "QVL_OUTPUT_DIR"}
     env["QVL_CONFIG"] = str(tmp_path / "course.yaml")
     assert data.is_file()

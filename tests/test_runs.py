@@ -39,9 +39,10 @@ def test_newest_intact_checkpoint_is_found_without_changing_anything(tmp_path: P
     before = snapshot(tmp_path)
     point = find_resume_checkpoint(tmp_path)
     assert point.checkpoint == tmp_path / "checkpoint-20" and point.step == 20
-    reasons = {p.name: why for p, why in point.rejected}
-    assert reasons["checkpoint-40"].startswith("incomplete")
-    assert reasons["checkpoint-30"].startswith("adapter_model.safetensors is 100 bytes")
+    reasons = {p.name: (kind, why) for p, kind, why in point.rejected}
+    assert reasons["checkpoint-40"][0] == "incomplete"
+    assert reasons["checkpoint-30"][0] == "corrupt"
+    assert reasons["checkpoint-30"][1].startswith("adapter_model.safetensors is 100 bytes")
     assert snapshot(tmp_path) == before  # a finder never renames
 
 
@@ -52,7 +53,8 @@ def test_same_size_corruption_is_caught_by_the_checksum(tmp_path: Path) -> None:
     data[7] ^= 0xFF
     weights.write_bytes(bytes(data))
     point = find_resume_checkpoint(tmp_path)
-    assert point.checkpoint is None and "checksum" in point.rejected[0][1]
+    assert point.checkpoint is None and point.rejected[0][1] == "corrupt"
+    assert "checksum" in point.rejected[0][2]
 
 
 def test_set_aside_keeps_everything(tmp_path: Path) -> None:
@@ -71,8 +73,11 @@ def test_logs_never_hold_a_step_twice_without_a_mark(tmp_path: Path) -> None:
     assert [e.get("step") for e in entries] == [1, 2, 2]
     assert entries[-1]["event"] == "resume"
     old = start_log(tmp_path)
-    assert old is not None and old.read_text().count("\n") == 3 and not log.exists()
+    assert old == tmp_path / "train_log.attempt-1.jsonl" and not log.exists()
+    assert old.read_text().count("\n") == 3
     assert start_log(tmp_path) is None
+    log.write_text("{}\n")
+    assert start_log(tmp_path) == tmp_path / "train_log.attempt-2.jsonl"  # never replaced
 
 
 def test_identity_changes_name_what_and_where(clean_env: Path) -> None:
@@ -91,8 +96,13 @@ def test_identity_changes_name_what_and_where(clean_env: Path) -> None:
     changes = identity_changes(base, now, cfg)
     assert "data.splits.val: the file's content changed" in changes
     assert "settings.lr: 0.003 (run) -> 0.01 (now, from load_config() lr=0.01)" in changes
-    assert "resolved.world_size: 1 (run) -> 2 (now)" in changes
+    assert any(c.startswith("processes: the run was launched with 1, now 2") for c in changes)
     assert len(changes) == 3
+    early = {"data": {"source_sha256": "other"}, "settings": {"lr": 0.003},
+             "where": {"source": "/new/file.jsonl"}}
+    base["where"]["source"] = "/old/file.jsonl"
+    assert identity_changes(base, early, partial=True) == [
+        "data: /old/file.jsonl (run) -> /new/file.jsonl (now)"]
 
 
 @pytest.mark.parametrize("name", ["run", "收据-1", "a.b_c-d"])

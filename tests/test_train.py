@@ -167,6 +167,8 @@ def test_two_cpu_processes(tmp_path: Path) -> None:
     assert [r["rank"] for r in reports] == [0, 1]
     assert all(r["world_size"] == 2 and r["steps"] == 12 for r in reports)
     assert all(r["samples_collated"] >= 12 * 8 for r in reports)  # both ranks trained
+    marker = json.loads((run / "checkpoint-12" / "qvl_checkpoint_complete.json").read_text())
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(marker["files"])  # both ranks saved
     adapters = [p for p in run.rglob("adapter_model.safetensors") if "checkpoint" not in str(p)]
     assert adapters == [run / "adapter" / "adapter_model.safetensors"]
     assert not (run / ".adapter.saving").exists()

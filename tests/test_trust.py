@@ -34,7 +34,7 @@ class Learner:
         self.outputs = root / "outputs"
 
     def write_course(self, **settings: object) -> None:
-        lines = [f"data: data/{FILE_NAME}", "output_dir: outputs"]
+        lines = [f"data: data/{FILE_NAME}", "output_dir: outputs", "model: tiny"]
         lines += [f"{k}: {v}" for k, v in settings.items()]
         (self.root / "course.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -100,8 +100,8 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("QVL_CONFIG", str(root / "course.yaml"))
         mp.delenv("QVL_OUTPUT_DIR", raising=False)
         mp.chdir(root)
-        (root / "course.yaml").write_text(f"data: data/{FILE_NAME}\noutput_dir: outputs\n",
-                                          encoding="utf-8")
+        (root / "course.yaml").write_text(
+            f"model: tiny\ndata: data/{FILE_NAME}\noutput_dir: outputs\n", encoding="utf-8")
         code = main(["train", "--config", PRESET, "--set", "max_steps=2", "--set", "save_steps=1",
                      "--set", "logging_steps=1"])
     assert code == 0
@@ -118,6 +118,9 @@ def project(trained_project: Path, learner: Learner) -> Learner:
             shutil.copytree(source, learner.root / name)
         else:
             shutil.copy(source, learner.root / name)
+    for record in (learner.root / "outputs").rglob("*.json"):  # as if it had been made here
+        text = record.read_text(encoding="utf-8")
+        record.write_text(text.replace(str(trained_project), str(learner.root)), encoding="utf-8")
     return learner
 
 
@@ -241,12 +244,13 @@ def test_resume_refuses_other_data(project: Learner, no_model_loading: None) -> 
     other = make_seed_dataset(project.root / "other", n=40, start=50)
     code, _, err = project.train(f"data={other}", "max_steps=2", "save_steps=1",
                                  "logging_steps=1", flags=("--resume",))
-    one_clear_error(err, code, 2, "cannot resume", "data.source: the file's content changed")
+    one_clear_error(err, code, 2, "cannot resume", f"data: {project.data} (run) -> {other} (now)")
     make_seed_dataset(project.data.parent, n=40, start=100)  # the learner swapped the data
     code, _, err = project.train("max_steps=2", "save_steps=1", "logging_steps=1",
                                  flags=("--resume",))
-    one_clear_error(err, code, 2, "cannot resume", "data.source: the file's content changed")
+    one_clear_error(err, code, 2, "cannot resume", f"data: the content of {project.data} changed")
     assert snapshot(project.run) == before
+    assert len(list((project.outputs / "data").iterdir())) == 1  # refused before preparing
 
 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(project: Learner) -> None:
@@ -284,7 +288,8 @@ def test_a_failed_attempts_log_is_kept_apart(learner: Learner) -> None:
 
 
 def test_eval_refuses_to_write_over_its_data(project: Learner) -> None:
-    test_split = Path(json.loads((project.run / "run.json").read_text())["where"]["splits"]["test"])
+    (folder,) = (project.outputs / "data").iterdir()
+    test_split = folder / "test.jsonl"  # what --run evaluates: the run's own test split
     before = snapshot(project.root)
     for data, out in ((None, test_split), (project.data, project.data)):
         args = ["--data", data] if data else []
@@ -306,24 +311,25 @@ def test_eval_never_replaces_a_report_unasked(project: Learner) -> None:
     code, _, err = project.qvl("eval", "--run", project.run, "--image-ablation", "blank")
     assert code == 0, err  # another system: its own report and predictions
     assert report.with_name("tuned-blank.predictions.jsonl").is_file()
-    assert predictions.read_bytes() != report.with_name("tuned-blank.predictions.jsonl").read_bytes()
     assert report.read_bytes() == before
 
 
 def test_a_full_disk_leaves_the_old_report_intact(project: Learner,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import qvl_helpers.outputs
-
     report = project.root / "report.json"
     report.write_text('{"earlier": true}\n')
+    real = Path.replace
 
-    def full(path: Path, text: str) -> Path:
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full(self: Path, target: Path) -> Path:
+        if Path(target) == report:  # the new report is written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real(self, target)
 
-    monkeypatch.setattr(qvl_helpers.outputs, "write_text", full)
+    monkeypatch.setattr(Path, "replace", full)
     code, _, err = project.qvl("eval", "--run", project.run, "--out", report, "--force")
     one_clear_error(err, code, 2, "the disk is full", str(report))
     assert report.read_text() == '{"earlier": true}\n'
+    assert not [p for p in project.root.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_an_interrupted_write_keeps_the_previous_file(tmp_path: Path,
@@ -367,7 +373,7 @@ def test_check_tokens_and_split_refuse_to_overwrite_inputs(learner: Learner) -> 
     shutil.copy(learner.data, train)
     code, _, err = learner.qvl("data", "split", train, "--out-dir", learner.root,
                                "--image-root", learner.data.parent)
-    one_clear_error(err, code, 2, "both the input and a split file")
+    one_clear_error(err, code, 2, "also an input")
     assert learner.data.read_bytes() == before and train.read_bytes() == before
     existing = learner.root / "tokens.json"
     existing.write_text("mine")
@@ -461,6 +467,14 @@ def test_run_names_stay_inside_outputs(learner: Learner, name: str) -> None:
     one_clear_error(err, code, 2, "not a plain folder name", f"--set run_name={name}")
     assert not (learner.root.parent / "escaped").exists()
     assert not learner.outputs.exists()
+
+
+def test_the_tiny_preset_refuses_the_real_model(learner: Learner,
+                                               no_model_loading: None) -> None:
+    # On a GPU machine, model: auto is the real 3B; the tiny preset's lr 3e-3 would wreck it.
+    code, _, err = learner.train("model=Qwen/Qwen2.5-VL-3B-Instruct")
+    one_clear_error(err, code, 2, "tuned for the tiny stand-in", "tiny_cpu.yaml:",
+                    "set at --set model=Qwen/Qwen2.5-VL-3B-Instruct")
 
 
 def test_a_lora_pattern_that_matches_nothing_is_refused(learner: Learner,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError, DatasetError, OutputExistsError
 from ..images import ImageProblem, file_hash, resolve_confined
+from ..outputs import refuse_inputs
 from .readers import read_records, record_error, relocate_image_paths, write_jsonl
 from .records import images_of
 
@@ -101,10 +102,7 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
     root = Path(image_root) if image_root is not None else path.parent
     files = {name: out_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
     for target in files.values():
-        if target.resolve() == path.resolve():
-            raise ConfigError(f"{target} would be both the input and a split file: splitting "
-                              "would destroy the input.", file=target,
-                              fix="choose another --out-dir (nothing was written).")
+        refuse_inputs(target, [path])
     existing = [str(p) for p in files.values() if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{', '.join(existing)} already exist.", file=out_dir,
