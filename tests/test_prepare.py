@@ -10,7 +10,7 @@ import pytest
 from learner_data import snapshot
 
 from qvl_helpers.config import load_config
-from qvl_helpers.data import default_image_root, load_records, prepare_data
+from qvl_helpers.data import check_file, default_image_root, load_records, prepare_data
 from qvl_helpers.errors import DatasetError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
@@ -53,6 +53,8 @@ def test_splits_know_their_image_root(clean_env: Path) -> None:
     assert root == SAMPLES / "shapes" and "split_info.json" in why
     records = load_records(prepared.test)  # no image root needed
     assert all(Path(r["messages"][0]["content"][0]["image"]).is_file() for r in records)
+    report = check_file(prepared.test)  # the doctor finds them too
+    assert report.ok and report.records == 32 and report.image_root == str(SAMPLES / "shapes")
 
 
 def test_a_missing_image_names_the_folder_searched(clean_env: Path) -> None:

@@ -14,19 +14,10 @@ from typing import Any
 from ..errors import DatasetError
 from ..images import ImageProblem, resolve_confined
 from .doctor import CODES, CheckReport, Problem, check_file
-from .prepare import SPLIT_INFO, PreparedData, prepare_data, read_split_info
+from .prepare import PreparedData, prepare_data
 from .readers import FORMATS, DataFileError, detect_file_format, read_records, record_error, write_jsonl
 from .records import answers_of, image_parts, images_of
-from .split import split_file
-
-
-def default_image_root(path: str | Path) -> tuple[Path, str]:
-    """The folder a data file's image paths are relative to, and why: the image root recorded
-    in ``split_info.json`` for splits made by :func:`prepare_data`, else the file's folder."""
-    info = read_split_info(path)
-    if info and info.get("image_root"):
-        return Path(info["image_root"]), f"the image root recorded in {SPLIT_INFO} beside it"
-    return Path(path).parent, "the data file's folder"
+from .split import SPLIT_INFO, default_image_root, read_split_info, split_file
 
 
 def load_records(path: str | Path, image_root: str | Path | None = None,

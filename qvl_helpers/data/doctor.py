@@ -32,6 +32,7 @@ from ..images import (
 from ..tokens import sample_length
 from .readers import RawRecord, read_records
 from .records import images_of
+from .split import default_image_root
 
 WARNING_CODES = {"image_mode", "exif_rotated", "duplicate_sample"}
 CODES = ("invalid_json", "invalid_encoding", "missing_field", "bad_roles", "empty_answer",
@@ -272,7 +273,8 @@ def check_file(path: str | Path, *, image_root: str | Path | None = None, fmt: s
                leakage: bool = True, progress: bool = False) -> CheckReport:
     """Check one data file in any accepted layout.
 
-    Image paths are relative to ``image_root`` (default: the file's folder) and must stay inside
+    Image paths are relative to ``image_root`` (default: the image root recorded with prepared
+    splits, else the file's folder) and must stay inside
     it. When the file is named train/val/test and siblings exist, images shared with a sibling
     are reported as ``leakage``. With a ``processor``, samples over ``max_length`` tokens are
     reported as ``too_long``.
@@ -281,7 +283,7 @@ def check_file(path: str | Path, *, image_root: str | Path | None = None, fmt: s
         DataFileError: the file cannot be read at all (missing, a folder, UTF-16).
     """
     path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
+    root = Path(image_root) if image_root is not None else default_image_root(path)[0]
     report = CheckReport(str(path), image_root=str(root))
     cache = _ImageCache(pixel_cap)
     raws: Iterable[RawRecord] = read_records(path, fmt)

@@ -24,17 +24,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..config import CourseConfig
 from ..errors import ConfigError, DatasetError
 from ..images import file_hash
 from ..outputs import ensure_folder, write_json
 from .doctor import check_file
-from .split import image_root_for_output, split_file
+from .split import SPLIT_INFO, image_root_for_output, read_split_info, split_file
 
 SPLITS = ("train", "val", "test")
-SPLIT_INFO = "split_info.json"
 
 
 @dataclass
@@ -72,17 +70,6 @@ def dataset_key(data: Path, image_root: Path, val: float, test: float, seed: int
     settings = json.dumps([digest, str(image_root.resolve()), val, test, seed])
     stem = re.sub(r"[^\w.-]+", "_", data.stem)[:40] or "data"
     return f"{stem}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
-
-
-def read_split_info(split_file_path: str | Path) -> dict[str, Any] | None:
-    """The ``split_info.json`` beside a split file (None if the file was not made here)."""
-    info = Path(split_file_path).with_name(SPLIT_INFO)
-    if not info.is_file():
-        return None
-    try:
-        return json.loads(info.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def split_warnings(counts: dict[str, int], val: float, test: float) -> list[str]:

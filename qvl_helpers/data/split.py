@@ -8,6 +8,7 @@ and dealt out to test, val and train in turn.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,29 @@ from ..images import ImageProblem, file_hash, resolve_confined
 from ..outputs import refuse_inputs
 from .readers import read_records, record_error, relocate_image_paths, write_jsonl
 from .records import images_of
+
+SPLIT_INFO = "split_info.json"
+
+
+def read_split_info(split_file_path: str | Path) -> dict[str, Any] | None:
+    """The ``split_info.json`` that :func:`~qvl_helpers.data.prepare_data` writes beside its
+    split files (None for a file that was not made there)."""
+    info = Path(split_file_path).with_name(SPLIT_INFO)
+    if not info.is_file():
+        return None
+    try:
+        return json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def default_image_root(path: str | Path) -> tuple[Path, str]:
+    """The folder a data file's image paths are relative to, and why: the image root recorded
+    in ``split_info.json`` for prepared splits, else the file's folder."""
+    info = read_split_info(path)
+    if info and info.get("image_root"):
+        return Path(info["image_root"]), f"the image root recorded in {SPLIT_INFO} beside it"
+    return Path(path).parent, "the data file's folder"
 
 
 class _Groups:
