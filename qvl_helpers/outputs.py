@@ -84,3 +84,12 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """``data`` as indented UTF-8 JSON (non-ASCII kept readable), written atomically."""
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any | None:
+    """A JSON file the course wrote, or None when it is missing or unreadable (the callers
+    then treat the thing it describes as absent)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import CourseConfig
 from .images import file_hash as sha256_file
-from .outputs import write_json, write_text
+from .outputs import read_json, write_json, write_text
 
 IDENTITY = "run.json"
 RUN_CONFIG = "run_config.yaml"
@@ -107,13 +107,8 @@ def identity_changes(recorded: dict[str, Any], current: dict[str, Any],
 
 
 def read_identity(folder: Path) -> dict[str, Any] | None:
-    path = folder / IDENTITY
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The run's recorded identity (None: no readable run.json)."""
+    return read_json(folder / IDENTITY)
 
 
 def write_identity(folder: Path, identity: dict[str, Any]) -> None:

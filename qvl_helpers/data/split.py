@@ -8,7 +8,6 @@ and dealt out to test, val and train in turn.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError, DatasetError, OutputExistsError
 from ..images import ImageProblem, file_hash, resolve_confined
-from ..outputs import refuse_inputs
+from ..outputs import read_json, refuse_inputs
 from .readers import read_records, record_error, relocate_image_paths, write_jsonl
 from .records import images_of
 
@@ -26,13 +25,7 @@ SPLIT_INFO = "split_info.json"
 def read_split_info(split_file_path: str | Path) -> dict[str, Any] | None:
     """The ``split_info.json`` that :func:`~qvl_helpers.data.prepare_data` writes beside its
     split files (None for a file that was not made there)."""
-    info = Path(split_file_path).with_name(SPLIT_INFO)
-    if not info.is_file():
-        return None
-    try:
-        return json.loads(info.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json(Path(split_file_path).with_name(SPLIT_INFO))
 
 
 def default_image_root(path: str | Path) -> tuple[Path, str]:
