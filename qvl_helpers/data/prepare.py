@@ -30,7 +30,7 @@ from ..errors import ConfigError, DatasetError
 from ..images import file_hash
 from ..outputs import ensure_folder, write_json
 from .doctor import check_file
-from .split import SPLIT_INFO, image_root_for_output, read_split_info, split_file
+from .split import SPLIT_INFO, split_file
 
 SPLITS = ("train", "val", "test")
 
@@ -158,5 +158,5 @@ def _prepared(folder: Path, built: bool) -> PreparedData:
                         warnings=split_warnings(counts, info.get("val", 0), info.get("test", 0)))
 
 
-__all__ = ["SPLITS", "PreparedData", "dataset_key", "image_root_for_output", "prepare_data",
-           "read_split_info", "source_image_root", "split_warnings"]
+__all__ = ["SPLITS", "PreparedData", "dataset_key", "prepare_data", "source_image_root",
+           "split_warnings"]
