@@ -1,10 +1,16 @@
 """Helpers for the Qwen2.5-VL fine-tuning course.
 
-The notebooks explain; this package does the work. Stable entry points for scripts and tests:
-``load_config``, ``load_records`` and ``make_collator`` (see ``docs``/design for the contract).
+The notebooks explain; this package does the work. Stable entry points for scripts and tests::
+
+    from qvl_helpers import load_config, load_records, make_collator
+
+Importing the package is light (no torch): ``load_records`` and ``make_collator`` are imported
+on first use (PEP 562 module ``__getattr__``), so ``qvl --help`` and config checks stay fast.
 """
 
+import importlib
 import logging
+from typing import Any
 
 # bitsandbytes 0.50, on CPUs with AVX-512 BF16, looks for an optional faster kernel through the
 # `kernels` package and logs a scary-looking warning at import when it is absent; it then uses its
@@ -16,7 +22,18 @@ from .errors import ConfigError, DatasetError, ModelError, QVLError  # noqa: E40
 
 __version__ = "0.1.0"
 
+#: Stable names that pull in torch, imported from their module on first use.
+_LAZY = {"load_records": ".data", "make_collator": ".collate"}
+
 __all__ = [
     "ConfigError", "CourseConfig", "DatasetError", "ModelChoice", "ModelError", "QVLError",
-    "ensure_model", "load_config", "model_banner",
+    "ensure_model", "load_config", "load_records", "make_collator", "model_banner",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

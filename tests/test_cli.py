@@ -33,3 +33,20 @@ def test_bad_course_yaml_is_reported(clean_env: Path, capsys: pytest.CaptureFixt
     assert main(["env"]) == 2
     err = capsys.readouterr().err
     assert "course.yaml" in err and "max_pixels" in err
+
+
+def test_stable_api_imports_without_torch() -> None:
+    """The design's entry points import as documented, and importing the package is light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qvl_helpers; heavy = {'torch', 'transformers'} & set(sys.modules); "
+            "print(sorted(heavy)); "
+            "from qvl_helpers import load_config, load_records, make_collator; "
+            "print(load_records.__module__, make_collator.__module__, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "[]"
+    assert second == "qvl_helpers.data qvl_helpers.collate True"
