@@ -267,7 +267,7 @@ def recommend(gpus: list[GpuInfo]) -> Recommendation:
                    f"a real run of {REAL_MODEL_ID} needs a CUDA GPU with 16 GB or more "
                    "(a free Colab/Kaggle T4 works with QLoRA); set model: auto there"])
     g = gpus[0]
-    many = f"{len(gpus)} GPUs: launch with accelerate (configs/accelerate_ddp.yaml)"
+    many = f"{len(gpus)} GPUs: launch with accelerate (configs/accelerate/ddp.yaml)"
     notes = [many] if len(gpus) > 1 else []
     if not g.bf16:
         return Recommendation(

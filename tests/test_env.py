@@ -80,5 +80,9 @@ def test_smaller_cards_get_smaller_images() -> None:
 
 
 def test_several_gpus_mention_accelerate() -> None:
+    import re
+
     rec = recommend([GpuInfo("NVIDIA L4", 22.5, (8, 9))] * 2)
     assert any("accelerate" in note for note in rec.notes)
+    named = [m for note in rec.notes for m in re.findall(r"configs/[\w./-]+\.yaml", note)]
+    assert named and all((REPO / path).is_file() for path in named), named
