@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import QVLError
+from .errors import DatasetError, QVLError, count
 
 
 def positive_int(text: str) -> int:
@@ -74,7 +74,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
               "them, or pass --keep-going to write the others.", file=sys.stderr)
         return 1
     skipped = f" ({len(result.failed)} skipped)" if result.failed else ""
-    print(f"wrote {result.written} records to {out}{skipped}")
+    print(f"wrote {count(result.written, 'record')} to {out}{skipped}")
     root = Path(args.image_root) if args.image_root else src.parent
     note = _image_root_note(image_root_for_output(root, out.parent), out.parent)
     if note:
@@ -96,6 +96,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from .outputs import claim_output
 
     cfg = load_config()
+    if args.data is None:  # the data course.yaml names, with its image root
+        args.data = cfg.data or _no_data(cfg)
+        args.image_root = args.image_root or cfg.image_root
+        print(f"checking {args.data} (data: in {cfg.origin('data')})")
     if args.json:
         claim_output(args.json, inputs=[args.data], force=args.force)
     processor = _processor_for(args.model) if args.model else None
@@ -108,6 +112,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     if args.json:
         print(f"report written to {report.save_json(args.json)}")
     return 0 if report.ok else 1
+
+
+def _no_data(cfg: object) -> None:
+    from .errors import ConfigError
+
+    raise ConfigError("no data file was given, and course.yaml names none.",
+                      file=getattr(cfg, "source", None) or "course.yaml",
+                      fix="pass the file (qvl data check FILE) or set data: in course.yaml.")
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
@@ -147,9 +159,12 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         claim_output(args.json, inputs=[args.data], force=args.force)
     processor = _processor_for(args.model or cfg.model)
     records = load_records(args.data, image_root=args.image_root)
-    budget = token_budget(records, processor, min_pixels=args.min_pixels or cfg.min_pixels,
-                          max_pixels=args.max_pixels or cfg.max_pixels,
-                          max_length=args.max_length or cfg.max_length)
+    try:
+        budget = token_budget(records, processor, min_pixels=args.min_pixels or cfg.min_pixels,
+                              max_pixels=args.max_pixels or cfg.max_pixels,
+                              max_length=args.max_length or cfg.max_length)
+    except DatasetError as exc:
+        raise exc.at(args.data) from None
     print(budget.text())
     if args.json:
         print(f"report written to {write_json(args.json, budget.to_dict())}")
@@ -279,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_convert)
 
     p = dsub.add_parser("check", help="the data doctor: report every problem")
-    p.add_argument("data")
+    p.add_argument("data", nargs="?", help="the data file (default: data: in course.yaml)")
     p.add_argument("--image-root")
     p.add_argument("--format", default="auto", choices=formats)
     p.add_argument("--model", help="tiny, a hub id or a folder: also count tokens (too_long)")

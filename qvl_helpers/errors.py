@@ -41,6 +41,13 @@ class QVLError(Exception):
         self.fix = fix
         super().__init__(str(self))
 
+    def at(self, file: str | Path) -> QVLError:
+        """This error, located in ``file`` when it did not know its file yet."""
+        if self.file is None:
+            self.file = str(file)
+            self.args = (str(self),)
+        return self
+
     def __str__(self) -> str:
         where = ""
         if self.file:
@@ -69,3 +76,8 @@ class DatasetError(QVLError):
     """A record or data file is malformed (the input has problems: exit 1)."""
 
     exit_code = 1
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 record``, ``2 records``: numbers in messages read as English."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import DatasetError
+
 PATCH = 14
 MERGE = 2
 FACTOR = PATCH * MERGE  # 28 pixels per visual token side
@@ -177,14 +179,44 @@ class TokenBudget:
 
 def token_budget(records: Sequence[dict[str, Any]], processor: Any, *, min_pixels: int,
                  max_pixels: int, max_length: int) -> TokenBudget:
-    """Measure every sample (records with resolved image paths, as from ``load_records``)."""
+    """Measure every sample (records with resolved image paths, as from ``load_records``).
+
+    Raises:
+        DatasetError: an image the data doctor refuses too (unreadable, over the pixel cap, or
+            over the 200:1 aspect limit), named with its sample; ``qvl data check`` lists all.
+    """
     samples = []
     for record in records:
-        sizes = tuple(oriented_size(p["image"]) for m in record["messages"]
+        sizes = tuple(_checked_size(p["image"], record) for m in record["messages"]
                       for p in m["content"] if p["type"] == "image")
-        length = sample_length(processor, record["messages"], list(sizes), min_pixels, max_pixels)
+        try:
+            length = sample_length(processor, record["messages"], list(sizes), min_pixels,
+                                   max_pixels)
+        except ValueError as exc:
+            raise DatasetError(f"extreme_aspect_ratio: {exc}; the processor cannot resize it.",
+                               sample_id=record.get("id"),
+                               fix="crop or pad the image (run `qvl data check` to see every "
+                                   "problem).") from None
         samples.append(SampleBudget(record["id"], length.text_tokens, sizes, length.visual_tokens))
     return TokenBudget(samples, min_pixels, max_pixels, max_length)
+
+
+def _checked_size(path: str, record: dict[str, Any]) -> tuple[int, int]:
+    """An image's oriented size, refusing what the data doctor refuses from the header."""
+    from .images import DEFAULT_PIXEL_CAP
+
+    try:
+        width, height = oriented_size(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"unreadable_image: {path} ({exc}).", sample_id=record.get("id"),
+                           fix="re-export it as PNG or JPEG (`qvl data check` lists every "
+                               "problem).") from None
+    if width * height > DEFAULT_PIXEL_CAP:
+        raise DatasetError(f"image_too_large: {path} is {width}x{height} = {width * height:,} "
+                           f"px, over the cap of {DEFAULT_PIXEL_CAP:,} px.",
+                           sample_id=record.get("id"),
+                           fix="downscale it (training resizes to max_pixels anyway).")
+    return width, height
 
 
 def label_mask_html(processor: Any, batch: dict[str, Any], row: int = 0) -> str:

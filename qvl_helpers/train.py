@@ -396,8 +396,11 @@ def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[dict[str
         recheck_images(prepared, cfg)
     budgets = {}
     for name, split in records.items():
-        budget = token_budget(split, processor, min_pixels=cfg.min_pixels,
-                              max_pixels=cfg.max_pixels, max_length=cfg.max_length)
+        try:
+            budget = token_budget(split, processor, min_pixels=cfg.min_pixels,
+                                  max_pixels=cfg.max_pixels, max_length=cfg.max_length)
+        except DatasetError as exc:
+            raise exc.at(getattr(prepared, name)) from None
         budgets[name] = budget
         over = budget.too_long
         if over and cfg.on_too_long == "error":

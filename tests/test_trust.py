@@ -448,8 +448,8 @@ def test_a_tiny_dataset_is_said_to_be_tiny(learner: Learner) -> None:
     make_seed_dataset(learner.data.parent, n=1)
     code, out, err = learner.train(flags=("--dry-run",))
     assert code == 0, err
-    assert "the val split is empty (1 records in all)" in out
-    assert "the test split is empty (1 records in all)" in out
+    assert "the val split is empty (1 record in all)" in out
+    assert "the test split is empty (1 record in all)" in out
     (prepared,) = (learner.outputs / "data").iterdir()
     code, _, err = learner.qvl("eval", "--model", "tiny", "--data", prepared / "test.jsonl",
                                "--out", learner.root / "r.json")
@@ -536,3 +536,21 @@ def test_an_unexpected_error_is_one_line_unless_debugging(learner: Learner,
     monkeypatch.setenv("QVL_DEBUG", "1")
     with pytest.raises(TypeError):
         main(["train", "--config", PRESET])
+
+
+@pytest.mark.parametrize(("size", "code"), [((6000, 20), "extreme_aspect_ratio"),
+                                            ((8000, 8000), "image_too_large")])
+def test_tokens_refuses_what_the_doctor_refuses(learner: Learner, size: tuple[int, int],
+                                                code: str) -> None:
+    from PIL import Image
+
+    Image.new("RGB", size, "red").save(learner.data.parent / "pics" / "图片_003.png")
+    code_, _, err = learner.qvl("tokens", learner.data, "--model", "tiny")
+    one_clear_error(err, code_, 1, code, "样本-3", str(learner.data))
+
+
+def test_data_check_defaults_to_the_course_data(learner: Learner) -> None:
+    code, out, err = learner.qvl("data", "check")
+    assert code == 0, err
+    assert f"checking {learner.data} (data: in {learner.root / 'course.yaml'}:1)" in out
+    assert "OK: 40 records in" in out and "0 errors, 0 warnings" in out

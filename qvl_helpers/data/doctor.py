@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import count
 from ..images import (
     DEFAULT_PIXEL_CAP,
     MAX_ASPECT,
@@ -94,8 +95,8 @@ class CheckReport:
 
     def summary(self) -> str:
         verdict = "OK" if self.ok else "NOT READY"
-        return (f"{verdict}: {self.records} records in {self.file}: {self.errors} error(s), "
-                f"{self.warnings} warning(s)")
+        return (f"{verdict}: {count(self.records, 'record')} in {self.file}: "
+                f"{count(self.errors, 'error')}, {count(self.warnings, 'warning')}")
 
     def text(self, limit: int = 50) -> str:
         lines = [self.summary(), *(p.line_text() for p in self.problems[:limit])]

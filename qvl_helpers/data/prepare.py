@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import CourseConfig
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, count
 from ..images import file_hash
 from ..outputs import ensure_folder, write_json
 from .doctor import check_file
@@ -77,11 +77,11 @@ def split_warnings(counts: dict[str, int], val: float, test: float) -> list[str]
     total = sum(counts.values())
     out = []
     if val > 0 and counts.get("val", 0) == 0:
-        out.append(f"the val split is empty ({total} records in all): no validation loss will be "
-                   "logged. Add data (a few dozen samples at least).")
+        out.append(f"the val split is empty ({count(total, 'record')} in all): no validation "
+                   "loss will be logged. Add data (a few dozen samples at least).")
     if test > 0 and counts.get("test", 0) == 0:
-        out.append(f"the test split is empty ({total} records in all): nothing is held out, so "
-                   "the fine-tune cannot be evaluated. Add data (a few dozen samples at least).")
+        out.append(f"the test split is empty ({count(total, 'record')} in all): nothing is held "
+                   "out, so the fine-tune cannot be evaluated. Add data (a few dozen samples at least).")
     elif 0 < counts.get("test", 0) < 30:
         n = counts["test"]
         out.append(f"the test split has only {n} sample(s): one answer moves a score by "

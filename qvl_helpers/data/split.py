@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DatasetError, OutputExistsError
+from ..errors import ConfigError, DatasetError, OutputExistsError, count
 from ..images import ImageProblem, file_hash, resolve_confined
 from ..outputs import read_json, refuse_inputs
 from .readers import read_records, record_error, relocate_image_paths, write_jsonl
@@ -63,7 +63,8 @@ class SplitResult:
     image_root: Path
 
     def text(self) -> str:
-        parts = [f"{name} {self.counts[name]} records ({self.groups[name]} image groups)"
+        parts = [f"{name} {count(self.counts[name], 'record')} "
+                 f"({count(self.groups[name], 'image group')})"
                  for name in ("train", "val", "test")]
         return "; ".join(parts)
 
