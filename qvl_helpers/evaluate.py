@@ -67,6 +67,10 @@ def load_for_eval(model_path: str, adapter: str | Path | None = None,
     if adapter is not None:
         model = load_adapter(model, adapter)
     model.eval()
+    # Evaluation is greedy: drop the hub's sampling defaults (temperature, top_p, top_k) from the
+    # model's generation config, or every generate() warns that they are ignored.
+    settings = model.generation_config
+    settings.do_sample, settings.temperature, settings.top_p, settings.top_k = False, None, None, None
     return model, processor
 
 

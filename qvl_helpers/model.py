@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,31 @@ def attention_implementation() -> str:
     return "sdpa"
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' per-weight "Loading weights"/"Writing model shards" bars off for one call:
+    in a saved notebook they stay frozen at 0%, and the course prints what was loaded itself."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def quiet_upstream_deprecations() -> Iterator[None]:
+    """PEFT 0.21 probes ``model.is_gradient_checkpointing``, which transformers 5 deprecates with
+    a FutureWarning the learner cannot act on; only that message, only inside our calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
 def load_processor(path: str | Path) -> Any:
     """``AutoProcessor.from_pretrained(path)``; a missing or broken folder becomes a
     :class:`~qvl_helpers.errors.ModelError` naming it."""
@@ -176,7 +203,8 @@ def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        with quiet_loading():
+            return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(path, "model", exc) from None
 
@@ -224,22 +252,23 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
     target, full = lora_targets(trained)
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit",
                                                                       False)
-    if quantized:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # the name in recent transformers
+    if quantized:  # freeze, and upcast what is not 4/8-bit; checkpointing is set below
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # the name in transformers 5.x
             model.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    if gradient_checkpointing:
         model.enable_input_require_grads()
+        for config in (model.config, getattr(model.config, "text_config", None)):
+            if config is not None and hasattr(config, "use_cache"):
+                config.use_cache = False  # a KV cache is useless while training; say so once
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
                         modules_to_save=full or None, task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    with quiet_upstream_deprecations():
+        model = get_peft_model(model, config)
     freeze_idle_vision(model)
     return model
 
@@ -323,7 +352,8 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
         with warnings.catch_warnings():  # the check below says it better, and stops
             warnings.filterwarnings("ignore", message="Found missing adapter keys",
                                     category=UserWarning)
-            wrapped = PeftModel.from_pretrained(model, str(adapter))
+            with quiet_upstream_deprecations():
+                wrapped = PeftModel.from_pretrained(model, str(adapter))
     except (ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:300]
         raise ModelError(f"the adapter does not fit this model ({first}).", file=adapter,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .model import quiet_loading
 
 BUILDER_VERSION = 1
 MARKER_FILE = "qvl_tiny.json"
@@ -272,7 +273,8 @@ def _write_build(out: Path, seed: int) -> None:
     gen.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
     gen.do_sample, gen.temperature, gen.top_p, gen.top_k = True, 0.1, 0.001, 1
     gen.repetition_penalty = 1.05
-    model.save_pretrained(out)
+    with quiet_loading():
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     marker = {"builder": "qvl_helpers.tiny", "builder_version": BUILDER_VERSION, "seed": seed,
               "note": "random weights: a structural stand-in for Qwen/Qwen2.5-VL-3B-Instruct"}

@@ -1,6 +1,7 @@
 """The learner's own data goes all the way through: with ``data:`` in ``course.yaml`` pointing at
 a small dataset in the seed guide's layout (Chinese text, images in ``pics/``), ``qvl train
---config configs/tiny_cpu.yaml`` trains on it and notebooks 01-03 use it.
+--config configs/tiny_cpu.yaml`` trains on it and notebooks 01-03 use it. The executed notebooks
+(00-03) carry no deprecation noise and no frozen progress bar.
 
 Slow: one real tiny training run and three notebooks executed in a kernel (nbclient, the engine
 nbmake uses), about two minutes on a 2-core CPU.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,13 +79,27 @@ def _execute(name: str, env: dict[str, str]) -> str:
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             texts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
-    return "\n".join(texts)
+    text = "\n".join(texts)
+    assert_quiet(name, text)
+    return text
+
+
+#: What a learner should never see in a saved notebook: deprecation noise they cannot act on,
+#: and progress bars frozen mid-way (tqdm's "  0%|" text).
+NOISE = re.compile(r"FutureWarning|DeprecationWarning|generation flags are not valid|"
+                   r"use_cache=True. is incompatible|\d+%\|")
+
+
+def assert_quiet(name: str, text: str) -> None:
+    found = [text[max(0, m.start() - 80):m.end() + 20] for m in NOISE.finditer(text)]
+    assert not found, f"{name} shows {found[:3]}"
 
 
 @pytest.mark.slow
-def test_notebooks_01_to_03_use_the_learners_data(tmp_path: Path,
+def test_notebooks_00_to_03_use_the_learners_data_and_stay_quiet(tmp_path: Path,
                                                   learner_env: dict[str, str]) -> None:
     data = tmp_path / "my_data" / FILE_NAME
+    _execute("00_environment_check.ipynb", learner_env)
     first = _execute("01_data_formatting.ipynb", learner_env)
     assert f"annotation file: {data}" in first and "layout:          seed" in first
     assert "train   32 records, leakage found: False" in first
