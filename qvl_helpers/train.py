@@ -175,14 +175,19 @@ class RunFilesCallback(TrainerCallback):
             mark_complete(checkpoint, state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.log_path.exists():
-            from .plots import loss_curves
-
-            fig = loss_curves(read_log(self.log_path))
-            fig.savefig(self.folder / "loss.png", dpi=100)
+        if not state.is_world_process_zero or not self.log_path.exists():
+            return
+        try:  # matplotlib comes with the course extra; the command line works without it
             import matplotlib.pyplot as plt
 
-            plt.close(fig)
+            from .plots import loss_curves
+        except ImportError:
+            print("loss.png was not drawn: matplotlib is not installed (pip install "
+                  "'qvl-helpers[course]'); the losses are in train_log.jsonl.")
+            return
+        fig = loss_curves(read_log(self.log_path))
+        fig.savefig(self.folder / "loss.png", dpi=100)
+        plt.close(fig)
 
     def _draw_live(self) -> None:
         import matplotlib.pyplot as plt

@@ -19,7 +19,7 @@ want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d'
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "== installing the course (pinned versions from constraints.txt)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" -c "$ROOT/constraints.txt"
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[course,test]" -c "$ROOT/constraints.txt"
     echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

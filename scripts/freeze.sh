@@ -4,7 +4,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 {
     echo "# Exact versions CI tested (Python 3.11, Linux x86_64). Install with:"
-    echo "#   pip install -e \".[test]\" -c constraints.txt"
+    echo "#   pip install -e \".[course,test]\" -c constraints.txt"
     echo "# Regenerate after a tested upgrade: bash scripts/freeze.sh"
     "$ROOT/.venv/bin/python" -m pip freeze --exclude-editable | grep -v '^qvl-helpers' | sort -f
 } > "$ROOT/constraints.txt"

@@ -50,3 +50,25 @@ def test_stable_api_imports_without_torch() -> None:
     first, second = done.stdout.splitlines()
     assert first == "[]"
     assert second == "qvl_helpers.data qvl_helpers.collate True"
+
+
+@pytest.mark.slow
+def test_the_command_line_trains_without_the_course_extra(tmp_path: Path) -> None:
+    """`pip install qvl-helpers` without [course]: no JupyterLab, ipywidgets or matplotlib. A
+    short `qvl train` still works; only loss.png is skipped, with a message."""
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "sitecustomize.py"  # makes the course extra's packages unimportable
+    blocker.write_text("import sys\nfor name in ('matplotlib', 'ipywidgets', 'jupyterlab'):\n"
+                       "    sys.modules[name] = None\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "QVL_OUTPUT_DIR": str(tmp_path / "out")}
+    done = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "train", "--config",
+                           str(Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"),
+                           "--set", "max_steps=2"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loss.png was not drawn: matplotlib is not installed" in done.stdout
+    run = tmp_path / "out" / "runs" / "tiny_cpu"
+    assert (run / "adapter").is_dir() and not (run / "loss.png").exists()
