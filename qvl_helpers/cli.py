@@ -226,10 +226,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``qvl`` parser: one sub-command per course step (see the design's CLI contract)."""
     parser = argparse.ArgumentParser(
         prog="qvl", description="Fine-tune Qwen2.5-VL on your own data: the course's steps.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_setup_commands(sub)
+    _add_training_commands(sub)
+    _add_data_commands(sub)
+    return parser
 
+
+def _add_setup_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("env", help="check this machine and recommend settings")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_env)
@@ -239,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.set_defaults(func=cmd_tiny)
 
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     for name, func, text in (
             ("config", cmd_config, "show every setting and where it came from"),
             ("train", cmd_train, "fine-tune with LoRA/QLoRA into outputs/runs/NAME")):
@@ -276,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.set_defaults(func=cmd_eval)
 
+
+def _budget_flags(p: argparse.ArgumentParser) -> None:
+    """The token-budget flags that default to course.yaml's values."""
+    p.add_argument("--max-length", type=positive_int,
+                   help="token limit per sample (default: course.yaml)")
+    p.add_argument("--min-pixels", type=positive_int, help="default: course.yaml")
+    p.add_argument("--max-pixels", type=positive_int, help="default: course.yaml")
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="convert, check, split your data; make sample data")
     dsub = data.add_subparsers(dest="data_command", metavar="STEP", required=True)
     formats = ["auto", "seed", "official", "sharegpt", "messages", "csv"]
@@ -298,9 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root")
     p.add_argument("--format", default="auto", choices=formats)
     p.add_argument("--model", help="tiny, a hub id or a folder: also count tokens (too_long)")
-    p.add_argument("--max-length", type=positive_int, help="token limit per sample (default: course.yaml)")
-    p.add_argument("--min-pixels", type=positive_int, help="default: course.yaml")
-    p.add_argument("--max-pixels", type=positive_int, help="default: course.yaml")
+    _budget_flags(p)
     p.add_argument("--json", metavar="REPORT.json", help="write the full report")
     p.add_argument("--force", action="store_true", help="replace an existing --json report")
     p.add_argument("--limit", type=positive_int, default=50, help="problems to print (default 50)")
@@ -321,9 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--model", help="tiny, a hub id or a folder (default: course.yaml)")
     p.add_argument("--image-root")
-    p.add_argument("--max-length", type=positive_int, help="default: course.yaml")
-    p.add_argument("--min-pixels", type=positive_int, help="default: course.yaml")
-    p.add_argument("--max-pixels", type=positive_int, help="default: course.yaml")
+    _budget_flags(p)
     p.add_argument("--json", metavar="REPORT.json", help="write every sample's lengths")
     p.add_argument("--force", action="store_true", help="replace an existing --json report")
     p.set_defaults(func=cmd_tokens)
@@ -332,7 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--force", action="store_true", help="regenerate existing sample sets")
     p.set_defaults(func=cmd_data_samples)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,23 +45,25 @@ def run_dir(cfg: CourseConfig, name: str | None = None) -> Path:
 # ----------------------------------------------------------------------------- identity
 
 
-def build_identity(cfg: CourseConfig, *, model_name: str, model_path: str,
-                   splits: dict[str, Path], image_root: Path, source: Path | None,
-                   source_sha256: str, resolved: dict[str, Any]) -> dict[str, Any]:
-    """What makes a run *this* run (see the module docstring). Contents are compared by hash;
-    the ``where`` section (paths on this machine) is recorded but not compared, so a project
-    moved to another folder can still be resumed."""
+def build_identity(cfg: CourseConfig, *, model_name: str, model_path: str, prepared: Any,
+                   resolved: dict[str, Any]) -> dict[str, Any]:
+    """What makes a run *this* run (see the module docstring), from the settings, the model and
+    the :class:`~qvl_helpers.data.PreparedData` it trains on. Contents are compared by hash; the
+    ``where`` section (paths on this machine) is recorded but not compared, so a project moved
+    to another folder can still be resumed."""
     config_file = Path(model_path) / "config.json"
     settings = cfg.to_dict()
+    splits = prepared.files()
     return {
         "model": {"name": model_name,
                   "config_sha256": sha256_file(config_file) if config_file.is_file() else None},
-        "data": {"source_sha256": source_sha256,
+        "data": {"source_sha256": prepared.source_sha256,
                  "splits": {name: sha256_file(Path(p)) for name, p in splits.items()}},
         "settings": {key: settings[key] for key in SHAPING_KEYS},
         "resolved": resolved,
-        "where": {"model_path": str(model_path), "source": str(source) if source else None,
-                  "image_root": str(Path(image_root).resolve()),
+        "where": {"model_path": str(model_path),
+                  "source": str(prepared.source) if prepared.source else None,
+                  "image_root": str(Path(prepared.image_root).resolve()),
                   "splits": {name: str(Path(p).resolve()) for name, p in splits.items()}},
     }
 

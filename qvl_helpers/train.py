@@ -115,6 +115,17 @@ def resolve_dtype(cfg: CourseConfig) -> torch.dtype:
     return compute_dtype() if cfg.dtype == "auto" else named[cfg.dtype]
 
 
+def train_collator(cfg: CourseConfig, processor: Any,
+                   train_records: Sequence[dict[str, Any]]) -> Collator:
+    """The training collator, after proving that the first samples have something to learn."""
+    collator = make_collator(processor, "train", min_pixels=cfg.min_pixels,
+                             max_pixels=cfg.max_pixels, max_length=cfg.max_length,
+                             on_too_long=cfg.on_too_long)
+    check_labels(collator, train_records)
+    collator.samples_seen = 0  # count training batches only from here
+    return collator
+
+
 def check_labels(collator: Collator, records: Sequence[dict[str, Any]], sample: int = 16) -> int:
     """Trained tokens in the first ``sample`` records; refuses a run with none at all."""
     batch = collator(list(records[:sample]))
@@ -262,13 +273,6 @@ class TrainResult:
     train_loss: float | None
     seconds: float
     trained: bool = True  # False: a dry run, or a finished run that --resume left alone
-
-
-def _world() -> tuple[int, int]:
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state.process_index, state.num_processes
 
 
 def _renamed(cfg: CourseConfig, say: Any, why: str) -> CourseConfig:
@@ -451,12 +455,55 @@ def open_run_folder(folder: Path, identity: dict[str, Any], resume_from: ResumeP
             kept = set_aside(path, kind)
             say(f"{path.name} cannot be used ({reason}); kept as {kept.name} and skipped.")
         resume_log(folder, resume_from.step)
+        say(f"Resuming from {resume_from.checkpoint}")
         return
     old = start_log(folder)
     if old is not None:
         say(f"An earlier attempt of this run left a log; kept as {old.name}.")
     write_identity(folder, identity)
     save_run_config(cfg, folder, extra)
+
+
+def ensure_output_folder(cfg: CourseConfig) -> None:
+    """``output_dir/runs`` exists and is writable; the error names where output_dir was set."""
+    try:
+        ensure_folder(Path(cfg.output_dir) / "runs", what="output folder")
+    except OutputFolderError as exc:
+        raise cfg.error("output_dir", f"{exc.message[:-1]}: {exc.file}.", exc.fix) from None
+
+
+def check_model(cfg: CourseConfig) -> tuple[Any, str, list[str]]:
+    """The model choice, its loadable path, and the layers LoRA will wrap; refuses a preset
+    tuned for the tiny stand-in with a real model, and a LoRA pattern that matches nothing,
+    before any weights load."""
+    from .model import lora_target_names
+
+    choice = cfg.resolve_model()
+    if cfg.tuned_for == "tiny" and not choice.is_tiny:
+        raise cfg.error("tuned_for", f"these settings are tuned for the tiny stand-in, but the "
+                                     f"model is {choice.name} ({choice.reason}; model set at "
+                                     f"{cfg.origin('model')}).",
+                        fix="use the preset `qvl env` recommends for this machine (configs/), "
+                            "or set model: tiny to run the tiny stand-in here.")
+    model_path = ensure_model(choice)
+    try:
+        targets = lora_target_names(model_path, cfg.trained)
+    except ConfigError as exc:
+        raise cfg.error("trained", exc.message, exc.fix) from None
+    return choice, model_path, targets
+
+
+def prepare_model(cfg: CourseConfig, model_path: str, quantization: str, dtype: torch.dtype,
+                  local_rank: int, say: Any = print) -> Any:
+    """Load the base (4/8/16-bit) on this process's device and add LoRA as ``cfg`` says."""
+    from .model import add_lora, format_parameter_table, load_model, parameter_table
+
+    device_map = {"": local_rank} if torch.cuda.is_available() else None
+    model = load_model(model_path, quantization, dtype, device_map=device_map)
+    model = add_lora(model, trained=cfg.trained, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                     dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
+    say(format_parameter_table(parameter_table(model)))
+    return model
 
 
 def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[dict[str, Any]]],
@@ -520,114 +567,108 @@ def save_adapter(trainer: CourseTrainer, processor: Any, cfg: CourseConfig,
 # ----------------------------------------------------------------------------- entry point
 
 
-def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_run: bool = False,
-          live_plot: bool = False, callbacks: Sequence[TrainerCallback] = (),
-          verbose: bool = True) -> TrainResult:
-    """Fine-tune with LoRA as ``cfg`` says and return where everything went.
+@dataclass
+class RunPlan:
+    """Everything decided and checked before a run changes anything on disk."""
 
-    ``resume`` continues the same run from its newest intact checkpoint (refused if its data,
-    model or shaping settings changed); ``force`` starts a new run under a free name where the
-    run would otherwise be refused; ``dry_run`` checks everything and prints the plan.
+    cfg: CourseConfig
+    model_path: str
+    targets: list[str]
+    prepared: Any
+    records: dict[str, list[dict[str, Any]]]
+    processor: Any
+    budgets: dict[str, Any]
+    collator: Collator
+    quantization: str
+    dtype: torch.dtype
+    identity: dict[str, Any]
+    resume_from: ResumePoint | None
+    extra: dict[str, Any]
 
-    Raises:
-        ConfigError: a setting cannot work (named with where it was set).
-        DatasetError: the data has problems, or samples of any split exceed max_length.
-        OutputExistsError: the run exists and neither ``resume`` nor ``force`` was given.
-        TrainingError: nothing to train or resume, a changed run, a non-finite loss, out of
-            GPU memory.
-    """
-    from accelerate import PartialState
 
+def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
+                   verbose: bool = True, say: Any = print) -> RunPlan | TrainResult:
+    """Every check of a run, in order, before any work (see the module docstring); a finished
+    run that ``resume`` leaves alone comes back as its :class:`TrainResult`."""
     from .data import load_records, prepare_data
-    from .model import (
-        add_lora,
-        format_parameter_table,
-        load_model,
-        load_processor,
-        lora_target_names,
-        parameter_table,
-    )
+    from .model import load_processor
 
-    rank, world = _world()
-    say = print if (verbose and rank == 0) else (lambda *a, **k: None)
-    try:
-        ensure_folder(Path(cfg.output_dir) / "runs", what="output folder")
-    except OutputFolderError as exc:
-        raise cfg.error("output_dir", f"{exc.message[:-1]}: {exc.file}.", exc.fix) from None
+    ensure_output_folder(cfg)
     cfg, resume, finished = plan_run(cfg, resume=resume, force=force, say=say)
     if finished is not None:
         return finished
-    choice = cfg.resolve_model()
-    if cfg.tuned_for == "tiny" and not choice.is_tiny:
-        raise cfg.error("tuned_for", f"these settings are tuned for the tiny stand-in, but the "
-                                     f"model is {choice.name} ({choice.reason}; model set at "
-                                     f"{cfg.origin('model')}).",
-                        fix="use the preset `qvl env` recommends for this machine (configs/), "
-                            "or set model: tiny to run the tiny stand-in here.")
-    model_path = ensure_model(choice)
-    try:
-        targets = lora_target_names(model_path, cfg.trained)
-    except ConfigError as exc:
-        raise cfg.error("trained", exc.message, exc.fix) from None
-    state = PartialState(cpu=not torch.cuda.is_available())
+    choice, model_path, targets = check_model(cfg)
     if resume:  # refuse a changed run before preparing anything
         cfg, resume = check_same_run(cfg, early_identity(cfg, choice.name), force=force,
                                      say=say, partial=True)
-    with state.main_process_first():
-        prepared = prepare_data(cfg, verbose=verbose and rank == 0)
-    records = {name: load_records(path, image_root=prepared.image_root)
-               for name, path in prepared.files().items()}
+    with state.main_process_first():  # the main process prepares, the others wait and reuse
+        prepared = prepare_data(cfg, verbose=verbose and state.is_main_process)
+    records = {name: load_records(path) for name, path in prepared.files().items()}
     processor = load_processor(model_path)
     budgets = preflight(cfg, prepared, records, processor, say)
-    collator = make_collator(processor, "train", min_pixels=cfg.min_pixels,
-                             max_pixels=cfg.max_pixels, max_length=cfg.max_length,
-                             on_too_long=cfg.on_too_long)
-    check_labels(collator, records["train"])
-    collator.samples_seen = 0  # count training batches only from here
+    collator = train_collator(cfg, processor, records["train"])
     quantization, dtype = resolve_quantization(cfg), resolve_dtype(cfg)
     resolved = {"quantization": quantization, "dtype": str(dtype).removeprefix("torch."),
-                "world_size": world}
+                "world_size": state.num_processes}
     identity = build_identity(cfg, model_name=choice.name, model_path=model_path,
-                              splits=prepared.files(), image_root=prepared.image_root,
-                              source=prepared.source, source_sha256=prepared.source_sha256,
-                              resolved=resolved)
-    resume_from = None
+                              prepared=prepared, resolved=resolved)
     if resume:
         cfg, resume = check_same_run(cfg, identity, force=force, say=say)
-        resume_from = resume_point(cfg) if resume else None
-    if dry_run:
-        say(_dry_run_text(cfg, model_path, prepared, budgets, targets, world, resume_from))
-        return TrainResult(run_dir(cfg), run_dir(cfg) / ADAPTER, 0, None, 0.0, False)
-    folder = run_dir(cfg)
-    extra = {"resolved": {**resolved, "model_path": model_path,
-                          "data_folder": str(prepared.folder),
-                          "train_records": len(records["train"]),
-                          "val_records": len(records["val"]),
+    extra = {"resolved": {**resolved, "model_path": model_path, "data_folder": str(prepared.folder),
+                          **{f"{k}_records": len(v) for k, v in records.items()},
                           "image_root": str(prepared.image_root)}}
+    return RunPlan(cfg, model_path, targets, prepared, records, processor, budgets, collator,
+                   quantization, dtype, identity, resume_point(cfg) if resume else None, extra)
+
+
+def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_run: bool = False,
+          live_plot: bool = False, callbacks: Sequence[TrainerCallback] = (),
+          verbose: bool = True) -> TrainResult:
+    """Fine-tune with LoRA as ``cfg`` says and return where everything went. ``resume``
+    continues the same run from its newest intact checkpoint (refused if its data, model or
+    shaping settings changed); ``force`` starts a new run under a free name where the run would
+    be refused; ``dry_run`` checks everything and prints the plan.
+
+    Raises:
+        ConfigError, DatasetError: a setting or the data cannot work (named, with the fix).
+        OutputExistsError: the run exists and neither ``resume`` nor ``force`` was given.
+        TrainingError: nothing to train or resume, a changed run, a non-finite loss, OOM.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    rank, world = state.process_index, state.num_processes
+    say = print if (verbose and rank == 0) else (lambda *a, **k: None)
+    plan = plan_and_check(cfg, resume=resume, force=force, state=state, verbose=verbose, say=say)
+    if isinstance(plan, TrainResult):
+        return plan
+    cfg, folder = plan.cfg, run_dir(plan.cfg)
+    if dry_run:
+        say(_dry_run_text(cfg, plan.model_path, plan.prepared, plan.budgets, plan.targets, world,
+                          plan.resume_from))
+        return TrainResult(folder, folder / ADAPTER, 0, None, 0.0, False)
     state.wait_for_everyone()  # every process has planned before the main one changes anything
     if rank == 0:
-        open_run_folder(folder, identity, resume_from, cfg, extra, say)
-        if resume_from is not None:
-            say(f"Resuming from {resume_from.checkpoint}")
+        open_run_folder(folder, plan.identity, plan.resume_from, cfg, plan.extra, say)
     state.wait_for_everyone()
-    device_map = {"": state.local_process_index} if torch.cuda.is_available() else None
-    model = load_model(model_path, quantization, dtype, device_map=device_map)
-    model = add_lora(model, trained=cfg.trained, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                     dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
-    say(format_parameter_table(parameter_table(model)))
-    trainer = build_trainer(cfg, model, records, collator, processor, budgets["train"].totals,
-                            dtype, world, extra, callbacks, live_plot, verbose, rank)
+    model = prepare_model(cfg, plan.model_path, plan.quantization, plan.dtype,
+                          state.local_process_index, say)
+    lengths = plan.budgets["train"].totals
+    trainer = build_trainer(cfg, model, plan.records, plan.collator, plan.processor, lengths,
+                            plan.dtype, world, plan.extra, callbacks, live_plot, verbose, rank)
     start = time.time()
-    output = fit(trainer, cfg, resume_from, max(budgets["train"].totals))
-    seconds = time.time() - start
-    adapter_dir = folder / ADAPTER
+    output = fit(trainer, cfg, plan.resume_from, max(lengths))
+    result = TrainResult(folder, folder / ADAPTER, trainer.state.global_step,
+                         _finite(output.training_loss if output else None), time.time() - start)
     if trainer.is_world_process_zero():
-        adapter_dir = save_adapter(trainer, processor, cfg, extra, identity)
-    _write_rank_report(folder, rank, world, collator, trainer.state.global_step)
-    loss = output.training_loss if output else None
-    say(f"Trained {trainer.state.global_step} steps in {seconds:.0f} s; adapter: {adapter_dir}")
-    return TrainResult(folder, adapter_dir, trainer.state.global_step,
-                       None if loss is None or math.isnan(loss) else loss, seconds)
+        save_adapter(trainer, plan.processor, cfg, plan.extra, plan.identity)
+    _write_rank_report(folder, rank, world, plan.collator, result.steps)
+    say(f"Trained {result.steps} steps in {result.seconds:.0f} s; adapter: {result.adapter}")
+    return result
+
+
+def _finite(loss: float | None) -> float | None:
+    return None if loss is None or math.isnan(loss) else loss
 
 
 def _write_rank_report(folder: Path, rank: int, world: int, collator: Collator,

@@ -192,6 +192,38 @@ def _sibling_hashes(path: Path, root: Path, cache: _ImageCache, fmt: str) -> dic
     return seen
 
 
+def _check_images(record: dict[str, Any], root: Path, cache: _ImageCache
+                  ) -> tuple[list[tuple[str, str]], list[Path], list[tuple[int, int]], bool]:
+    """One record's images: (findings, resolved paths, oriented sizes, whether every image can
+    be measured in tokens)."""
+    findings: list[tuple[str, str]] = []
+    resolved: list[Path] = []
+    sizes: list[tuple[int, int]] = []
+    images_ok = True
+    for text in images_of(record):
+        try:
+            path = resolve_confined(text, root)
+        except ImageProblem as problem:
+            findings.append((problem.code, problem.message))
+            images_ok = False
+            continue
+        resolved.append(path)
+        info = cache.info(path)
+        if isinstance(info, ImageProblem):
+            message = info.message
+            if info.code == "missing_image":
+                message = f"{text} not found under {root}; fix the path or pass --image-root"
+            findings.append((info.code, message))
+            images_ok = False
+            continue
+        found = _image_findings(info, text)
+        findings += found
+        images_ok &= not any(code in ("image_too_small", "extreme_aspect_ratio")
+                             for code, _ in found)
+        sizes.append(info.oriented_size)
+    return findings, resolved, sizes, images_ok
+
+
 def check_records(raws: Iterable[RawRecord], *, root: Path, report: CheckReport,
                   processor: Any = None, min_pixels: int = 3136, max_pixels: int = 12845056,
                   max_length: int | None = None, pixel_cap: int = DEFAULT_PIXEL_CAP,
@@ -220,31 +252,9 @@ def check_records(raws: Iterable[RawRecord], *, root: Path, report: CheckReport,
         if raw.record is None:
             continue
         record = raw.record
-        resolved: list[Path] = []
-        sizes: list[tuple[int, int]] = []
-        images_ok = True
-        for text in images_of(record):
-            try:
-                path = resolve_confined(text, root)
-            except ImageProblem as problem:
-                add(problem.code, raw.line, rid, problem.message)
-                images_ok = False
-                continue
-            resolved.append(path)
-            info = cache.info(path)
-            if isinstance(info, ImageProblem):
-                message = info.message
-                if info.code == "missing_image":
-                    message = f"{text} not found under {root}; fix the path or pass --image-root"
-                add(info.code, raw.line, rid, message)
-                images_ok = False
-                continue
-            found = _image_findings(info, text)
-            for code, message in found:
-                add(code, raw.line, rid, message)
-            images_ok &= not any(code in ("image_too_small", "extreme_aspect_ratio")
-                                 for code, _ in found)
-            sizes.append(info.oriented_size)
+        findings, resolved, sizes, images_ok = _check_images(record, root, cache)
+        for code, message in findings:
+            add(code, raw.line, rid, message)
         key = _sample_key(record, resolved)
         if key in seen_samples:
             add("duplicate_sample", raw.line, rid, f"same text and images as line "
