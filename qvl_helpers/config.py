@@ -40,8 +40,8 @@ from pydantic import (
 
 from .errors import ConfigError
 from .model import TRAINED_PARTS
+from .qwen import PIXELS_PER_TOKEN, REAL_MODEL_ID, TOKEN_SIDE
 
-REAL_MODEL_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
 TINY = "tiny"
 CONFIG_FILE = "course.yaml"
 ENV_PREFIX = "QVL_"
@@ -95,8 +95,10 @@ DEFAULT = Origin("default")
 
 #: What to do about a bad value, per key (used in error messages).
 FIXES = {
-    "min_pixels": "use a multiple of 784 (one visual token is 28*28 px), e.g. 3136.",
-    "max_pixels": "use a multiple of 784 at least min_pixels, e.g. 401408 (512 visual tokens).",
+    "min_pixels": f"use a multiple of {PIXELS_PER_TOKEN} (one visual token is {TOKEN_SIDE}x"
+                  f"{TOKEN_SIDE} px), e.g. {4 * PIXELS_PER_TOKEN}.",
+    "max_pixels": f"use a multiple of {PIXELS_PER_TOKEN} at least min_pixels, e.g. "
+                  f"{512 * PIXELS_PER_TOKEN} (512 visual tokens).",
     "max_length": "use the longest sample's token count or more (see `qvl tokens`), e.g. 2048.",
     "lr": "use a finite positive number; for LoRA 1e-4 to 2e-4 is usual.",
     "num_epochs": "use a positive number, e.g. 3.",
@@ -128,7 +130,7 @@ class CourseConfig(BaseModel):
     output_dir: Path = Path("outputs")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     min_pixels: PositiveInt = 3136
-    max_pixels: PositiveInt = 512 * 28 * 28
+    max_pixels: PositiveInt = 512 * PIXELS_PER_TOKEN
     max_length: PositiveInt = 2048
     lr: PositiveFloat = 2e-4
     num_epochs: PositiveFloat = 3

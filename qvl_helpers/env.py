@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import REAL_MODEL_ID, CourseConfig, load_config
+from .qwen import tokens_in
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 #: Packages whose versions matter most for the course (the rest follow from them).
@@ -67,12 +68,12 @@ class Recommendation:
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        tokens = self.max_pixels // (28 * 28)
+        tokens = tokens_in(self.max_pixels)
         out = [
             f"model        {self.model}",
             f"dtype        {self.dtype}",
             f"quantization {'4-bit NF4 (QLoRA)' if self.load_in_4bit else 'none (16-bit LoRA)'}",
-            f"max_pixels   {self.max_pixels} (= {tokens} * 28 * 28, at most {tokens} visual tokens)",
+            f"max_pixels   {self.max_pixels} (at most {tokens} visual tokens per image)",
             f"batch        {self.batch_size} x accumulation {self.grad_accum}",
             f"preset       configs/{self.preset}.yaml",
         ]
@@ -252,40 +253,49 @@ def check_model(cfg: CourseConfig, cuda_available: bool) -> Check:
     return Check("model", WARN, f"{choice.name} is not downloaded yet (about 7.5 GB on first use)")
 
 
-def recommend(gpus: list[GpuInfo]) -> Recommendation:
-    """Settings for the given GPUs (the first one decides; all are assumed alike).
+#: The shipped presets: the one place their values live (``recommend`` reads them).
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def preset_for(gpus: list[GpuInfo]) -> tuple[str, list[str]]:
+    """The preset for the given GPUs (the first one decides; all are assumed alike), and notes.
 
     The memory thresholds are starting points from the usual QLoRA arithmetic for a 3B model
     (about 2.5 GiB of 4-bit weights, activations growing with max_pixels and batch); the memory
     estimator of a later notebook refines them for a given dataset.
     """
     if not gpus:
-        return Recommendation(
-            model="tiny", dtype="float32", load_in_4bit=False, max_pixels=112 * 112,
-            batch_size=8, grad_accum=1, preset="tiny_cpu",
-            notes=["no GPU: learn the whole pipeline with the tiny stand-in model here",
-                   f"a real run of {REAL_MODEL_ID} needs a CUDA GPU with 16 GB or more "
-                   "(a free Colab/Kaggle T4 works with QLoRA); set model: auto there"])
+        return "tiny_cpu", ["no GPU: learn the whole pipeline with the tiny stand-in model here",
+                            f"a real run of {REAL_MODEL_ID} needs a CUDA GPU with 16 GB or more "
+                            "(a free Colab/Kaggle T4 works with QLoRA); set model: auto there"]
     g = gpus[0]
-    many = f"{len(gpus)} GPUs: launch with accelerate (configs/accelerate/ddp.yaml)"
-    notes = [many] if len(gpus) > 1 else []
+    notes = ([f"{len(gpus)} GPUs: launch with accelerate (configs/accelerate/ddp.yaml)"]
+             if len(gpus) > 1 else [])
     if not g.bf16:
-        return Recommendation(
-            REAL_MODEL_ID, "float16", True, 256 * 28 * 28, 1, 8, "t4_qlora",
-            notes + ["fp16 compute can overflow: the training guard stops a NaN loss",
-                     "if it does, lower lr or max_pixels"])
+        return "t4_qlora", notes + ["fp16 compute can overflow: the training guard stops a NaN "
+                                    "loss; if it does, lower lr or max_pixels"]
     if g.memory_gib < 20:
-        return Recommendation(REAL_MODEL_ID, "bfloat16", True, 256 * 28 * 28, 1, 8, "t4_qlora",
-                              notes + ["bf16 works here; change dtype in the preset"])
+        return "t4_qlora", notes + ["bf16 works on this GPU: add --set dtype=bf16"]
     if g.memory_gib < 36:
-        return Recommendation(REAL_MODEL_ID, "bfloat16", True, 512 * 28 * 28, 1, 4, "24gb_qlora",
-                              notes)
+        return "24gb_qlora", notes
     if g.memory_gib < 60:
-        return Recommendation(REAL_MODEL_ID, "bfloat16", False, 1024 * 28 * 28, 2, 2,
-                              "80gb_lora", notes + ["16-bit LoRA fits; QLoRA would allow a "
-                                                    "larger batch"])
-    return Recommendation(REAL_MODEL_ID, "bfloat16", False, 1280 * 28 * 28, 4, 1, "80gb_lora",
-                          notes)
+        return "40gb_lora", notes + ["16-bit LoRA fits; QLoRA would allow a larger batch"]
+    return "80gb_lora", notes
+
+
+def recommend(gpus: list[GpuInfo], presets: Path = PRESETS_DIR) -> Recommendation:
+    """The recommended preset for these GPUs, with its values read from the preset file."""
+    from .config import read_yaml_mapping
+
+    name, notes = preset_for(gpus)
+    values, _ = read_yaml_mapping(presets / f"{name}.yaml")
+    return Recommendation(
+        model="tiny" if not gpus else REAL_MODEL_ID,
+        dtype=DTYPES.get(values.get("dtype", "auto"), "float32"),
+        load_in_4bit=values.get("quantization") == "4bit", max_pixels=values["max_pixels"],
+        batch_size=values["batch_size"], grad_accum=values["grad_accum"], preset=name,
+        notes=notes)
 
 
 def run_checks(cfg: CourseConfig | None = None, gpus: list[GpuInfo] | None = None) -> EnvReport:

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from .qwen import TOKEN_SIDE
+
 #: Images above this many pixels are refused unread (the hub's max_pixels is 12.8 M; a phone
 #: photo is ~12 M; anything far above is almost certainly a mistake or a bomb).
 DEFAULT_PIXEL_CAP = 50_000_000
-MIN_SIDE = 28          # one 28x28 visual token; smaller sides are upscaled into noise
-MAX_ASPECT = 200       # the resize rule refuses a longer:shorter ratio above 200
+MIN_SIDE = TOKEN_SIDE  # one visual token; smaller sides are upscaled into noise
 EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 #: Modes the processor takes as they are; every other mode is converted (and reported).
 PLAIN_MODES = {"RGB", "L"}
 
@@ -74,7 +76,7 @@ class ImageInfo:
     @property
     def oriented_size(self) -> tuple[int, int]:
         """(width, height) after applying EXIF orientation, as the model will see it."""
-        swapped = self.orientation in (5, 6, 7, 8)  # the 90-degree turns
+        swapped = self.orientation in QUARTER_TURNS
         return (self.height, self.width) if swapped else (self.width, self.height)
 
 

@@ -14,6 +14,7 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 
 from .images import load_rgb
+from .qwen import tokens_in
 
 # Without a CJK font matplotlib warns once per missing glyph, at every draw; Chinese then shows as
 # boxes in figures (the HTML sample browser shows it properly), which text_fonts' docs explain.
@@ -135,7 +136,7 @@ def visual_tokens_plot(max_pixels_options: Sequence[int], min_pixels: int = 3136
     fig, ax = plt.subplots(figsize=(7, 4))
     for cap in max_pixels_options:
         ax.plot(sides, [visual_tokens(w, max(1, round(w / aspect)), min_pixels, cap)
-                        for w in sides], label=f"max_pixels {cap:,} ({cap // 784} tokens)")
+                        for w in sides], label=f"max_pixels {cap:,} ({tokens_in(cap)} tokens)")
     ax.set_xlabel(f"image width in pixels (aspect {aspect:.2f}:1)")
     ax.set_ylabel("visual tokens per image")
     ax.set_title("Visual tokens grow with image area until max_pixels caps them")
@@ -164,7 +165,8 @@ def length_histogram(budget: Any) -> Figure:
 def resize_view(path: str, min_pixels: int, max_pixels: int) -> Figure:
     """An image before and after the processor's resize, with the grid of visual tokens (28 px,
     bold) and vision patches (14 px, faint) drawn on the resized one."""
-    from .tokens import FACTOR, PATCH, smart_resize
+    from .qwen import PATCH, TOKEN_SIDE
+    from .tokens import smart_resize
 
     img = load_rgb(path)
     height, width = smart_resize(img.height, img.width, min_pixels, max_pixels)
@@ -174,12 +176,12 @@ def resize_view(path: str, min_pixels: int, max_pixels: int) -> Figure:
     left.set_title(f"original {img.width}×{img.height} px")
     right.imshow(resized)
     for x in range(0, width + 1, PATCH):
-        right.axvline(x - 0.5, color="white" if x % FACTOR else "crimson",
-                      lw=0.3 if x % FACTOR else 0.8)
+        right.axvline(x - 0.5, color="white" if x % TOKEN_SIDE else "crimson",
+                      lw=0.3 if x % TOKEN_SIDE else 0.8)
     for y in range(0, height + 1, PATCH):
-        right.axhline(y - 0.5, color="white" if y % FACTOR else "crimson",
-                      lw=0.3 if y % FACTOR else 0.8)
-    tokens = (height // FACTOR) * (width // FACTOR)
+        right.axhline(y - 0.5, color="white" if y % TOKEN_SIDE else "crimson",
+                      lw=0.3 if y % TOKEN_SIDE else 0.8)
+    tokens = (height // TOKEN_SIDE) * (width // TOKEN_SIDE)
     right.set_title(f"resized {width}×{height} px → {tokens} visual tokens\n"
                     f"(red: 28 px token cells; white: 14 px patches, 4 per token)")
     for ax in (left, right):

@@ -28,23 +28,12 @@ from typing import Any
 
 from .errors import ModelError
 from .model import quiet_loading
+from .qwen import EXTRA_TOKENS, SPECIAL_TOKENS
 
 BUILDER_VERSION = 1
 MARKER_FILE = "qvl_tiny.json"
 
 #: Qwen2.5-VL's special tokens, in the order of their real ids (151643 ... 151656).
-SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]
-#: Tokens the real tokenizer adds after the special ones (151657 ... 151664), not marked special.
-EXTRA_TOKENS = [
-    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-]
-
 #: Qwen2.5-VL-Instruct's chat template (chat_template.json on the hub). Split over lines here for
 #: reading only: the adjacent strings join into the exact original, which has no whitespace
 #: control, so every character between the tags is output.

@@ -15,43 +15,30 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DatasetError
-
-PATCH = 14
-MERGE = 2
-FACTOR = PATCH * MERGE  # 28 pixels per visual token side
-MAX_RATIO = 200
+from .qwen import PIXELS_PER_TOKEN, TOKEN_SIDE, tokens_in
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
-                 factor: int = FACTOR) -> tuple[int, int]:
-    """The (height, width) the Qwen2.5-VL image processor resizes an image to.
+                 factor: int = TOKEN_SIDE) -> tuple[int, int]:
+    """The (height, width) the Qwen2.5-VL image processor resizes an image to: transformers' own
+    ``smart_resize`` (what the model really gets), with the course's argument order.
 
-    This follows transformers' ``Qwen2VLImageProcessor`` (what the model really gets).
     Both sides become multiples of ``factor`` (rounded to nearest), then the area is scaled
     down into ``max_pixels`` (flooring) or up into ``min_pixels`` (ceiling), aspect kept.
+    ``tests/test_tokens.py`` cross-checks it with qwen-vl-utils and with the processor.
 
     Raises:
         ValueError: aspect ratio over 200 (the processor refuses those too).
     """
-    if max(height, width) / max(1, min(height, width)) > MAX_RATIO:
-        raise ValueError(f"aspect ratio over {MAX_RATIO}: {width}x{height}")
-    h_bar = round(height / factor) * factor  # transformers' rule; qwen-vl-utils clamps this to
-    w_bar = round(width / factor) * factor   # >= factor, which differs only for sides < 14 px
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as resize
+
+    return resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def visual_tokens(width: int, height: int, min_pixels: int, max_pixels: int) -> int:
     """Visual tokens for one image of ``width``×``height`` pixels."""
     h, w = smart_resize(height, width, min_pixels, max_pixels)
-    return (h // FACTOR) * (w // FACTOR)
+    return (h // TOKEN_SIDE) * (w // TOKEN_SIDE)
 
 
 @dataclass(frozen=True)
@@ -83,11 +70,11 @@ def oriented_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image as the model sees it, read from the header only."""
     from PIL import Image
 
-    from .images import EXIF_ORIENTATION
+    from .images import EXIF_ORIENTATION, QUARTER_TURNS
 
     with Image.open(path) as img:
         width, height = img.size
-        turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+        turned = img.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS
     return (height, width) if turned else (width, height)
 
 
@@ -135,7 +122,7 @@ class TokenBudget:
         """The largest common training ``max_pixels`` (a multiple of 28·28) at which every
         sample fits ``max_length``, or None if even 4 visual tokens per image are too many."""
         for tokens in (16384, 4096, 2048, 1280, 1024, 768, 512, 384, 256, 192, 128, 64, 16, 4):
-            pixels = tokens * FACTOR * FACTOR
+            pixels = tokens * PIXELS_PER_TOKEN
             if pixels > self.max_pixels or pixels < self.min_pixels:
                 continue
             if all(s.text_tokens + sum(visual_tokens(w, h, self.min_pixels, pixels)
@@ -154,7 +141,7 @@ class TokenBudget:
                  f"{self.max_length}; they would be refused at training time (never cut)."]
         pixels = self.fitting_max_pixels()
         if pixels is not None and pixels < self.max_pixels:
-            lines.append(f"lower max_pixels to {pixels} ({pixels // 784} visual tokens per "
+            lines.append(f"lower max_pixels to {pixels} ({tokens_in(pixels)} visual tokens per "
                          "image at most): every sample then fits")
         lines.append(f"or raise max_length to {needed} (costs memory: activations grow with it)")
         return lines

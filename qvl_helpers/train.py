@@ -38,6 +38,7 @@ from .collate import Collator, length_grouped_order, make_collator
 from .config import CourseConfig, ensure_model
 from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
 from .outputs import OutputFolderError, ensure_folder
+from .qwen import tokens_in
 from .runs import (
     ADAPTER,
     LOG,
@@ -258,7 +259,7 @@ def _guard_hint(cfg: CourseConfig, dtype: torch.dtype) -> str:
 
 def _oom_message(cfg: CourseConfig, longest: int) -> str:
     return (f"the GPU ran out of memory with max_pixels {cfg.max_pixels} "
-            f"({cfg.max_pixels // 784} visual tokens per image at most), the longest sample at "
+            f"({tokens_in(cfg.max_pixels)} visual tokens per image at most), the longest sample at "
             f"{longest} tokens, batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum}.")
 
 

@@ -64,6 +64,7 @@ def test_bnb_failure_is_reported_not_raised() -> None:
     (GpuInfo("Tesla V100-SXM2-32GB", 31.7, (7, 0)), "float16", True, "t4_qlora"),
     (GpuInfo("NVIDIA A10G", 22.0, (8, 6)), "bfloat16", True, "24gb_qlora"),
     (GpuInfo("NVIDIA GeForce RTX 4090", 23.6, (8, 9)), "bfloat16", True, "24gb_qlora"),
+    (GpuInfo("NVIDIA RTX A6000", 47.5, (8, 6)), "bfloat16", False, "40gb_lora"),
     (GpuInfo("NVIDIA A100-SXM4-80GB", 79.1, (8, 0)), "bfloat16", False, "80gb_lora"),
 ])
 def test_recommendations_per_gpu_class(gpu: GpuInfo, dtype: str, four_bit: bool,
@@ -86,3 +87,54 @@ def test_several_gpus_mention_accelerate() -> None:
     assert any("accelerate" in note for note in rec.notes)
     named = [m for note in rec.notes for m in re.findall(r"configs/[\w./-]+\.yaml", note)]
     assert named and all((REPO / path).is_file() for path in named), named
+
+
+def _table(path: Path, header: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table whose header row starts with ``header``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    names = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(names, (c.strip() for c in line.strip("|").split("|")), strict=True)))
+    return rows
+
+
+def _preset(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "configs" / f"{name.strip('`').removesuffix('.yaml')}.yaml")
+                          .read_text(encoding="utf-8"))
+
+
+def _pixels_cell(values: dict) -> str:
+    """How the tables write max_pixels: "401 408 (512)"."""
+    return f"{values['max_pixels']:,} ({values['max_pixels'] // 784})".replace(",", " ")
+
+
+@pytest.mark.parametrize(("path", "header", "key"), [
+    ("README.md", "| hardware |", "preset"), ("configs/README.md", "| preset |", "preset")])
+def test_hardware_tables_match_the_preset_files(path: str, header: str, key: str) -> None:
+    rows = _table(REPO / path, header)
+    assert rows
+    for row in rows:
+        values = _preset(row[key])
+        assert row["max_pixels (visual tokens)" if "hardware" in header else "max_pixels (tokens)"] \
+            == _pixels_cell(values), row
+        assert row["batch × accumulation"] == f"{values['batch_size']} × {values['grad_accum']}"
+        weights = "4-bit NF4" if values["quantization"] == "4bit" else "16-bit"
+        assert row["weights"].startswith(weights), row
+    assert {r[key].strip("`").removesuffix(".yaml") for r in rows} == {
+        p.stem for p in (REPO / "configs").glob("*.yaml")}  # every preset, once at least
+
+
+def test_recommendations_are_the_preset_files_values() -> None:
+    for gpus in ([], [GpuInfo("T4", 14.7, (7, 5))], [GpuInfo("A6000", 47.5, (8, 6))],
+                 [GpuInfo("H100", 79.1, (9, 0))]):
+        rec = recommend(gpus)
+        values = _preset(rec.preset)
+        assert (rec.max_pixels, rec.batch_size, rec.grad_accum) == (
+            values["max_pixels"], values["batch_size"], values["grad_accum"])
+        assert rec.load_in_4bit == (values["quantization"] == "4bit")

@@ -21,7 +21,6 @@ from typing import Any
 from ..errors import count
 from ..images import (
     DEFAULT_PIXEL_CAP,
-    MAX_ASPECT,
     MIN_SIDE,
     PLAIN_MODES,
     ImageInfo,
@@ -30,6 +29,7 @@ from ..images import (
     inspect_image,
     resolve_confined,
 )
+from ..qwen import MAX_ASPECT
 from ..tokens import sample_length
 from .readers import RawRecord, read_records
 from .records import images_of

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ..tiny import SPECIAL_TOKENS
+from ..qwen import SPECIAL_TOKENS
 
 ROLES = ("system", "user", "assistant")
 #: Qwen's special tokens (and the chat-template markers) must never appear literally in data:
