@@ -104,20 +104,32 @@ class EnvReport:
 
 def load_tested_versions(path: Path = CONSTRAINTS_FILE) -> dict[str, str]:
     """``name -> version`` from the committed constraints file (empty when it is absent, e.g.
-    when the package was installed without the repository)."""
+    when the package was installed without the repository). packaging parses the pins."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     if not path.is_file():
         return {}
     versions = {}
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
-        if "==" in line:
-            name, version = line.split("==", 1)
-            versions[_normalise(name)] = version.split(";")[0].strip()
+        try:
+            pins = [s.version for s in Requirement(line).specifier if s.operator == "=="]
+        except InvalidRequirement:
+            continue  # blank lines and pip options
+        if pins:
+            versions[canonicalize_name(Requirement(line).name)] = pins[0]
     return versions
 
 
-def _normalise(name: str) -> str:
-    return name.strip().lower().replace("_", "-").replace(".", "-")
+def _same_release(have: str, want: str) -> bool:
+    """Equal public versions (2.4.0+cu121 is 2.4.0); unparsable ones compare as text."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(have).public == Version(want).public
+    except InvalidVersion:
+        return have == want
 
 
 def check_python() -> Check:
@@ -129,10 +141,12 @@ def check_python() -> Check:
 
 def check_packages(tested: dict[str, str] | None = None) -> list[Check]:
     """Installed versions of :data:`KEY_PACKAGES` against the tested ones."""
+    from packaging.utils import canonicalize_name
+
     tested = load_tested_versions() if tested is None else tested
     checks = []
     for name in KEY_PACKAGES:
-        want = tested.get(_normalise(name))
+        want = tested.get(canonicalize_name(name))
         try:
             have = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -140,7 +154,7 @@ def check_packages(tested: dict[str, str] | None = None) -> list[Check]:
             continue
         if want is None:
             checks.append(Check(name, OK, f"{have} (no tested version on record)"))
-        elif have.split("+")[0] == want.split("+")[0]:
+        elif _same_release(have, want):
             checks.append(Check(name, OK, f"{have} (tested)"))
         else:
             checks.append(Check(name, WARN, f"{have}, tested with {want}; if something breaks, "

@@ -9,11 +9,11 @@ input becomes a :class:`Problem` with a stable code, the line, the sample id and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,39 +106,26 @@ class CheckReport:
 
 
 class _ImageCache:
-    """Per-path results of image inspection and hashing (bounded, so memory stays flat)."""
+    """Per-path results of image inspection and hashing, each in a bounded LRU cache
+    (``functools.lru_cache``), so memory stays flat on large files."""
 
     def __init__(self, pixel_cap: int, size: int = 20_000) -> None:
         self.pixel_cap = pixel_cap
-        self.size = size
-        self._info: OrderedDict[Path, ImageInfo | ImageProblem] = OrderedDict()
-        self._hash: OrderedDict[Path, str | None] = OrderedDict()
+        self.info = functools.lru_cache(maxsize=size)(self._inspect)
+        self.hash = functools.lru_cache(maxsize=size)(self._hash)
 
-    def _remember(self, table: OrderedDict, key: Path, compute: Callable[[], Any]) -> Any:
-        if key in table:
-            table.move_to_end(key)
-            return table[key]
-        value = compute()
-        table[key] = value
-        if len(table) > self.size:
-            table.popitem(last=False)
-        return value
+    def _inspect(self, path: Path) -> ImageInfo | ImageProblem:
+        try:
+            return inspect_image(path, self.pixel_cap)
+        except ImageProblem as problem:
+            return problem
 
-    def info(self, path: Path) -> ImageInfo | ImageProblem:
-        def compute() -> ImageInfo | ImageProblem:
-            try:
-                return inspect_image(path, self.pixel_cap)
-            except ImageProblem as problem:
-                return problem
-        return self._remember(self._info, path, compute)
-
-    def hash(self, path: Path) -> str | None:
-        def compute() -> str | None:
-            try:
-                return file_hash(path)
-            except OSError:
-                return None
-        return self._remember(self._hash, path, compute)
+    @staticmethod
+    def _hash(path: Path) -> str | None:
+        try:
+            return file_hash(path)
+        except OSError:
+            return None
 
 
 def _image_findings(info: ImageInfo, shown: str) -> list[tuple[str, str]]:
