@@ -180,26 +180,3 @@ def make_collator(processor: Any, mode: str = "train", *, min_pixels: int | None
     ``image_transform`` is applied to every image after loading (used by ablations)."""
     return Collator(processor, mode, min_pixels, max_pixels, max_length, on_too_long,
                     image_transform=image_transform)
-
-
-def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int = 0,
-                         mega: int = 50) -> list[int]:
-    """An epoch order whose batches hold samples of similar length (less padding).
-
-    Like transformers' LengthGroupedSampler: shuffle, cut into mega-batches of ``mega`` batches,
-    sort each by length (longest first), so batches stay random across the epoch but similar
-    inside. The longest batch comes first, so an out-of-memory error shows at step 1.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    size = batch_size * mega
-    chunks = [sorted(order[i:i + size], key=lambda j: -lengths[j])
-              for i in range(0, len(order), size)]
-    result = [j for chunk in chunks for j in chunk]
-    if result:
-        longest = max(range(len(result)), key=lambda p: lengths[result[p]])
-        first = longest - longest % batch_size
-        batch0 = result[first:first + batch_size]
-        del result[first:first + batch_size]
-        result[:0] = batch0
-    return result

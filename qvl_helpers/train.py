@@ -33,8 +33,9 @@ from typing import Any
 import torch
 import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .collate import Collator, length_grouped_order, make_collator
+from .collate import Collator, make_collator
 from .config import CourseConfig, ensure_model
 from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
 from .outputs import OutputFolderError, ensure_folder
@@ -84,21 +85,18 @@ class RecordDataset(torch.utils.data.Dataset):
         return self.records[index]
 
 
-class GroupedSampler(torch.utils.data.Sampler):
-    """Batches of similar length (see :func:`~qvl_helpers.collate.length_grouped_order`),
-    reshuffled each epoch, reproducible from the seed."""
+class GroupedSampler(LengthGroupedSampler):
+    """transformers' ``LengthGroupedSampler`` (batches of similar length, the longest sample
+    first so that an out-of-memory error shows at step 1), reseeded each epoch from
+    ``seed + epoch``: a resumed run sees the same batches as an uninterrupted one."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+        super().__init__(batch_size, lengths=list(lengths), generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        return iter(length_grouped_order(self.lengths, self.batch_size, self.seed + self.epoch))
+        self.generator.manual_seed(self.seed + epoch)
 
 
 def resolve_quantization(cfg: CourseConfig) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qvl_helpers.collate import length_grouped_order, make_collator
+from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
 from qvl_helpers.errors import ConfigError, DatasetError
 
@@ -184,9 +184,13 @@ def test_matches_independent_reference(processor, dataset: str) -> None:
         offset += k
 
 
-def test_length_grouped_order() -> None:
+def test_length_grouped_batches() -> None:
+    """transformers' sampler, reseeded per epoch: grouped, longest first, reproducible."""
+    from qvl_helpers.train import GroupedSampler
+
     lengths = [5, 100, 7, 90, 6, 95, 8, 99] * 10
-    order = length_grouped_order(lengths, batch_size=4, seed=0, mega=4)
+    sampler = GroupedSampler(lengths, batch_size=4, seed=0)
+    order = list(sampler)
     assert sorted(order) == list(range(len(lengths)))
     assert lengths[order[0]] == max(lengths)
     batches = [order[i:i + 4] for i in range(0, len(order), 4)]
@@ -195,4 +199,9 @@ def test_length_grouped_order() -> None:
                                                                       range(i, i + 4))
                         for i in range(0, len(lengths), 4))
     assert spread < random_spread / 3
-    assert order == length_grouped_order(lengths, batch_size=4, seed=0, mega=4)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != order  # a new order each epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == order  # the same epoch, the same batches (a resume sees them again)
+    assert list(GroupedSampler(lengths, batch_size=4, seed=0)) == order
