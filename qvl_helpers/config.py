@@ -44,6 +44,10 @@ from .qwen import PIXELS_PER_TOKEN, REAL_MODEL_ID, TOKEN_SIDE
 
 TINY = "tiny"
 CONFIG_FILE = "course.yaml"
+#: Where the course's own files live (the repository, or the unpacked course bundle).
+COURSE_ROOT = Path(__file__).resolve().parent.parent
+PRESETS_DIR = COURSE_ROOT / "configs"        # hardware presets
+SAMPLES_DIR = COURSE_ROOT / "data_samples"   # the bundled datasets
 ENV_PREFIX = "QVL_"
 #: The learner's own choices: only course.yaml, QVL_* or --set may set them, never a preset.
 LEARNER_KEYS = ("model", "data", "image_root", "output_dir")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import REAL_MODEL_ID, CourseConfig, load_config
+from .config import PRESETS_DIR, REAL_MODEL_ID, CourseConfig, load_config
 from .qwen import tokens_in
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -267,8 +267,6 @@ def check_model(cfg: CourseConfig, cuda_available: bool) -> Check:
     return Check("model", WARN, f"{choice.name} is not downloaded yet (about 7.5 GB on first use)")
 
 
-#: The shipped presets: the one place their values live (``recommend`` reads them).
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -299,7 +297,8 @@ def preset_for(gpus: list[GpuInfo]) -> tuple[str, list[str]]:
 
 
 def recommend(gpus: list[GpuInfo], presets: Path = PRESETS_DIR) -> Recommendation:
-    """The recommended preset for these GPUs, with its values read from the preset file."""
+    """The recommended preset for these GPUs, with its values read from the preset file (the
+    one place they live)."""
     from .config import read_yaml_mapping
 
     name, notes = preset_for(gpus)

@@ -3,6 +3,7 @@ notebook shows it and a script can ``savefig`` it."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 import warnings
 from collections.abc import Sequence
@@ -16,12 +17,9 @@ from matplotlib.figure import Figure
 from .images import load_rgb
 from .qwen import tokens_in
 
-# Without a CJK font matplotlib warns once per missing glyph, at every draw; Chinese then shows as
-# boxes in figures (the HTML sample browser shows it properly), which text_fonts' docs explain.
-warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
-
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans Mono CJK SC", "WenQuanYi Zen Hei", "SimHei",
              "Microsoft YaHei", "PingFang SC", "Source Han Sans SC")
+_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
 @cache
@@ -30,6 +28,24 @@ def text_fonts() -> list[str]:
     renders where such a font exists (the HTML sample browser shows it everywhere)."""
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return ["DejaVu Sans Mono", *[name for name in CJK_FONTS if name in installed][:1]]
+
+
+def fonts_for(text: str) -> list[str]:
+    """:func:`text_fonts` for ``text``; the first time CJK text meets a machine without a CJK
+    font, one clear hint instead of a warning per missing glyph at every draw."""
+    fonts = text_fonts()
+    if len(fonts) == 1 and _CJK.search(text):
+        _no_cjk_font_hint()
+    return fonts
+
+
+@cache
+def _no_cjk_font_hint() -> None:
+    print("Note: no CJK font is installed, so Chinese/Japanese/Korean text shows as boxes in "
+          "figures (the HTML views show it properly). Install one (Debian/Ubuntu/Colab: "
+          "apt-get install fonts-noto-cjk), then restart the kernel.")
+    # The hint says it all; matplotlib would repeat "Glyph ... missing from font" per character.
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
 
 
 def conversation_text(record: dict[str, Any], width: int = 38, limit: int = 6) -> str:
@@ -59,10 +75,11 @@ def sample_grid(records: Sequence[dict[str, Any]], cols: int = 4,
             ax.text(0.5, 0.5, f"cannot show image:\n{type(exc).__name__}", ha="center",
                     va="center", color="crimson", transform=ax.transAxes)
         extra = f" (+{len(images) - 1} more)" if len(images) > 1 else ""
-        ax.set_title(f"{record['id']}{extra}", fontsize=9)
+        title = f"{record['id']}{extra}"
+        ax.set_title(title, fontsize=9, family=fonts_for(title))
         caption = captions[i] if captions is not None else conversation_text(record)
         ax.text(0.0, -0.04, caption, transform=ax.transAxes, va="top", fontsize=8,
-                family=text_fonts())
+                family=fonts_for(caption))
     fig.tight_layout()
     return fig
 

@@ -670,6 +670,42 @@ def _finite(loss: float | None) -> float | None:
     return None if loss is None or math.isnan(loss) else loss
 
 
+def simulate_disconnect(preset: str | Path, sets: dict[str, Any], *, after_step: int,
+                        timeout: float = 600) -> Path:
+    """Start ``qvl train --config PRESET --set ...`` in another process and kill it (SIGKILL,
+    as a lost Colab session would) once the checkpoint of ``after_step`` is complete. Returns
+    the run folder; ``train(cfg, resume=True)`` then continues it.
+
+    Raises:
+        TrainingError: the run ended, or the checkpoint did not appear within ``timeout`` s.
+    """
+    import subprocess
+    import sys
+
+    from .config import load_config
+    from .runs import COMPLETE_MARKER
+
+    cfg = load_config(presets=[preset], sets=sets)
+    folder = run_dir(cfg)
+    command = [sys.executable, "-m", "qvl_helpers.cli", "train", "--config", str(preset)]
+    for key, value in sets.items():
+        command += ["--set", f"{key}={value}"]
+    env = {**os.environ, "QVL_OUTPUT_DIR": str(cfg.output_dir)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    marker, end = folder / f"checkpoint-{after_step}" / COMPLETE_MARKER, time.time() + timeout
+    while not marker.exists():
+        if process.poll() is not None or time.time() > end:
+            process.kill()
+            tail = process.communicate()[1].decode(errors="replace")[-500:]
+            raise TrainingError(f"the run stopped before checkpoint-{after_step} was complete: "
+                                f"{tail}", file=folder, fix="check save_steps and max_steps.")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # the "disconnect"
+    process.wait()
+    return folder
+
+
 def _write_rank_report(folder: Path, rank: int, world: int, collator: Collator,
                        steps: int) -> None:
     """One small file per process, so that a multi-process run can show every rank worked."""
