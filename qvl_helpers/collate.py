@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .data.records import image_parts
 from .errors import ConfigError, DatasetError
 from .images import load_rgb
 
@@ -40,7 +41,7 @@ def _images(record: dict[str, Any], messages: list[dict[str, Any]],
     """The images of ``messages`` as the model sees them; one that cannot be decoded (changed or
     damaged since the data was checked) is an error naming the sample and the file."""
     images = []
-    for part in (p for m in messages for p in m["content"] if p["type"] == "image"):
+    for part in image_parts({"messages": messages}):
         try:
             images.append(load_rgb(part["image"]))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

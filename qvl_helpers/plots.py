@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib import font_manager
 from matplotlib.figure import Figure
 
+from .data.records import images_of
 from .images import load_rgb
 from .qwen import tokens_in
 
@@ -67,8 +68,7 @@ def sample_grid(records: Sequence[dict[str, Any]], cols: int = 4,
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, record) in enumerate(zip(axes.flat, records, strict=False)):
-        images = [p["image"] for m in record["messages"] for p in m["content"]
-                  if p["type"] == "image"]
+        images = images_of(record)
         try:
             ax.imshow(load_rgb(images[0]) if images else [[[1.0, 1.0, 1.0]]])
         except Exception as exc:

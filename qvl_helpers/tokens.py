@@ -172,10 +172,11 @@ def token_budget(records: Sequence[dict[str, Any]], processor: Any, *, min_pixel
         DatasetError: an image the data doctor refuses too (unreadable, over the pixel cap, or
             over the 200:1 aspect limit), named with its sample; ``qvl data check`` lists all.
     """
+    from .data.records import images_of  # (the data package measures tokens with this module)
+
     samples = []
     for record in records:
-        sizes = tuple(_checked_size(p["image"], record) for m in record["messages"]
-                      for p in m["content"] if p["type"] == "image")
+        sizes = tuple(_checked_size(path, record) for path in images_of(record))
         try:
             length = sample_length(processor, record["messages"], list(sizes), min_pixels,
                                    max_pixels)

@@ -397,13 +397,21 @@ def detect_file_format(path: str | Path) -> str:
 # ---------------------------------------------------------------------------- writing
 
 
+def paths_follow(src_root: Path, dest_dir: Path) -> bool:
+    """The relocation rule: image paths can be written relative to a file in ``dest_dir`` when
+    their root ``src_root`` is ``dest_dir`` or lies inside it; otherwise they stay relative to
+    ``src_root`` (which later steps then need as their image root)."""
+    src_root, dest_dir = src_root.resolve(), dest_dir.resolve()
+    return src_root == dest_dir or dest_dir in src_root.parents
+
+
 def relocate_image_paths(record: dict[str, Any], src_root: Path, dest_dir: Path) -> dict:
     """Rewrite image paths so that they stay valid when the record moves from ``src_root`` to a
     file in ``dest_dir``: relative to ``dest_dir`` when ``src_root`` lies inside it, otherwise
     unchanged (pass ``--image-root src_root`` to later steps)."""
-    src_root, dest_dir = src_root.resolve(), dest_dir.resolve()
-    if src_root == dest_dir or dest_dir not in src_root.parents:
+    if not paths_follow(src_root, dest_dir) or src_root.resolve() == dest_dir.resolve():
         return record
+    src_root, dest_dir = src_root.resolve(), dest_dir.resolve()
     prefix = Path(os.path.relpath(src_root, dest_dir))
     messages = []
     for m in record["messages"]:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError, DatasetError, OutputExistsError, count
 from ..images import ImageProblem, file_hash, resolve_confined
 from ..outputs import read_json, refuse_inputs
-from .readers import read_records, record_error, relocate_image_paths, write_jsonl
+from .readers import paths_follow, read_records, record_error, relocate_image_paths, write_jsonl
 from .records import images_of
 
 SPLIT_INFO = "split_info.json"
@@ -153,6 +153,6 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
 
 
 def image_root_for_output(src_root: Path, out_dir: Path) -> Path:
-    """The image root that later steps must use for files written to ``out_dir``."""
-    src_root, out_dir = src_root.resolve(), out_dir.resolve()
-    return out_dir if src_root == out_dir or out_dir in src_root.parents else src_root
+    """The image root that later steps must use for files written to ``out_dir`` (see
+    :func:`~qvl_helpers.data.readers.paths_follow`)."""
+    return out_dir.resolve() if paths_follow(src_root, out_dir) else src_root.resolve()
