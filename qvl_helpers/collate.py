@@ -29,14 +29,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .data.records import image_parts
+from .data.records import Message, Record, image_parts
 from .errors import ConfigError, DatasetError
 from .images import load_rgb
 
 IGNORE_INDEX = -100
 
 
-def _images(record: dict[str, Any], messages: list[dict[str, Any]],
+def _images(record: Record, messages: list[Message],
             transform: Callable[[Any], Any] | None = None) -> list[Any]:
     """The images of ``messages`` as the model sees them; one that cannot be decoded (changed or
     damaged since the data was checked) is an error naming the sample and the file."""
@@ -53,7 +53,7 @@ def _images(record: dict[str, Any], messages: list[dict[str, Any]],
     return [transform(i) for i in images] if transform else images
 
 
-def prompt_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+def prompt_messages(record: Record) -> list[Message]:
     """The conversation up to (not including) its last assistant answer."""
     messages = record["messages"]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -119,13 +119,18 @@ class Collator:
                 f"eos ({tok.eos_token!r}): masking padding would also mask the stop token.",
                 fix="keep Qwen's pad <|endoftext|>; never set pad_token = eos_token.")
 
+    def reset_counts(self) -> None:
+        """Forget what was batched so far (a check before training is not training)."""
+        self.samples_seen = 0
+        self.dropped.clear()
+
     def _image_kwargs(self) -> dict[str, Any]:
         ip = self.processor.image_processor
         size = {"shortest_edge": self.min_pixels or ip.size["shortest_edge"],
                 "longest_edge": self.max_pixels or ip.size["longest_edge"]}
         return {"size": size}
 
-    def _process(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _process(self, records: list[Record]) -> dict[str, torch.Tensor]:
         generate = self.mode == "generate"
         texts, images = [], []
         for record in records:
@@ -137,7 +142,7 @@ class Collator:
             text=texts, images=images or None, padding=True, return_tensors="pt",
             padding_side="left" if generate else "right", images_kwargs=self._image_kwargs())
 
-    def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, records: Sequence[Record]) -> dict[str, torch.Tensor]:
         records = list(records)
         self.samples_seen += len(records)
         batch = self._process(records)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from .collate import make_collator
-from .data.records import answers_of
+from .data.records import Record, answers_of
 from .errors import ConfigError, DatasetError
 from .runs import RUN_CONFIG
 
@@ -74,7 +74,7 @@ def load_for_eval(model_path: str, adapter: str | Path | None = None,
     return model, processor
 
 
-def generate_answers(model: Any, processor: Any, records: Sequence[dict[str, Any]], *,
+def generate_answers(model: Any, processor: Any, records: Sequence[Record], *,
                      batch_size: int = 8, max_new_tokens: int = 64, min_pixels: int | None = None,
                      max_pixels: int | None = None, image_ablation: str | None = None) -> list[str]:
     """Greedy answers for each record's last turn, generated in left-padded batches."""
@@ -98,7 +98,7 @@ def generate_answers(model: Any, processor: Any, records: Sequence[dict[str, Any
     return answers
 
 
-def evaluate_records(model: Any, processor: Any, records: Sequence[dict[str, Any]], *,
+def evaluate_records(model: Any, processor: Any, records: Sequence[Record], *,
                      image_ablation: str | None = None, batch_size: int = 8,
                      min_pixels: int | None = None, max_pixels: int | None = None
                      ) -> dict[str, Any]:

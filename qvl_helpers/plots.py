@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib import font_manager
 from matplotlib.figure import Figure
 
-from .data.records import images_of
+from .data.records import Record, images_of
 from .images import load_rgb
 from .qwen import tokens_in
 
@@ -49,7 +49,7 @@ def _no_cjk_font_hint() -> None:
     warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
 
 
-def conversation_text(record: dict[str, Any], width: int = 38, limit: int = 6) -> str:
+def conversation_text(record: Record, width: int = 38, limit: int = 6) -> str:
     """A short text rendering of a record's turns ("[image]" for each image part)."""
     lines = []
     for message in record["messages"][:limit]:
@@ -59,7 +59,7 @@ def conversation_text(record: dict[str, Any], width: int = 38, limit: int = 6) -
     return "\n".join(lines)
 
 
-def sample_grid(records: Sequence[dict[str, Any]], cols: int = 4,
+def sample_grid(records: Sequence[Record], cols: int = 4,
                 captions: Sequence[str] | None = None) -> Figure:
     """Images of ``records`` (their first image, as the model sees it) with the conversation
     under each, or a custom caption."""

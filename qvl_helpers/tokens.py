@@ -12,10 +12,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DatasetError
 from .qwen import PIXELS_PER_TOKEN, TOKEN_SIDE, tokens_in
+
+if TYPE_CHECKING:  # (a runtime import would be circular: the data package measures tokens here)
+    from .data.records import Message, Record
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
@@ -51,7 +54,7 @@ class SampleLength:
         return self.text_tokens + self.visual_tokens
 
 
-def sample_length(processor: Any, messages: list[dict[str, Any]],
+def sample_length(processor: Any, messages: list[Message],
                   image_sizes: list[tuple[int, int]], min_pixels: int,
                   max_pixels: int) -> SampleLength:
     """Tokens of one conversation as the collator will build it (chat template included).
@@ -164,7 +167,7 @@ class TokenBudget:
                              "total": s.total} for s in self.samples]}
 
 
-def token_budget(records: Sequence[dict[str, Any]], processor: Any, *, min_pixels: int,
+def token_budget(records: Sequence[Record], processor: Any, *, min_pixels: int,
                  max_pixels: int, max_length: int) -> TokenBudget:
     """Measure every sample (records with resolved image paths, as from ``load_records``).
 
@@ -189,7 +192,7 @@ def token_budget(records: Sequence[dict[str, Any]], processor: Any, *, min_pixel
     return TokenBudget(samples, min_pixels, max_pixels, max_length)
 
 
-def _checked_size(path: str, record: dict[str, Any]) -> tuple[int, int]:
+def _checked_size(path: str, record: Record) -> tuple[int, int]:
     """An image's oriented size, refusing what the data doctor refuses from the header."""
     from .images import DEFAULT_PIXEL_CAP
 

@@ -37,8 +37,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .collate import Collator, make_collator
 from .config import CourseConfig, ensure_model
+from .data.records import Record
 from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
-from .outputs import OutputFolderError, ensure_folder
+from .outputs import OutputFolderError, ensure_folder, write_json
 from .qwen import tokens_in
 from .runs import (
     ADAPTER,
@@ -75,7 +76,7 @@ class TrainingError(QVLError):
 class RecordDataset(torch.utils.data.Dataset):
     """Canonical records as a map-style dataset; the collator does all processing."""
 
-    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, records: Sequence[Record]) -> None:
         self.records = list(records)
 
     def __len__(self) -> int:
@@ -115,17 +116,17 @@ def resolve_dtype(cfg: CourseConfig) -> torch.dtype:
 
 
 def train_collator(cfg: CourseConfig, processor: Any,
-                   train_records: Sequence[dict[str, Any]]) -> Collator:
+                   train_records: Sequence[Record]) -> Collator:
     """The training collator, after proving that the first samples have something to learn."""
     collator = make_collator(processor, "train", min_pixels=cfg.min_pixels,
                              max_pixels=cfg.max_pixels, max_length=cfg.max_length,
                              on_too_long=cfg.on_too_long)
     check_labels(collator, train_records)
-    collator.samples_seen = 0  # count training batches only from here
+    collator.reset_counts()  # count training batches only from here
     return collator
 
 
-def check_labels(collator: Collator, records: Sequence[dict[str, Any]], sample: int = 16) -> int:
+def check_labels(collator: Collator, records: Sequence[Record], sample: int = 16) -> int:
     """Trained tokens in the first ``sample`` records; refuses a run with none at all."""
     batch = collator(list(records[:sample]))
     trained = int((batch["labels"] != -100).sum())
@@ -388,7 +389,7 @@ def recheck_images(prepared: Any, cfg: CourseConfig) -> None:
                                    "problem), then run again.")
 
 
-def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[dict[str, Any]]],
+def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[Record]],
               processor: Any, say: Any = print) -> dict[str, Any]:
     """Everything knowable before the first step, for every split the run and its evaluation
     will use: non-empty training data, images, and lengths against ``max_length`` (with the same
@@ -505,7 +506,7 @@ def prepare_model(cfg: CourseConfig, model_path: str, quantization: str, dtype: 
     return model
 
 
-def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[dict[str, Any]]],
+def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[Record]],
                   collator: Collator, processor: Any, lengths: list[int], dtype: torch.dtype,
                   world: int, extra: dict[str, Any], callbacks: Sequence[TrainerCallback],
                   live_plot: bool, verbose: bool, rank: int) -> CourseTrainer:
@@ -574,7 +575,7 @@ class RunPlan:
     model_path: str
     targets: list[str]
     prepared: Any
-    records: dict[str, list[dict[str, Any]]]
+    records: dict[str, list[Record]]
     processor: Any
     budgets: dict[str, Any]
     collator: Collator
@@ -709,8 +710,7 @@ def simulate_disconnect(preset: str | Path, sets: dict[str, Any], *, after_step:
 def _write_rank_report(folder: Path, rank: int, world: int, collator: Collator,
                        steps: int) -> None:
     """One small file per process, so that a multi-process run can show every rank worked."""
-    ranks = folder / "ranks"
-    ranks.mkdir(exist_ok=True)
-    (ranks / f"rank-{rank}.json").write_text(json.dumps(
-        {"rank": rank, "world_size": world, "samples_collated": collator.samples_seen,
-         "steps": steps}) + "\n")
+    ranks = ensure_folder(folder / "ranks")
+    write_json(ranks / f"rank-{rank}.json", {"rank": rank, "world_size": world,
+                                             "samples_collated": collator.samples_seen,
+                                             "steps": steps})

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .data.doctor import CheckReport
+from .data.records import Record
 from .images import load_rgb
 
 
@@ -41,7 +42,7 @@ def _png(path: str, max_side: int = 320) -> bytes:
     return buffer.getvalue()
 
 
-def sample_browser(records: Sequence[dict[str, Any]]) -> Any:
+def sample_browser(records: Sequence[Record]) -> Any:
     """Page through records: images as the model sees them, and every turn of the conversation."""
     import ipywidgets as w
 

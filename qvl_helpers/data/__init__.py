@@ -9,19 +9,18 @@ first bad record (``qvl data check`` lists them all).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..errors import DatasetError
 from ..images import ImageProblem, resolve_confined
 from .doctor import CODES, CheckReport, Problem, check_file
 from .prepare import PreparedData, prepare_data
 from .readers import FORMATS, DataFileError, detect_file_format, read_records, record_error, write_jsonl
-from .records import answers_of, image_parts, images_of
+from .records import Record, answers_of, image_parts, images_of
 from .split import SPLIT_INFO, default_image_root, read_split_info, split_file
 
 
 def load_records(path: str | Path, image_root: str | Path | None = None,
-                 fmt: str = "auto") -> list[dict[str, Any]]:
+                 fmt: str = "auto") -> list[Record]:
     """Read a data file into canonical records whose image paths are absolute and confined.
 
     Images are not opened (``qvl data check`` does that); a missing image file is refused.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from ..qwen import SPECIAL_TOKENS
 
@@ -25,11 +25,36 @@ PLACEHOLDER = re.compile(r"<image>|<img>(.*?)</img>", re.DOTALL)
 Finding = tuple[str, str]  # (problem code, message)
 
 
-def text_part(text: str) -> dict[str, str]:
+class TextPart(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(TypedDict):
+    type: Literal["image"]
+    image: str  # as written in the file; absolute and confined after load_records
+
+
+Part = TextPart | ImagePart
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: list[Part]
+
+
+class Record(TypedDict):
+    """The canonical record that flows through every module (readers to evaluation)."""
+
+    id: str
+    messages: list[Message]
+
+
+def text_part(text: str) -> TextPart:
     return {"type": "text", "text": text}
 
 
-def image_part(path: str) -> dict[str, str]:
+def image_part(path: str) -> ImagePart:
     return {"type": "image", "image": path}
 
 
@@ -39,12 +64,12 @@ def parts_of(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [text_part(content)] if isinstance(content, str) else content
 
 
-def image_parts(record: dict[str, Any]) -> list[dict[str, Any]]:
+def image_parts(record: Record | dict[str, Any]) -> list[ImagePart]:
     """The image parts of a canonical record, in order (the dicts themselves, not copies)."""
     return [p for m in record["messages"] for p in parts_of(m) if p["type"] == "image"]
 
 
-def images_of(record: dict[str, Any]) -> list[str]:
+def images_of(record: Record) -> list[str]:
     """Image paths of a record, in order, as written."""
     return [p["image"] for p in image_parts(record)]
 
@@ -53,7 +78,7 @@ def texts_of(message: dict[str, Any]) -> str:
     return "".join(p["text"] for p in parts_of(message) if p["type"] == "text")
 
 
-def answers_of(record: dict[str, Any]) -> list[str]:
+def answers_of(record: Record) -> list[str]:
     """The assistant answers of a record, in order."""
     return [texts_of(m) for m in record["messages"] if m["role"] == "assistant"]
 

@@ -17,7 +17,7 @@ from ..errors import ConfigError, DatasetError, OutputExistsError, count
 from ..images import ImageProblem, file_hash, resolve_confined
 from ..outputs import read_json, refuse_inputs
 from .readers import paths_follow, read_records, record_error, relocate_image_paths, write_jsonl
-from .records import images_of
+from .records import Record, images_of
 
 SPLIT_INFO = "split_info.json"
 
@@ -69,7 +69,7 @@ class SplitResult:
         return "; ".join(parts)
 
 
-def assign_splits(records: list[dict[str, Any]], hashes: list[list[str]], val: float,
+def assign_splits(records: list[Record], hashes: list[list[str]], val: float,
                   test: float, seed: int) -> tuple[list[str], list[int]]:
     """The split name of each record, keeping records that share an image hash together, and
     the group (image cluster) each record belongs to."""
