@@ -59,8 +59,8 @@ def _image_root_note(root: Path, written_to: Path) -> str:
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
-    from .data.readers import convert_file
     from .data.split import image_root_for_output
+    from .data.writers import convert_file
 
     src, out = Path(args.input), Path(args.out)
     result = convert_file(src, out, fmt=args.format, image_root=args.image_root, to=args.to,

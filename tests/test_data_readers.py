@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from qvl_helpers.data import DataFileError, load_records, read_records
-from qvl_helpers.data.readers import detect_file_format, to_official
+from qvl_helpers.data.readers import detect_file_format
 from qvl_helpers.data.samples import format_set
+from qvl_helpers.data.writers import to_official
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = REPO / "data_samples" / "formats"

@@ -13,10 +13,12 @@ from pathlib import Path
 from ..errors import DatasetError
 from ..images import ImageProblem, resolve_confined
 from .doctor import CODES, CheckReport, Problem, check_file
+from .layouts import FORMATS
 from .prepare import PreparedData, prepare_data
-from .readers import FORMATS, DataFileError, detect_file_format, read_records, record_error, write_jsonl
+from .readers import DataFileError, detect_file_format, read_records, record_error
 from .records import Record, answers_of, image_parts, images_of
 from .split import SPLIT_INFO, default_image_root, read_split_info, split_file
+from .writers import write_jsonl
 
 
 def load_records(path: str | Path, image_root: str | Path | None = None,

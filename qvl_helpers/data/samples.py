@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import OutputExistsError
-from .readers import to_official, write_jsonl
+from .writers import to_official, write_jsonl
 
 COLOURS = {"red": (215, 38, 38), "green": (34, 160, 60), "blue": (40, 80, 220),
            "yellow": (236, 200, 20), "purple": (135, 55, 180), "orange": (245, 135, 25)}

@@ -16,8 +16,9 @@ from typing import Any
 from ..errors import ConfigError, DatasetError, OutputExistsError, count
 from ..images import ImageProblem, file_hash, resolve_confined
 from ..outputs import read_json, refuse_inputs
-from .readers import paths_follow, read_records, record_error, relocate_image_paths, write_jsonl
+from .readers import read_records, record_error
 from .records import Record, images_of
+from .writers import paths_follow, relocate_image_paths, write_jsonl
 
 SPLIT_INFO = "split_info.json"
 
@@ -154,5 +155,5 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
 
 def image_root_for_output(src_root: Path, out_dir: Path) -> Path:
     """The image root that later steps must use for files written to ``out_dir`` (see
-    :func:`~qvl_helpers.data.readers.paths_follow`)."""
+    :func:`~qvl_helpers.data.writers.paths_follow`)."""
     return out_dir.resolve() if paths_follow(src_root, out_dir) else src_root.resolve()
