@@ -22,5 +22,5 @@ trap 'rm -rf "$QVL_OUTPUT_DIR"' EXIT
 
 stage "ruff" ruff check .
 stage "unit tests" python -m pytest tests -q "$@"
-stage "notebooks" python -m pytest --nbmake --nbmake-timeout=900 notebooks -q
+stage "notebooks" python -m pytest --nbmake --nbmake-timeout=2400 notebooks -q
 echo "== all stages passed in $((SECONDS - start)) s"
