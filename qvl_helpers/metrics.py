@@ -1,0 +1,503 @@
+"""Task metrics for evaluation, and honest intervals for them.
+
+Every metric is a plain function ``(prediction, reference) -> float`` scored per sample; the split's
+score is the mean (the JSON F1 family sums per-sample counts instead: micro averaging). Which
+metrics apply depends on the task, detected from the references or set in ``course.yaml``
+(``eval_task``):
+
+=============  ============================================  ====================================
+task           metrics (the first is the headline)            for
+=============  ============================================  ====================================
+short          exact_match, exact_match_raw, anls             labels, numbers, yes/no
+json           json_f1, json_precision, json_recall,          receipts to JSON, forms
+               json_parse_rate, json_exact (+ per field)
+reading        anls, cer, exact_match                         scans to text, OCR (Chinese too)
+description    chrf, rouge_l                                  photos to descriptions
+=============  ============================================  ====================================
+
+Libraries, each chosen because it is well kept, offline and exact for this job:
+
+- `rapidfuzz <https://github.com/rapidfuzz/RapidFuzz>`_: Levenshtein distance for ANLS (the DocVQA
+  definition) and the longest common subsequence for ROUGE-L, in C++.
+- `jiwer <https://github.com/jitsi/jiwer>`_: character error rate, the standard OCR measure.
+- `sacrebleu <https://github.com/mjpost/sacrebleu>`_: chrF, a character n-gram F-score that needs no
+  word segmentation, so it means the same for Chinese and English. (Hub-hosted metric loaders
+  download their code at run time, which cannot work offline; none is used.)
+
+ROUGE-L is computed over words for space-separated text and over characters for Chinese (a word
+tokenizer would see a Chinese sentence as one word). BLEU is left out: on single short answers it
+is mostly zero and says little.
+
+A learner adds a metric with :func:`register_metric`::
+
+    @register_metric("mentions_total")
+    def mentions_total(prediction: str, reference: str) -> float:
+        return float("total" in prediction.lower())
+
+Intervals are percentile bootstrap intervals over samples (:func:`bootstrap_interval`), and a
+comparison of two systems is the *paired* bootstrap interval of their difference
+(:func:`paired_difference`): the same resampled samples for both, which is what makes small test
+sets usable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DatasetError
+
+TASKS = ("short", "json", "reading", "description")
+
+
+# --------------------------------------------------------------------------- normalisation
+
+_TRAILING_STOPS = ".。"
+
+
+def normalise_text(text: str) -> str:
+    """The form that normalised exact match compares: Unicode NFKC (full-width letters, digits and
+    punctuation become half-width), case folded, runs of whitespace as one space, no trailing
+    full stop (``.`` or ``。``)."""
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return text.rstrip(_TRAILING_STOPS).rstrip()
+
+
+def is_cjk(char: str) -> bool:
+    """Whether a character is a CJK ideograph (Chinese characters, kana excluded)."""
+    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf" or \
+        "\uf900" <= char <= "\ufaff"
+
+
+def tokens_for_overlap(text: str) -> list[str]:
+    """Words for space-separated text, single characters for CJK ideographs, punctuation dropped:
+    the units ROUGE-L counts."""
+    return re.findall(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff]+",
+                      normalise_text(text))
+
+
+# --------------------------------------------------------------------------- per-sample metrics
+
+@dataclass(frozen=True)
+class Metric:
+    """A named per-sample score. ``counts`` metrics return a tuple of counts per sample, summed
+    over the split before ``combine`` turns the sums into the score (micro averaging)."""
+
+    name: str
+    score: Callable[[str, str], Any]
+    higher_is_better: bool = True
+    counts: bool = False
+    combine: Callable[[np.ndarray], np.ndarray] | None = None
+    description: str = ""
+
+    def summarise(self, values: np.ndarray) -> np.ndarray:
+        """The split score of each row of ``values``: shape (B, n) or (B, n, k) to (B,)."""
+        if self.counts:
+            assert self.combine is not None
+            return self.combine(values.sum(axis=1))
+        return values.mean(axis=1)
+
+    def sample_value(self, value: Any) -> float:
+        """One sample's score as a number (for the gallery and sorting)."""
+        if self.counts:
+            assert self.combine is not None
+            return float(self.combine(np.asarray(value, dtype=float)[None, :])[0])
+        return float(value)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, score: Callable[[str, str], float] | None = None, *,
+                    higher_is_better: bool = True, description: str = "") -> Any:
+    """Register ``score(prediction, reference) -> float`` under ``name`` (a decorator when
+    ``score`` is omitted). Its split score is the mean over samples, with a bootstrap interval.
+    Registering a name again replaces the earlier metric (handy when editing it in a notebook)."""
+    def add(fn: Callable[[str, str], float]) -> Callable[[str, str], float]:
+        METRICS[name] = Metric(name, fn, higher_is_better, description=description or
+                               (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return add if score is None else add(score)
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric ``name``.
+
+    Raises:
+        ConfigError: there is none (the message lists those there are).
+    """
+    if name not in METRICS and ":" in name:
+        _import_metric(name)
+    if name not in METRICS:
+        raise ConfigError(f"there is no metric named {name!r}.",
+                          fix=f"use one of {', '.join(sorted(METRICS))}, or register yours with "
+                              "qvl_helpers.metrics.register_metric.")
+    return METRICS[name]
+
+
+def _import_metric(spec: str) -> None:
+    """Register ``module:function`` (importable from the current folder) under that name."""
+    import importlib
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # `--metric my_metrics:fn` finds my_metrics.py here, like python -m
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import the metric {spec!r} ({exc}).",
+                          fix="give module:function for a module importable from this folder, "
+                              "e.g. my_metrics:mentions_total for my_metrics.py.") from None
+    register_metric(spec, fn)
+
+
+@register_metric("exact_match")
+def exact_match(prediction: str, reference: str) -> float:
+    """1 if the answers agree after normalisation (case, spacing, full-/half-width, final stop)."""
+    return float(normalise_text(prediction) == normalise_text(reference))
+
+
+@register_metric("exact_match_raw")
+def exact_match_raw(prediction: str, reference: str) -> float:
+    """1 if the answers are identical apart from surrounding whitespace."""
+    return float(prediction.strip() == reference.strip())
+
+
+@register_metric("anls")
+def anls(prediction: str, reference: str, threshold: float = 0.5) -> float:
+    """Average normalised Levenshtein similarity as in DocVQA: 1 - distance / longer length on
+    lower-cased, stripped text, and 0 when that distance is ``threshold`` or more."""
+    from rapidfuzz.distance import Levenshtein
+
+    a, b = " ".join(prediction.lower().split()), " ".join(reference.lower().split())
+    distance = Levenshtein.normalized_distance(a, b)
+    return 0.0 if distance >= threshold else 1.0 - distance
+
+
+@register_metric("cer", higher_is_better=False)
+def cer(prediction: str, reference: str) -> float:
+    """Character error rate: (substitutions + deletions + insertions) / reference characters.
+    Lower is better; it exceeds 1 when the prediction is much longer. An empty reference scores
+    0 for an empty prediction and 1 otherwise."""
+    import jiwer
+
+    if not reference:
+        return float(bool(prediction))
+    return float(jiwer.cer(reference=reference, hypothesis=prediction))
+
+
+@lru_cache(maxsize=1)
+def _chrf_scorer() -> Any:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()  # character 6-grams, beta 2: sacrebleu's defaults, as usually reported
+
+
+@register_metric("chrf")
+def chrf(prediction: str, reference: str) -> float:
+    """chrF (sacrebleu's) scaled to 0..1: character n-grams need no word segmentation, so it
+    means the same for Chinese as for English."""
+    return _chrf_scorer().sentence_score(prediction, [reference]).score / 100
+
+
+@register_metric("rouge_l")
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common subsequence of words (characters for Chinese)."""
+    from rapidfuzz.distance import LCSseq
+
+    p, r = tokens_for_overlap(prediction), tokens_for_overlap(reference)
+    if not p or not r:
+        return float(p == r)
+    common = LCSseq.similarity(p, r)
+    return 0.0 if common == 0 else 2 * common / (len(p) + len(r))
+
+
+# --------------------------------------------------------------------------- JSON answers
+
+def parse_json_answer(text: str) -> tuple[Any, str | None]:
+    """``(value, how)``: how is ``"json"``, ``"fenced"`` (inside a Markdown code fence, as chat
+    models like to answer) or ``None`` when the text is not JSON (then value is None)."""
+    text = text.strip()
+    how = "json"
+    fence = re.fullmatch(r"```[A-Za-z]*\s*\n?(.*?)\n?\s*```", text, flags=re.DOTALL)
+    if fence:
+        text, how = fence.group(1).strip(), "fenced"
+    try:
+        return json.loads(text), how
+    except (ValueError, RecursionError):
+        return None, None
+
+
+def flatten_json(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves by key path: ``{"a": {"b": 1}, "c": [2]}`` -> ``{"a.b": 1, "c[0]": 2}``. An empty
+    object or list is a leaf of its own."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten_json(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list) and value:
+        out = {}
+        for i, item in enumerate(value):
+            out.update(flatten_json(item, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
+
+
+def as_number(value: Any) -> float | None:
+    """A JSON number, or a string that is one (``"12.50"``, ``"1,234.5"``), as a float."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = unicodedata.normalize("NFKC", value).strip()
+        if _NUMBER.fullmatch(text):
+            return float(text.replace(",", ""))
+    return None
+
+
+def values_equal(prediction: Any, reference: Any) -> bool:
+    """Leaf (or subtree) equality: numbers as numbers, text after :func:`normalise_text`."""
+    if isinstance(reference, dict) or isinstance(prediction, dict):
+        return isinstance(reference, dict) and isinstance(prediction, dict) and \
+            reference.keys() == prediction.keys() and \
+            all(values_equal(prediction[k], reference[k]) for k in reference)
+    if isinstance(reference, list) or isinstance(prediction, list):
+        return isinstance(reference, list) and isinstance(prediction, list) and \
+            len(reference) == len(prediction) and \
+            all(values_equal(p, r) for p, r in zip(prediction, reference, strict=True))
+    a, b = as_number(prediction), as_number(reference)
+    if a is not None and b is not None:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    if isinstance(reference, str) and isinstance(prediction, str):
+        return normalise_text(prediction) == normalise_text(reference)
+    return type(prediction) is type(reference) and prediction == reference
+
+
+def json_counts(prediction: str, reference: str) -> tuple[int, int, int]:
+    """``(matched, predicted, expected)`` leaves: a predicted leaf matches when the reference has
+    the same key path with an equal value. Malformed JSON predicts nothing (every expected leaf
+    is missed)."""
+    ref, _ = parse_json_answer(reference)
+    pred, how = parse_json_answer(prediction)
+    expected = flatten_json(ref)
+    if how is None:
+        return 0, 0, len(expected)
+    predicted = flatten_json(pred)
+    matched = sum(1 for path, value in predicted.items()
+                  if path in expected and values_equal(value, expected[path]))
+    return matched, len(predicted), len(expected)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    return np.where(den > 0, num / np.where(den > 0, den, 1), empty)
+
+
+def _precision(sums: np.ndarray) -> np.ndarray:
+    return _ratio(sums[:, 0], sums[:, 1], 1.0)
+
+
+def _recall(sums: np.ndarray) -> np.ndarray:
+    return _ratio(sums[:, 0], sums[:, 2], 1.0)
+
+
+def _f1(sums: np.ndarray) -> np.ndarray:
+    return _ratio(2 * sums[:, 0], sums[:, 1] + sums[:, 2], 1.0)
+
+
+for _name, _combine, _text in (
+        ("json_f1", _f1, "micro F1 over JSON key paths (matched leaves vs predicted and expected)"),
+        ("json_precision", _precision, "share of predicted JSON leaves that are right"),
+        ("json_recall", _recall, "share of expected JSON leaves that were predicted right")):
+    METRICS[_name] = Metric(_name, json_counts, counts=True, combine=_combine, description=_text)
+
+
+@register_metric("json_parse_rate")
+def json_parse_rate(prediction: str, reference: str) -> float:
+    """1 if the prediction parses as JSON (a Markdown code fence around it is accepted)."""
+    return float(parse_json_answer(prediction)[1] is not None)
+
+
+@register_metric("json_exact")
+def json_exact(prediction: str, reference: str) -> float:
+    """1 if the whole predicted JSON equals the reference (numbers as numbers)."""
+    pred, how = parse_json_answer(prediction)
+    return float(how is not None and values_equal(pred, parse_json_answer(reference)[0]))
+
+
+def field_accuracy(predictions: Sequence[str], references: Sequence[str]) -> dict[str, dict]:
+    """Per top-level field of the references: how often the prediction has it exactly right
+    (the whole subtree, numbers as numbers), over the samples whose reference has it."""
+    tally: dict[str, list[int]] = {}
+    for prediction, reference in zip(predictions, references, strict=True):
+        ref, _ = parse_json_answer(reference)
+        pred, how = parse_json_answer(prediction)
+        if not isinstance(ref, dict):
+            continue
+        for key, value in ref.items():
+            right = how is not None and isinstance(pred, dict) and key in pred and \
+                values_equal(pred[key], value)
+            hits = tally.setdefault(str(key), [0, 0])
+            hits[0] += right
+            hits[1] += 1
+    return {key: {"exact_match": hits / n, "n": n} for key, (hits, n) in tally.items()}
+
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "short": ("exact_match", "exact_match_raw", "anls"),
+    "json": ("json_f1", "json_precision", "json_recall", "json_parse_rate", "json_exact"),
+    "reading": ("anls", "cer", "exact_match"),
+    "description": ("chrf", "rouge_l"),
+}
+
+
+# --------------------------------------------------------------------------- the task
+
+SHORT_CHARS, SHORT_WORDS = 32, 4
+
+
+def detect_task(references: Sequence[str]) -> tuple[str, str]:
+    """``(task, why)`` from the reference answers: JSON if every one parses as an object or a
+    list, short if every one is at most 32 characters and 4 words (8 Chinese characters),
+    description if most end
+    like a sentence, reading (transcription) otherwise."""
+    n = len(references)
+    if n and all(isinstance(parse_json_answer(r)[0], dict | list) and parse_json_answer(r)[1]
+                 == "json" for r in references):
+        return "json", f"all {n} references are JSON"
+    if n and all(len(r) <= SHORT_CHARS and len(r.split()) <= SHORT_WORDS and
+                 sum(map(is_cjk, r)) <= SHORT_WORDS * 2 for r in references):
+        return "short", f"all {n} references are short (<= {SHORT_CHARS} characters, " \
+                        f"<= {SHORT_WORDS} words or {SHORT_WORDS * 2} Chinese characters)"
+    sentences = sum(r.rstrip().endswith((".", "。", "!", "?", "！", "？")) for r in references)
+    if sentences > n / 2:
+        return "description", f"{sentences} of {n} references end like a sentence"
+    return "reading", f"the references are longer text and {n - sentences} of {n} do not end " \
+                      "like a sentence (a transcription)"
+
+
+def resolve_task(task: str, references: Sequence[str],
+                 ids: Sequence[str] | None = None) -> tuple[str, str]:
+    """The task to score (``auto`` detects it), and why.
+
+    Raises:
+        ConfigError: ``task`` is not a known task.
+        DatasetError: the task is ``json`` but a reference is not JSON (names the sample).
+    """
+    if task == "auto":
+        return detect_task(references)
+    if task not in TASKS:
+        raise ConfigError(f"eval_task {task!r} is not a task.",
+                          fix=f"use auto or one of {', '.join(TASKS)}.")
+    if task == "json":
+        for i, reference in enumerate(references):
+            if parse_json_answer(reference)[1] is None:
+                raise DatasetError("eval_task is json, but this sample's reference answer is "
+                                   f"not JSON: {reference[:60]!r}.",
+                                   sample_id=ids[i] if ids else str(i),
+                                   fix="fix the answer, or set eval_task to auto.")
+    return task, "set in the configuration"
+
+
+def metrics_for(task: str, extra: Iterable[str] = ()) -> list[Metric]:
+    """The task's metrics (headline first), then the ``extra`` ones by name."""
+    names = list(TASK_METRICS[task]) + [m for m in extra if m not in TASK_METRICS[task]]
+    return [get_metric(name) for name in names]
+
+
+def score_samples(metric: Metric, predictions: Sequence[str],
+                  references: Sequence[str]) -> np.ndarray:
+    """Per-sample values, shape (n,) (or (n, k) for counts metrics)."""
+    values = [metric.score(p, r) for p, r in zip(predictions, references, strict=True)]
+    return np.asarray(values, dtype=float)
+
+
+# --------------------------------------------------------------------------- intervals
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic and its bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high, "level": self.level}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+RESAMPLES = 2000
+
+
+def resample_indices(n: int, *, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """``resamples`` bootstrap samples of ``range(n)`` drawn with replacement, shape (B, n)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _interval(point: float, draws: np.ndarray, level: float) -> Interval:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Interval(float(point), float(low), float(high), level)
+
+
+def bootstrap_interval(metric: Metric, values: np.ndarray, *, resamples: int = RESAMPLES,
+                       seed: int = 0, level: float = 0.95) -> Interval:
+    """The split score of ``values`` with its percentile bootstrap interval (seeded)."""
+    if len(values) == 0:
+        raise ValueError("no samples to score")
+    idx = resample_indices(len(values), resamples=resamples, seed=seed)
+    point = float(metric.summarise(values[None, ...])[0])
+    return _interval(point, metric.summarise(values[idx]), level)
+
+
+def paired_difference(metric: Metric, a: np.ndarray, b: np.ndarray, *,
+                      resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95) -> Interval:
+    """Score(a) - score(b) on the same samples, with the paired bootstrap interval: each resample
+    draws the same samples for both systems, so the noise they share cancels."""
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError("paired systems must be scored on the same, non-empty samples")
+    idx = resample_indices(len(a), resamples=resamples, seed=seed)
+    point = float(metric.summarise(a[None, ...])[0] - metric.summarise(b[None, ...])[0])
+    return _interval(point, metric.summarise(a[idx]) - metric.summarise(b[idx]), level)
+
+
+def verdict(metric: Metric, first: str, second: str, diff: Interval, n: int) -> str:
+    """One honest sentence on ``first`` vs ``second``: better, worse, or not told apart at n."""
+    if not diff.excludes_zero():
+        return (f"{first} vs {second}: no clear difference in {metric.name} "
+                f"({diff.value:+.3f}, interval [{diff.low:+.3f}, {diff.high:+.3f}] includes 0 "
+                f"with n={n})")
+    better = (diff.value > 0) == metric.higher_is_better
+    return (f"{first} is {'better' if better else 'worse'} than {second} in {metric.name} by "
+            f"{abs(diff.value):.3f} (95% interval of the difference [{diff.low:+.3f}, "
+            f"{diff.high:+.3f}], n={n})")
+
+
+def samples_needed(diff: Interval, n: int) -> int | None:
+    """Roughly how many samples would make an interval this wide exclude a difference this
+    large (intervals shrink as 1/sqrt(n)); None when the difference is zero."""
+    half = (diff.high - diff.low) / 2
+    if diff.value == 0 or half == 0:
+        return None
+    return math.ceil(round(n * (half / abs(diff.value)) ** 2, 6))
