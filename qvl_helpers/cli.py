@@ -195,33 +195,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .evaluate import run_eval, run_eval_plan
+    from .evaluate import EvalRequest, evaluate, format_report, plan_for_run
 
-    plan = {"model": args.model, "adapter": args.adapter, "data": args.data,
-            "image_root": args.image_root}
+    cfg = load_config()
+    given = {"model": args.model, "adapter": args.adapter, "data": args.data,
+             "image_root": args.image_root, "train_split": args.train_data,
+             "out_dir": args.out}
+    given = {k: Path(v) if v is not None and k != "model" else v for k, v in given.items()}
+    settings = {"systems": args.compare, "image_ablation": args.image_ablation,
+                "task": args.task or cfg.eval_task, "prompt": args.prompt or cfg.eval_prompt,
+                "metrics": args.metric, "quantization": args.quantization,
+                "batch_size": args.batch_size, "allow_overlap": args.allow_overlap,
+                "seed": args.seed, "force": args.force}
     if args.run:
-        from_run = run_eval_plan(args.run)
-        if args.data is not None:  # other data: its own image root, not the run's split's
-            from_run.pop("image_root")
-        plan.update({k: v for k, v in from_run.items() if plan[k] is None})
-        if args.out is None:
-            system = ("tuned" if plan["adapter"] else "base") + (
-                f"-{args.image_ablation}" if args.image_ablation else "")
-            args.out = Path(load_config().output_dir) / "eval" / \
-                Path(args.run).resolve().name / f"{system}.json"
-    missing = [flag for flag, key in (("--model", "model"), ("--data", "data"))
-               if plan[key] is None] + (["--out"] if args.out is None else [])
-    if missing:
-        print(f"qvl eval: error: give --run RUN_DIR, or {', '.join(missing)}.", file=sys.stderr)
-        return 2
-    report = run_eval(plan["model"], plan["data"], args.out, adapter=plan["adapter"],
-                      image_root=plan["image_root"], image_ablation=args.image_ablation,
-                      quantization=args.quantization, batch_size=args.batch_size,
-                      force=args.force)
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in report["metrics"].items())
-    ablation = f" (images: {args.image_ablation})" if args.image_ablation else ""
-    print(f"{report['n']} samples{ablation}: {metrics}")
-    print(f"report written to {args.out}")
+        overrides = {k: v for k, v in given.items() if v is not None and k != "out_dir"}
+        request = plan_for_run(args.run, given["out_dir"], **overrides, **settings)
+    else:
+        missing = [flag for flag, key in (("--model", "model"), ("--data", "data"))
+                   if given[key] is None]
+        if missing:
+            print(f"qvl eval: error: give --run RUN_DIR, or {' and '.join(missing)}.",
+                  file=sys.stderr)
+            return 2
+        out = given["out_dir"] or Path(cfg.output_dir) / "eval" / Path(given["data"]).stem
+        request = EvalRequest(**{**given, "out_dir": out}, **settings)
+    report = evaluate(request)
+    print(format_report(report))
+    print(f"\nreport, predictions and gallery written to {request.out_dir}/")
     return 0
 
 
@@ -267,22 +267,42 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
                    help="check everything (settings, data, lengths, LoRA layers, resume) and "
                         "print the plan without training (the data splits are prepared)")
 
-    p = sub.add_parser("eval", help="exact match of greedy answers on a JSONL file")
+    _add_eval_command(sub)
+
+
+def _add_eval_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="compare base, prompted and fine-tuned answers on held-out "
+                                    "data: task metrics with intervals, and a failure gallery")
     p.add_argument("--run", help="a run folder (outputs/runs/NAME): its model, adapter, test "
-                                 "split and image root; other flags override")
+                                 "split, image root and image limits; other flags override")
     p.add_argument("--model", help="tiny, a hub id or a folder")
     p.add_argument("--adapter", help="a LoRA adapter folder (outputs/runs/NAME/adapter)")
     p.add_argument("--data", help="a JSONL file (prepared splits know their image root)")
-    p.add_argument("--out", help="report file; its predictions go beside it as "
-                                 "NAME.predictions.jsonl (default with --run: "
-                                 "outputs/eval/RUN/tuned.json)")
-    p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--image-root")
+    p.add_argument("--out", help="the evaluation folder (default: outputs/eval/RUN, or "
+                                 "outputs/eval/DATA-STEM): report.json, predictions-SYSTEM.jsonl, "
+                                 "gallery.html")
+    p.add_argument("--force", action="store_true", help="replace an existing evaluation")
+    p.add_argument("--compare", metavar="SYSTEMS",
+                   help="comma-separated systems: base, prompt (base + a task prompt), tuned, "
+                        "each optionally -blank (images blanked); default: all that apply")
     p.add_argument("--image-ablation", choices=["blank"],
-                   help="replace every image with a blank one of the same size")
+                   help="also evaluate the last system with every image replaced by a blank one")
+    p.add_argument("--task", choices=["auto", "short", "json", "reading", "description"],
+                   help="which metrics apply (default: course.yaml's eval_task, auto-detected)")
+    p.add_argument("--prompt", help="the prompt system's system prompt (default: course.yaml's "
+                                    "eval_prompt, or one derived from the answers)")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME",
+                   help="an extra metric: a registered name or module:function (repeatable)")
+    p.add_argument("--train-data", help="a training file to check the evaluation data against "
+                                        "(with --run: the run's training split)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even if samples or images are shared with the training split "
+                        "(recorded in the report)")
     p.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"],
                    help="how to load the base model (default: 16-bit)")
     p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     p.set_defaults(func=cmd_eval)
 
 

@@ -161,6 +161,9 @@ class CourseConfig(BaseModel):
     group_by_length: bool = True
     on_too_long: Literal["error", "drop"] = "error"  # drop: skip and count such samples
     tuned_for: Literal["any", "tiny"] = "any"  # a preset's knobs suit only the tiny stand-in
+    # --- evaluation (qvl eval, notebook 04)
+    eval_task: Literal["auto", "short", "json", "reading", "description"] = "auto"
+    eval_prompt: str | None = None  # the `prompt` system's system prompt (None: from the answers)
     source: Path | None = None  # the course.yaml this came from (None: defaults only)
 
     _origins: dict[str, Origin] = PrivateAttr(default_factory=dict)

@@ -1,38 +1,201 @@
-"""Evaluation (``qvl eval``): greedy, left-padded batched generation and exact match.
+"""Evaluation (``qvl eval``): several systems on one held-out split, task metrics with intervals.
 
-The model answers every sample of a JSONL file from its prompt (the conversation up to the last
-answer); predictions are compared with the reference answers. ``image_ablation="blank"`` replaces
-every image with a white one of the same size: a model that still scores well without the images
-learned to guess from the text, not to look. The evaluation notebook extends the metrics.
+A *system* is a way of answering the split's questions:
+
+- ``base``: the base model as it is;
+- ``prompt``: the base model with a task prompt (``eval_prompt`` in ``course.yaml``, or one
+  derived from the references that states the answer format): did fine-tuning beat a good prompt?
+- ``tuned``: the base model with the run's LoRA adapter;
+- ``NAME-blank``: any of them with every image replaced by a white one of the same size. A
+  fine-tuned model that still scores well without images learned to guess from the text.
+
+The model is loaded once; base systems run with the adapter switched off (PEFT's
+``disable_adapter``), not reloaded. Generation is greedy and batched with left padding, with the
+image limits the run was trained with and ``max_new_tokens`` from the longest reference.
+Metrics come from :mod:`qvl_helpers.metrics` (by task), each with a bootstrap interval; each
+comparison is a paired bootstrap interval of the difference, and a system is only called better
+when that interval excludes zero. Before any model loads, the split is checked against the run's
+training split for shared images (by content) and identical samples.
+
+Outputs (``outputs/eval/NAME/``): ``report.json`` (everything above, with versions, timings and
+the data's hash), ``predictions-SYSTEM.jsonl`` per system, and ``gallery.html``
+(:mod:`qvl_helpers.gallery`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from .collate import make_collator
-from .data.records import Record, answers_of
-from .errors import ConfigError, DatasetError
+from . import metrics as M
+from .data.records import Record, answers_of, image_parts, text_part
+from .errors import ConfigError, DatasetError, count
 from .runs import RUN_CONFIG
 
+BASE_SYSTEMS = ("base", "prompt", "tuned")
 ABLATIONS = ("blank",)
+REPORT, GALLERY = "report.json", "gallery.html"
+SMALL_N = 30  # below this many samples, every interval is wide: the report says so
 
 
-def normalise_answer(text: str) -> str:
-    """Whitespace-normalised answer (exact match ignores spacing differences only)."""
-    return " ".join(text.split())
+def predictions_file(system: str) -> str:
+    return f"predictions-{system}.jsonl"
 
 
-def exact_match(prediction: str, reference: str) -> bool:
-    return normalise_answer(prediction) == normalise_answer(reference)
+# --------------------------------------------------------------------------- systems
 
+@dataclass(frozen=True)
+class System:
+    """One way of answering: with or without the adapter, the task prompt, blank images."""
+
+    name: str
+    adapter: bool
+    prompt: bool
+    ablation: str | None = None
+
+
+def parse_systems(names: str | Sequence[str] | None, *, has_adapter: bool,
+                  image_ablation: str | None = None) -> list[System]:
+    """Systems from ``"base,prompt,tuned"`` (``NAME-blank`` for an ablation). ``None`` means all
+    that apply: base, prompt, and with an adapter tuned and tuned-blank. ``image_ablation`` adds
+    the ablation of the last system named (tuned, when it is named).
+
+    Raises:
+        ConfigError: an unknown system, or ``tuned`` without an adapter.
+    """
+    if names is None:
+        names = ["base", "prompt"] + (["tuned", "tuned-blank"] if has_adapter else [])
+    elif isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(dict.fromkeys(names))
+    if image_ablation and names:
+        plain = [n for n in names if "-" not in n]
+        last = "tuned" if "tuned" in plain else (plain or names)[-1].split("-")[0]
+        names.append(f"{last}-{image_ablation}")
+    systems = []
+    for name in dict.fromkeys(names):
+        base, _, ablation = name.partition("-")
+        if base not in BASE_SYSTEMS or (ablation and ablation not in ABLATIONS):
+            raise ConfigError(f"{name!r} is not a system to evaluate.",
+                              fix=f"use {', '.join(BASE_SYSTEMS)}, each optionally with "
+                                  f"-{'/-'.join(ABLATIONS)} (e.g. tuned-blank).")
+        if base == "tuned" and not has_adapter:
+            raise ConfigError("the system 'tuned' needs an adapter.",
+                              fix="pass --run outputs/runs/NAME (or --adapter DIR), or leave "
+                                  "tuned out of --compare.")
+        systems.append(System(name, base == "tuned", base == "prompt", ablation or None))
+    if not systems:
+        raise ConfigError("no system to evaluate.", fix="use --compare base,prompt,tuned.")
+    return systems
+
+
+def task_prompt(task: str, references: Sequence[str]) -> str:
+    """A system prompt that states the answer format the references follow (in Chinese when
+    most references are Chinese): what a careful learner would try before fine-tuning."""
+    chinese = sum(any(M.is_cjk(c) for c in r) for r in references) > len(references) / 2
+    if task == "json":
+        keys = Counter(k for r in references
+                       if isinstance(v := M.parse_json_answer(r)[0], dict) for k in v)
+        names = ", ".join(f'"{k}"' for k, _ in keys.most_common(12))
+        return (f"只输出 JSON，不要其他文字。键：{names}。" if chinese else
+                f"Answer with JSON only, no other text. Use the keys {names}.")
+    if task == "short":
+        choices = list(dict.fromkeys(r.strip() for r in references))
+        if len(choices) <= 12:
+            return (f"只回答以下之一：{'、'.join(choices)}。只输出答案。" if chinese else
+                    f"Answer with one of: {', '.join(choices)}. Reply with the answer only.")
+        return "用几个字回答，只输出答案。" if chinese else \
+            "Answer in a few words. Reply with the answer only."
+    if task == "reading":
+        return "按图中原样转录文字，只输出文字本身。" if chinese else \
+            "Transcribe the text in the image exactly as written. Reply with the text only."
+    return "用一两句话描述这张图片。" if chinese else "Describe the image in one or two sentences."
+
+
+def with_system_prompt(record: Record, prompt: str) -> Record:
+    """A copy of ``record`` with ``prompt`` as its system message (added after an existing
+    system message's text). The record itself is not changed."""
+    messages = [dict(m) for m in record["messages"]]
+    if messages and messages[0]["role"] == "system":
+        content = list(messages[0]["content"])
+        messages[0]["content"] = [*content, text_part("\n\n" + prompt)]
+    else:
+        messages.insert(0, {"role": "system", "content": [text_part(prompt)]})
+    return {"id": record["id"], "messages": messages}  # type: ignore[typeddict-item]
+
+
+# --------------------------------------------------------------------------- leakage check
+
+def _image_hashes(record: Record) -> list[str]:
+    from .images import file_hash
+
+    return [file_hash(Path(p["image"])) for p in image_parts(record)]
+
+
+def _sample_key(record: Record, hashes: list[str]) -> str:
+    """The sample's content: its messages with each image path replaced by the image's hash."""
+    replaced = iter(hashes)
+    messages = [[{"type": "image", "image": next(replaced)} if p["type"] == "image" else p
+                 for p in m["content"]] for m in record["messages"]]
+    return json.dumps([[m["role"] for m in record["messages"]], messages], sort_keys=True)
+
+
+def find_overlap(evaluated: Sequence[Record], trained: Sequence[Record]) -> list[str]:
+    """Each evaluation sample that shares an image (by content) with a training sample, or is
+    identical to one, as ``"ID: what"`` lines."""
+    seen_images: dict[str, str] = {}
+    seen_samples: dict[str, str] = {}
+    for record in trained:
+        hashes = _image_hashes(record)
+        seen_samples.setdefault(_sample_key(record, hashes), record["id"])
+        for digest in hashes:
+            seen_images.setdefault(digest, record["id"])
+    found = []
+    for record in evaluated:
+        hashes = _image_hashes(record)
+        same = seen_samples.get(_sample_key(record, hashes))
+        shared = [seen_images[h] for h in hashes if h in seen_images]
+        if same is not None:
+            found.append(f"{record['id']}: identical to training sample {same}")
+        elif shared:
+            found.append(f"{record['id']}: shares an image with training sample {shared[0]}")
+    return found
+
+
+def check_overlap(records: Sequence[Record], data: Path, train: Path | None,
+                  allow: bool) -> list[str]:
+    """The overlap of ``records`` with the training split ``train`` (nothing when there is no
+    training split to check against).
+
+    Raises:
+        DatasetError: there is overlap and ``allow`` is false.
+    """
+    from .data import load_records
+
+    if train is None:
+        return []
+    found = find_overlap(records, load_records(train))
+    if found and not allow:
+        shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+        raise DatasetError(f"{count(len(found), 'evaluation sample')} also appear in the "
+                           f"training split {train} ({shown}): a score on them measures memory, "
+                           "not skill.", file=data,
+                           fix="evaluate the run's own held-out split (qvl eval --run RUN), "
+                               "remove those samples, or pass --allow-overlap to evaluate anyway "
+                               "(the report records it).")
+    return found
+
+
+# --------------------------------------------------------------------------- generation
 
 def blank_like(image: Any) -> Any:
     from PIL import Image
@@ -52,9 +215,11 @@ def image_limits(adapter: str | Path | None, processor: Any) -> tuple[int, int]:
 
 def load_for_eval(model_path: str, adapter: str | Path | None = None,
                   quantization: str = "none") -> tuple[Any, Any]:
-    """The base model (optionally with a LoRA adapter, checked to fit: see
+    """The base model (with the LoRA adapter, checked to fit: see
     :func:`~qvl_helpers.model.load_adapter`) and the processor saved with the adapter (or the
     base's), in eval mode."""
+    import torch
+
     from .model import load_adapter, load_model, load_processor, read_adapter_config
 
     if adapter is not None:
@@ -78,7 +243,10 @@ def generate_answers(model: Any, processor: Any, records: Sequence[Record], *,
                      batch_size: int = 8, max_new_tokens: int = 64, min_pixels: int | None = None,
                      max_pixels: int | None = None, image_ablation: str | None = None) -> list[str]:
     """Greedy answers for each record's last turn, generated in left-padded batches."""
+    import torch
     from transformers import GenerationConfig
+
+    from .collate import make_collator
 
     tok = processor.tokenizer
     collate = make_collator(processor, "generate", min_pixels=min_pixels, max_pixels=max_pixels,
@@ -95,96 +263,265 @@ def generate_answers(model: Any, processor: Any, records: Sequence[Record], *,
             out = model.generate(**batch, generation_config=config)
             new = out[:, batch["input_ids"].shape[1]:]
             answers += tok.batch_decode(new, skip_special_tokens=True)
-    return answers
+    return [a.strip() for a in answers]
 
 
-def evaluate_records(model: Any, processor: Any, records: Sequence[Record], *,
-                     image_ablation: str | None = None, batch_size: int = 8,
-                     min_pixels: int | None = None, max_pixels: int | None = None
-                     ) -> dict[str, Any]:
-    """Metrics and predictions (the report layout of the design, without model names).
+def answer_budget(tokenizer: Any, references: Sequence[str]) -> int:
+    """``max_new_tokens``: the longest reference in tokens plus a quarter (at least 8) of slack,
+    so a right answer always fits and a rambling one stops."""
+    longest = max(len(tokenizer.encode(r)) for r in references)
+    return longest + max(8, longest // 4)
+
+
+# --------------------------------------------------------------------------- scoring
+
+@dataclass
+class Scores:
+    """Per-sample metric values of every system (``values[system][metric]``)."""
+
+    metrics: list[M.Metric]
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, system: str, predictions: Sequence[str], references: Sequence[str]) -> None:
+        self.values[system] = {m.name: M.score_samples(m, predictions, references)
+                               for m in self.metrics}
+
+    def sample_rows(self, system: str) -> list[dict[str, float]]:
+        """Each sample's metric values as plain numbers."""
+        columns = {m.name: [m.sample_value(v) for v in self.values[system][m.name]]
+                   for m in self.metrics}
+        n = len(next(iter(columns.values())))
+        return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+
+
+def comparison_pairs(systems: Sequence[System]) -> list[tuple[str, str]]:
+    """(first, second) pairs to compare: the lead system (tuned if present, else the last plain
+    one) against every other, and each ablation against its own system."""
+    names = [s.name for s in systems]
+    plain = [s.name for s in systems if s.ablation is None] or names
+    lead = "tuned" if "tuned" in names else plain[-1]
+    pairs = [(lead, other) for other in names if other != lead]
+    for s in systems:
+        source = s.name.split("-")[0]
+        if s.ablation and source in names and source != lead:
+            pairs.append((source, s.name))
+    return pairs
+
+
+def compare(scores: Scores, systems: Sequence[System], n: int, seed: int) -> tuple[list, list]:
+    """The comparisons of the headline metric (paired intervals and verdicts) and the warnings
+    a reader of the numbers needs."""
+    headline = scores.metrics[0]
+    comparisons, warnings = [], []
+    for first, second in comparison_pairs(systems):
+        diff = M.paired_difference(headline, scores.values[first][headline.name],
+                                   scores.values[second][headline.name], seed=seed)
+        needed = M.samples_needed(diff, n)
+        comparisons.append({"first": first, "second": second, "metric": headline.name,
+                            "difference": diff.as_dict(), "clear": diff.excludes_zero(),
+                            "verdict": M.verdict(headline, first, second, diff, n),
+                            "samples_needed": needed})
+        if not diff.excludes_zero() and diff.value != 0 and needed:
+            warnings.append(f"{first} vs {second}: a difference of {diff.value:+.3f} cannot be "
+                            f"told from noise with n={n}; roughly {needed} samples would be "
+                            "needed to tell a difference that size.")
+    if n < SMALL_N:
+        warnings.insert(0, f"only {n} samples: every interval is wide. Treat differences smaller "
+                           "than the intervals as unknown, and add test data if you can.")
+    return comparisons, warnings
+
+
+def system_summary(scores: Scores, system: System, seed: int) -> dict[str, Any]:
+    values = scores.values[system.name]
+    return {"adapter": system.adapter, "prompt": system.prompt, "image_ablation": system.ablation,
+            "predictions": predictions_file(system.name),
+            "metrics": {m.name: M.bootstrap_interval(m, values[m.name], seed=seed).as_dict()
+                        for m in scores.metrics}}
+
+
+# --------------------------------------------------------------------------- the whole thing
+
+@dataclass
+class EvalRequest:
+    """What to evaluate and how (``qvl eval``'s arguments; :func:`plan_for_run` fills it from a
+    run folder)."""
+
+    model: str
+    data: Path
+    out_dir: Path
+    adapter: Path | None = None
+    image_root: Path | None = None
+    train_split: Path | None = None  # checked for overlap when given
+    systems: str | Sequence[str] | None = None
+    image_ablation: str | None = None
+    task: str = "auto"
+    prompt: str | None = None
+    metrics: Sequence[str] = ()
+    quantization: str = "none"
+    batch_size: int = 8
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    allow_overlap: bool = False
+    seed: int = 0
+    force: bool = False
+
+
+def evaluate(request: EvalRequest) -> dict[str, Any]:
+    """Evaluate every system of ``request`` on its data; write ``report.json``,
+    ``predictions-SYSTEM.jsonl`` and ``gallery.html`` into ``request.out_dir``; return the report.
+
+    Everything that can be checked without the model is checked first: the outputs can be
+    written (never replacing a report unless ``force``), the data loads and is not empty, the
+    systems and the task make sense, and the split does not overlap the training split.
 
     Raises:
-        DatasetError: there are no records (an empty split has no score).
-    """
-    if not records:
-        raise DatasetError("there are no samples to evaluate: a score of nothing would mean "
-                           "nothing.", fix="evaluate a split with samples (add data if the test "
-                                           "split is empty).")
-    references = [answers_of(r)[-1] for r in records]
-    longest = max((len(processor.tokenizer.encode(r)) for r in references), default=16)
-    predictions = generate_answers(model, processor, records, batch_size=batch_size,
-                                   max_new_tokens=min(512, longest + 8), min_pixels=min_pixels,
-                                   max_pixels=max_pixels, image_ablation=image_ablation)
-    hits = [exact_match(p, r) for p, r in zip(predictions, references, strict=True)]
-    counts = Counter(normalise_answer(r) for r in references)
-    n = len(records)
-    return {
-        "n": n, "image_ablation": image_ablation,
-        "metrics": {"exact_match": sum(hits) / n if n else 0.0,
-                    "most_common_answer_rate": max(counts.values()) / n if n else 0.0},
-        "predictions": [{"id": r["id"], "prediction": p, "reference": ref, "correct": h}
-                        for r, p, ref, h in zip(records, predictions, references, hits,
-                                                strict=True)],
-    }
-
-
-def predictions_path(report: str | Path) -> Path:
-    """Where the predictions of a report go: ``NAME.predictions.jsonl`` beside ``NAME.json``, so
-    evaluations of different systems never share a predictions file."""
-    report = Path(report)
-    return report.with_name(f"{report.stem}.predictions.jsonl")
-
-
-def run_eval(model: str, data: str | Path, out: str | Path, *, adapter: str | Path | None = None,
-             image_root: str | Path | None = None, image_ablation: str | None = None,
-             quantization: str = "none", batch_size: int = 8, force: bool = False
-             ) -> dict[str, Any]:
-    """``qvl eval``: evaluate ``model`` (+ ``adapter``) on a data file; writes the report to
-    ``out`` and its predictions beside it (:func:`predictions_path`).
-
-    Both outputs are claimed before any work: neither may be an input, and neither is replaced
-    unless ``force``. ``image_root`` defaults to the one recorded with prepared splits.
-
-    Raises:
-        ConfigError, OutputExistsError: the outputs cannot be written as asked.
-        DatasetError: the data is empty or has a bad record or a missing image.
+        ConfigError, OutputExistsError: bad settings, or the outputs exist.
+        DatasetError: empty or bad data, or overlap with the training split.
         ModelError: the model or the adapter cannot be loaded, or the adapter does not fit.
     """
     from .config import choose_model, ensure_model
     from .data import load_records
-    from .outputs import claim_output, write_json, write_text
 
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, not {batch_size}.",
+    if request.batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, not {request.batch_size}.",
                           fix="use --batch-size 8 (or lower if memory is short).")
-    out = Path(out)
-    inputs = [data, model, adapter]
-    if adapter is not None and Path(adapter).is_dir():
-        inputs += list(Path(adapter).iterdir())
-    claim_output(out, inputs=inputs, force=force)
-    claim_output(predictions_path(out), inputs=inputs, force=force)
-    records = load_records(data, image_root=image_root)
+    systems = parse_systems(request.systems, has_adapter=request.adapter is not None,
+                            image_ablation=request.image_ablation)
+    _claim_outputs(request, systems)
+    records = load_records(request.data, image_root=request.image_root)
     if not records:  # before minutes of model loading
         raise DatasetError("there are no samples to evaluate: a score of nothing would mean "
-                           "nothing.", file=data, fix="evaluate a file with samples (add data if "
-                                                      "the test split is empty).")
-    model_path = ensure_model(choose_model(model, "--model"))
-    net, processor = load_for_eval(model_path, adapter, quantization)
-    lo, hi = image_limits(adapter, processor)
-    result = evaluate_records(net, processor, records, image_ablation=image_ablation,
-                              batch_size=batch_size, min_pixels=lo, max_pixels=hi)
-    report = {"model": model, "adapter": str(adapter) if adapter else None,
-              "data": str(data), "min_pixels": lo, "max_pixels": hi, **result}
-    write_json(out, report)
-    write_text(predictions_path(out), "".join(json.dumps(row, ensure_ascii=False) + "\n"
-                                              for row in report["predictions"]))
+                           "nothing.", file=request.data, fix="evaluate a file with samples (add "
+                                                              "data if the test split is empty).")
+    references = [answers_of(r)[-1] for r in records]
+    task, why = M.resolve_task(request.task, references, [r["id"] for r in records])
+    scores = Scores(M.metrics_for(task, request.metrics))
+    overlap = check_overlap(records, request.data, request.train_split, request.allow_overlap)
+    prompt = request.prompt or task_prompt(task, references)
+
+    model_path = ensure_model(choose_model(request.model, "--model"))
+    net, processor = load_for_eval(model_path, request.adapter, request.quantization)
+    lo, hi = image_limits(request.adapter, processor)
+    lo, hi = request.min_pixels or lo, request.max_pixels or hi
+    budget = answer_budget(processor.tokenizer, references)
+    answers, timings = {}, {}
+    for system in systems:
+        start = time.perf_counter()
+        answers[system.name] = _answer(net, processor, records, system, prompt, budget,
+                                       request.batch_size, lo, hi,
+                                       adapter_loaded=request.adapter is not None)
+        timings[system.name] = time.perf_counter() - start
+        scores.add(system.name, answers[system.name], references)
+    report = _report(request, systems, scores, references, answers, timings, {
+        "task": task, "task_reason": why, "prompt": prompt, "overlap": overlap,
+        "min_pixels": lo, "max_pixels": hi, "max_new_tokens": budget})
+    _write_outputs(request, report, records, scores, answers, references)
     return report
 
 
-def run_eval_plan(run: str | Path) -> dict[str, Any]:
+def _claim_outputs(request: EvalRequest, systems: Sequence[System]) -> None:
+    from .outputs import claim_output, ensure_folder, refuse_inputs
+
+    out = Path(request.out_dir)
+    inputs = [request.data, request.model, request.adapter, request.train_split]
+    refuse_inputs(out, inputs)  # the adapter's own folder, say
+    if request.adapter is not None and Path(request.adapter).is_dir():
+        inputs += list(Path(request.adapter).iterdir())
+    ensure_folder(out, what="evaluation folder")
+    for name in [REPORT, GALLERY] + [predictions_file(s.name) for s in systems]:
+        claim_output(out / name, inputs=inputs, force=request.force)
+
+
+def _answer(model: Any, processor: Any, records: Sequence[Record], system: System, prompt: str,
+            budget: int, batch_size: int, lo: int, hi: int, *, adapter_loaded: bool) -> list[str]:
+    asked = [with_system_prompt(r, prompt) for r in records] if system.prompt else list(records)
+    # Base systems run with the LoRA layers switched off (PEFT's context manager): the same
+    # loaded weights, no reload.
+    switch = model.disable_adapter() if adapter_loaded and not system.adapter else nullcontext()
+    with switch:
+        return generate_answers(model, processor, asked, batch_size=batch_size,
+                                max_new_tokens=budget, min_pixels=lo, max_pixels=hi,
+                                image_ablation=system.ablation)
+
+
+def _versions() -> dict[str, str | None]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("qvl-helpers", "torch", "transformers", "peft", "bitsandbytes", "rapidfuzz",
+                 "jiwer", "sacrebleu"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _report(request: EvalRequest, systems: Sequence[System], scores: Scores,
+            references: Sequence[str], answers: dict[str, list[str]],
+            timings: dict[str, float], found: dict[str, Any]) -> dict[str, Any]:
+    from .images import file_hash
+
+    n = len(references)
+    comparisons, warnings = compare(scores, systems, n, request.seed)
+    if found["overlap"]:
+        warnings.append(f"{count(len(found['overlap']), 'sample')} overlap the training split "
+                        "(allowed with --allow-overlap): their scores measure memory.")
+    if request.train_split is None:
+        warnings.append("not checked for overlap with a training split (no run given).")
+    common = Counter(M.normalise_text(r) for r in references).most_common(1)[0][1]
+    report = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": request.model, "adapter": str(request.adapter) if request.adapter else None,
+        "data": str(request.data), "data_sha256": file_hash(Path(request.data)),
+        "train_split": str(request.train_split) if request.train_split else None,
+        "allow_overlap": request.allow_overlap, "n": n, **found,
+        "headline": scores.metrics[0].name,
+        "lower_is_better": [m.name for m in scores.metrics if not m.higher_is_better],
+        "most_common_answer_rate": common / n,
+        "generation": {"do_sample": False, "num_beams": 1, "padding_side": "left",
+                       "max_new_tokens": found["max_new_tokens"],
+                       "batch_size": request.batch_size, "quantization": request.quantization},
+        "bootstrap": {"resamples": M.RESAMPLES, "level": 0.95, "seed": request.seed},
+        "versions": _versions(),
+        "systems": {s.name: {**system_summary(scores, s, request.seed),
+                             "seconds": round(timings[s.name], 3),
+                             "samples_per_second": round(n / max(timings[s.name], 1e-9), 3)}
+                    for s in systems},
+        "comparisons": comparisons, "warnings": warnings,
+    }
+    if found["task"] == "json":
+        report["fields"] = {s.name: M.field_accuracy(answers[s.name], references) for s in systems}
+    return report
+
+
+def _write_outputs(request: EvalRequest, report: dict[str, Any], records: Sequence[Record],
+                   scores: Scores, answers: dict[str, list[str]],
+                   references: Sequence[str]) -> None:
+    from .gallery import write_gallery
+    from .outputs import write_json, write_text
+
+    out = Path(request.out_dir)
+    for system, predicted in answers.items():
+        rows = [{"id": r["id"], "prediction": p, "reference": ref, "metrics": m}
+                for r, p, ref, m in zip(records, predicted, references,
+                                        scores.sample_rows(system), strict=True)]
+        write_text(out / predictions_file(system),
+                   "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_gallery(out / GALLERY, report, records, out)
+    write_json(out / REPORT, report)  # last: a report on disk means the folder is complete
+
+
+# --------------------------------------------------------------------------- runs
+
+def plan_for_run(run: str | Path, out_dir: str | Path | None = None,
+                 **overrides: Any) -> EvalRequest:
     """What ``qvl eval --run RUN`` evaluates, read from the run's ``run.json``: the model it was
-    trained from, its adapter, its held-out test split and that split's image root.
+    trained from, its adapter, its held-out test split (whose ``split_info.json`` knows the image
+    root), its training split (for the overlap check) and its image limits (the adapter's
+    ``run_config.yaml``). ``out_dir`` defaults to ``<output_dir>/eval/<run name>`` beside the
+    run; ``overrides`` set any other field of :class:`EvalRequest`.
 
     Raises:
         ConfigError: the folder is not a finished run made by ``qvl train``.
@@ -201,14 +538,51 @@ def run_eval_plan(run: str | Path) -> dict[str, Any]:
                           fix="finish it with `qvl train ... --resume` first.")
     try:
         where, name = identity["where"], identity["model"]["name"]
-        test = Path(where["splits"]["test"])
-    except (KeyError, TypeError):
+        splits = {k: Path(v) for k, v in where["splits"].items()}
+    except (KeyError, TypeError, AttributeError):
         raise ConfigError("run.json lacks the model or the splits (made by an older version?).",
                           file=run / "run.json",
                           fix="pass --model, --adapter, --data and --out yourself.") from None
-    beside = run.resolve().parent.parent / "data" / test.parent.name / test.name
-    if beside.is_file():  # the run's own outputs folder (the project may have been moved)
-        test = beside
+    data_dir = run.resolve().parent.parent / "data"
+    for key, path in splits.items():  # the run's own outputs folder (it may have been moved)
+        if (beside := data_dir / path.parent.name / path.name).is_file():
+            splits[key] = beside
     model = where.get("model_path") or name
-    return {"model": model if Path(model).is_dir() else name, "adapter": run / ADAPTER,
-            "data": test, "image_root": None}  # the split's split_info.json knows its root
+    fields = {"model": model if Path(model).is_dir() else name, "adapter": run / ADAPTER,
+              "data": splits["test"], "train_split": splits.get("train"),
+              "out_dir": Path(out_dir) if out_dir else
+              run.resolve().parent.parent / "eval" / run.resolve().name}
+    fields.update(overrides)
+    return EvalRequest(**fields)
+
+
+def evaluate_run(run: str | Path, out_dir: str | Path | None = None,
+                 **overrides: Any) -> dict[str, Any]:
+    """:func:`evaluate` a training run (see :func:`plan_for_run`)."""
+    return evaluate(plan_for_run(run, out_dir, **overrides))
+
+
+def read_predictions(out_dir: str | Path, system: str) -> list[dict[str, Any]]:
+    """The rows of ``predictions-SYSTEM.jsonl`` in an evaluation folder."""
+    path = Path(out_dir) / predictions_file(system)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The comparison table, the verdicts and the warnings, as text."""
+    names = list(next(iter(report["systems"].values()))["metrics"])
+    width = max(20, *(len(s) for s in report["systems"]))
+    lines = [f"{report['n']} samples · task {report['task']} ({report['task_reason']}) · "
+             f"headline {report['headline']} · 95% bootstrap intervals",
+             f"{'system':<{width}}  " + "  ".join(f"{m:<22}" for m in names) + "  samples/s"]
+    for system, summary in report["systems"].items():
+        cells = [M.Interval(**{k: v for k, v in summary["metrics"][m].items()})
+                 for m in names]
+        lines.append(f"{system:<{width}}  " + "  ".join(f"{str(c):<22}" for c in cells) +
+                     f"  {summary['samples_per_second']:.2f}")
+    lines.append(f"{'(most common answer)':<{width}}  {report['most_common_answer_rate']:.3f}")
+    if report["lower_is_better"]:
+        lines.append(f"lower is better: {', '.join(report['lower_is_better'])}")
+    lines += [""] + [c["verdict"] for c in report["comparisons"]]
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)

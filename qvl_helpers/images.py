@@ -148,6 +148,17 @@ def load_rgb(path: str | Path) -> Image.Image:
         return img.convert("RGB")
 
 
+def thumbnail(path: str | Path, max_side: int, fmt: str = "PNG") -> bytes:
+    """The image as :func:`load_rgb` reads it, shrunk to fit ``max_side``, encoded as ``fmt``."""
+    import io
+
+    img = load_rgb(path)
+    img.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 def file_hash(path: Path) -> str:
     """SHA-256 of the file's bytes: the identity of an image for duplicate and leakage checks."""
     digest = hashlib.sha256()

@@ -219,6 +219,14 @@ def inspect_run(folder: Path) -> RunState:
                     read_identity(folder))
 
 
+def finished_runs(output_dir: str | Path) -> list[Path]:
+    """The finished runs (a final adapter and a run.json) under ``<output_dir>/runs``, the most
+    recently finished first."""
+    folders = [p for p in (Path(output_dir) / "runs").glob("*")
+               if (p / ADAPTER).is_dir() and read_identity(p) is not None]
+    return sorted(folders, key=lambda p: (p / ADAPTER).stat().st_mtime, reverse=True)
+
+
 def free_name(cfg: CourseConfig) -> str:
     """``run_name`` if its folder is unused, else the first free ``run_name-2``, ``-3``, ..."""
     name, n = cfg.run_name, 1

@@ -6,13 +6,12 @@ These only present what the rest of the package computes; nothing here decides a
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
 from .data.doctor import CheckReport
 from .data.records import Record
-from .images import load_rgb
+from .images import thumbnail
 
 
 def report_html(report: CheckReport, limit: int = 50) -> str:
@@ -34,14 +33,6 @@ def report_html(report: CheckReport, limit: int = 50) -> str:
             + (f"<table>{head}{''.join(rows)}</table>{more}" if rows else ""))
 
 
-def _png(path: str, max_side: int = 320) -> bytes:
-    img = load_rgb(path)
-    img.thumbnail((max_side, max_side))
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def sample_browser(records: Sequence[Record]) -> Any:
     """Page through records: images as the model sees them, and every turn of the conversation."""
     import ipywidgets as w
@@ -60,7 +51,7 @@ def sample_browser(records: Sequence[Record]) -> Any:
                 for part in message["content"]:
                     if part["type"] == "image":
                         try:
-                            display(Image(data=_png(part["image"])))
+                            display(Image(data=thumbnail(part["image"], 320)))
                         except Exception as exc:
                             display(HTML(f"<i>cannot show {html.escape(part['image'])}: "
                                          f"{html.escape(str(exc))}</i>"))

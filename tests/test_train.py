@@ -17,7 +17,6 @@ import torch
 
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
-from qvl_helpers.evaluate import run_eval, run_eval_plan
 from qvl_helpers.model import add_lora, load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,23 +44,26 @@ def test_tiny_model_learns_the_colour_task(tmp_path: Path, quantization: str) ->
     run = tmp_path / "outputs" / "runs" / "tiny_cpu"
     for name in ("adapter", "loss.png", "train_log.jsonl", "run_config.yaml", "run.json"):
         assert (run / name).exists(), name
-    plan = run_eval_plan(run)  # the run's own held-out split and image root
-    assert plan["data"].parent.parent == tmp_path / "outputs" / "data"
-    test, root = plan["data"], plan["image_root"]
-    base = run_eval("tiny", test, tmp_path / "eval" / "base.json", image_root=root)
-    tuned = run_eval("tiny", test, tmp_path / "eval" / "tuned.json", adapter=run / "adapter")
-    blank = run_eval("tiny", test, tmp_path / "eval" / "blank.json", adapter=run / "adapter",
-                     image_ablation="blank")
-    majority = tuned["metrics"]["most_common_answer_rate"]
-    print(f"{quantization}: trained in {seconds:.0f} s; exact match base "
-          f"{base['metrics']['exact_match']:.3f}, tuned {tuned['metrics']['exact_match']:.3f}, "
-          f"blank images {blank['metrics']['exact_match']:.3f} (majority {majority:.3f})")
-    assert tuned["metrics"]["exact_match"] >= 0.9
-    assert base["metrics"]["exact_match"] < 0.1
-    assert blank["metrics"]["exact_match"] <= majority + 0.1
-    predictions = sorted(p.name for p in (tmp_path / "eval").glob("*.predictions.jsonl"))
-    assert predictions == ["base.predictions.jsonl", "blank.predictions.jsonl",
-                           "tuned.predictions.jsonl"]
+    # `qvl eval --run` finds the run's model, adapter, held-out split and image limits itself.
+    done = qvl("eval", "--run", str(run), "--compare", "base,prompt,tuned", "--image-ablation",
+               "blank", env=outputs(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "outputs" / "eval" / "tiny_cpu" / "report.json").read_text())
+    assert Path(report["data"]).parent.parent == tmp_path / "outputs" / "data"
+    score = {name: s["metrics"]["exact_match"]["value"] for name, s in report["systems"].items()}
+    majority = report["most_common_answer_rate"]
+    print(f"{quantization}: trained in {seconds:.0f} s; exact match {score} "
+          f"(most common answer {majority:.3f}, n={report['n']})")
+    print(done.stdout)
+    assert score["tuned"] >= 0.9
+    assert score["base"] < 0.1
+    # Ahead of both the base and the prompted base by more than the interval of the difference.
+    ahead = {c["second"]: c for c in report["comparisons"] if c["first"] == "tuned"}
+    for other in ("base", "prompt"):
+        assert ahead[other]["clear"] and ahead[other]["difference"]["low"] > 0, ahead[other]
+    # Without the images the adapter is no better than always giving the most common answer.
+    assert score["tuned-blank"] <= majority + 0.1
+    assert "tuned is better than base" in done.stdout
 
 
 @pytest.mark.parametrize("trained", ["language", "language+vision", "language+merger"])

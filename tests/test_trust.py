@@ -287,36 +287,48 @@ def test_a_failed_attempts_log_is_kept_apart(learner: Learner) -> None:
 # ----------------------------------------------------------------------------- outputs are safe
 
 
-def test_eval_refuses_to_write_over_its_data(project: Learner) -> None:
-    (folder,) = (project.outputs / "data").iterdir()
-    test_split = folder / "test.jsonl"  # what --run evaluates: the run's own test split
+def test_eval_refuses_to_write_over_its_inputs(project: Learner) -> None:
     before = snapshot(project.root)
-    for data, out in ((None, test_split), (project.data, project.data)):
-        args = ["--data", data] if data else []
-        code, _, err = project.qvl("eval", "--run", project.run, *args, "--out", out, "--force")
-        one_clear_error(err, code, 2, "also an input", str(out))
+    code, _, err = project.qvl("eval", "--run", project.run, "--out", project.run / "adapter",
+                               "--force")
+    one_clear_error(err, code, 2, "also an input", str(project.run / "adapter"))
+    code, _, err = project.qvl("eval", "--run", project.run, "--out", project.data, "--force")
+    one_clear_error(err, code, 2, "cannot create the evaluation folder", str(project.data))
     assert snapshot(project.root) == before
 
 
-def test_eval_never_replaces_a_report_unasked(project: Learner) -> None:
+def test_eval_run_needs_nothing_else_and_never_replaces_a_report_unasked(
+        project: Learner) -> None:
     code, out, err = project.qvl("eval", "--run", project.run)  # needs no other argument
     assert code == 0, err
-    report = project.outputs / "eval" / "tiny_cpu" / "tuned.json"
-    predictions = report.with_name("tuned.predictions.jsonl")
-    assert report.is_file() and predictions.is_file()
-    before = report.read_bytes()
+    folder = project.outputs / "eval" / "tiny_cpu"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "gallery.html", "predictions-base.jsonl", "predictions-prompt.jsonl",
+        "predictions-tuned-blank.jsonl", "predictions-tuned.jsonl", "report.json"]
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    # The run's own test split, its image limits and its training split for the leakage check.
+    assert Path(report["data"]).name == "test.jsonl"
+    assert Path(report["train_split"]).name == "train.jsonl"
+    assert (report["min_pixels"], report["max_pixels"]) == (3136, 12544)
+    assert "base" in out and "tuned-blank" in out and "95%" in out
+    before = (folder / "report.json").read_bytes()
     code, _, err = project.qvl("eval", "--run", project.run)
     one_clear_error(err, code, 2, "already exists", "--force")
-    assert report.read_bytes() == before
-    code, _, err = project.qvl("eval", "--run", project.run, "--image-ablation", "blank")
-    assert code == 0, err  # another system: its own report and predictions
-    assert report.with_name("tuned-blank.predictions.jsonl").is_file()
-    assert report.read_bytes() == before
+    assert (folder / "report.json").read_bytes() == before
+
+
+def test_eval_refuses_data_that_was_trained_on(project: Learner,
+                                               no_model_loading: None) -> None:
+    (folder,) = (project.outputs / "data").iterdir()
+    code, _, err = project.qvl("eval", "--run", project.run, "--data", folder / "train.jsonl")
+    one_clear_error(err, code, 1, "also appear in the training split", "--allow-overlap")
+    assert not (project.outputs / "eval" / "tiny_cpu" / "report.json").exists()
 
 
 def test_a_full_disk_leaves_the_old_report_intact(project: Learner,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    report = project.root / "report.json"
+    report = project.root / "eval" / "report.json"
+    report.parent.mkdir()
     report.write_text('{"earlier": true}\n')
     real = Path.replace
 
@@ -326,10 +338,11 @@ def test_a_full_disk_leaves_the_old_report_intact(project: Learner,
         return real(self, target)
 
     monkeypatch.setattr(Path, "replace", full)
-    code, _, err = project.qvl("eval", "--run", project.run, "--out", report, "--force")
+    code, _, err = project.qvl("eval", "--run", project.run, "--out", report.parent,
+                               "--compare", "tuned", "--force")
     one_clear_error(err, code, 2, "the disk is full", str(report))
     assert report.read_text() == '{"earlier": true}\n'
-    assert not [p for p in project.root.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in report.parent.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_an_interrupted_write_keeps_the_previous_file(tmp_path: Path,
@@ -407,9 +420,9 @@ def _broken_adapter(source: Path, target: Path, how: str) -> Path:
 def test_an_adapter_that_does_not_fit_is_refused(project: Learner, how: str, words: str) -> None:
     adapter = _broken_adapter(project.run / "adapter", project.root / f"adapter-{how}", how)
     code, _, err = project.qvl("eval", "--run", project.run, "--adapter", adapter,
-                               "--out", project.root / "r.json")
+                               "--out", project.root / "r")
     one_clear_error(err, code, 2, words)
-    assert not (project.root / "r.json").exists()
+    assert not (project.root / "r" / "report.json").exists()
 
 
 @pytest.mark.parametrize(("breakage", "words"), [
@@ -431,7 +444,7 @@ def test_a_broken_adapter_folder_is_one_line(project: Learner, breakage: str,
     if breakage == "no weights":
         (adapter / "adapter_model.safetensors").unlink()
     code, _, err = project.qvl("eval", "--run", project.run, "--adapter", adapter,
-                               "--out", project.root / "r.json")
+                               "--out", project.root / "r")
     one_clear_error(err, code, 2, words)
 
 
@@ -439,9 +452,9 @@ def test_empty_data_is_not_a_score(learner: Learner) -> None:
     empty = learner.root / "empty.jsonl"
     empty.write_text("")
     code, _, err = learner.qvl("eval", "--model", "tiny", "--data", empty,
-                               "--out", learner.root / "r.json")
+                               "--out", learner.root / "r")
     one_clear_error(err, code, 1, "no samples to evaluate")
-    assert not (learner.root / "r.json").exists()
+    assert not (learner.root / "r" / "report.json").exists()
 
 
 def test_a_tiny_dataset_is_said_to_be_tiny(learner: Learner) -> None:
@@ -452,7 +465,7 @@ def test_a_tiny_dataset_is_said_to_be_tiny(learner: Learner) -> None:
     assert "the test split is empty (1 record in all)" in out
     (prepared,) = (learner.outputs / "data").iterdir()
     code, _, err = learner.qvl("eval", "--model", "tiny", "--data", prepared / "test.jsonl",
-                               "--out", learner.root / "r.json")
+                               "--out", learner.root / "r")
     one_clear_error(err, code, 1, "no samples to evaluate")
 
 
@@ -508,7 +521,7 @@ def test_a_mistyped_variable_stops_the_command(learner: Learner,
 
 def test_bad_batch_size_flag(learner: Learner) -> None:
     code, _, err = learner.qvl("eval", "--model", "tiny", "--data", learner.data,
-                               "--out", "r.json", "--batch-size", "0")
+                               "--out", "r", "--batch-size", "0")
     assert code == 2 and "must be at least 1" in err and "Traceback" not in err
 
 
