@@ -12,6 +12,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from .data.records import Record, images_of
@@ -223,5 +224,36 @@ def loss_curves(log: Sequence[dict[str, Any]]) -> Figure:
     if train or val:
         ax.legend()
     ax.set_title("Loss (log scale)")
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(report: dict[str, Any], metric: str | None = None) -> Figure:
+    """One bar per evaluated system for ``metric`` (default: the report's headline) with its 95%
+    bootstrap interval as error bars, and the most-common-answer rate as a dashed line where the
+    metric is a rate of right answers."""
+    metric = metric or report["headline"]
+    names = list(report["systems"])
+    cells = [report["systems"][s]["metrics"][metric] for s in names]
+    values = [c["value"] for c in cells]
+    errors = [[c["value"] - c["low"] for c in cells], [c["high"] - c["value"] for c in cells]]
+    # Grey for the base model's systems, blue for the fine-tuned; paler for image ablations.
+    colours = [to_rgba("#9e9e9e" if s.startswith(("base", "prompt")) else "#3949ab",
+                       0.45 if "-" in s else 1.0) for s in names]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 3.6))
+    ax.bar(names, values, yerr=errors, capsize=6, color=colours)
+    for x, value in enumerate(values):
+        ax.annotate(f"{value:.2f}", (x, value), textcoords="offset points", xytext=(14, 3),
+                    fontsize=9)
+    if metric in ("exact_match", "exact_match_raw"):
+        ax.axhline(report["most_common_answer_rate"], ls="--", color="#e53935",
+                   label="always the most common answer")
+        ax.legend(loc="upper left", fontsize=8)
+    lower = metric in report.get("lower_is_better", [])
+    ax.set_ylabel(metric + (" (lower is better)" if lower else ""))
+    top = max([1.0] + [c["high"] for c in cells])
+    ax.set_ylim(0, top * 1.08)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{metric} on {report['n']} held-out samples, with 95% intervals")
     fig.tight_layout()
     return fig

@@ -1,10 +1,10 @@
 """The learner's own data goes all the way through: with ``data:`` in ``course.yaml`` pointing at
 a small dataset in the seed guide's layout (Chinese text, images in ``pics/``), ``qvl train
---config configs/tiny_cpu.yaml`` trains on it and notebooks 01-03 use it. The executed notebooks
-(00-03) carry no deprecation noise and no frozen progress bar.
+--config configs/tiny_cpu.yaml`` trains on it and notebooks 01-04 use it. The executed notebooks
+(00-04) carry no deprecation noise and no frozen progress bar.
 
-Slow: one real tiny training run and three notebooks executed in a kernel (nbclient, the engine
-nbmake uses), about two minutes on a 2-core CPU.
+Slow: one real tiny training run and five notebooks executed in a kernel (nbclient, the engine
+nbmake uses), a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def assert_quiet(name: str, text: str) -> None:
 
 
 @pytest.mark.slow
-def test_notebooks_00_to_03_use_the_learners_data_and_stay_quiet(tmp_path: Path,
+def test_notebooks_00_to_04_use_the_learners_data_and_stay_quiet(tmp_path: Path,
                                                   learner_env: dict[str, str]) -> None:
     data = tmp_path / "my_data" / FILE_NAME
     _execute("00_environment_check.ipynb", learner_env)
@@ -115,3 +115,10 @@ def test_notebooks_00_to_03_use_the_learners_data_and_stay_quiet(tmp_path: Path,
     for run in runs:
         _runs_on(run, data)
     assert f"test split: {prepared / 'test.jsonl'}" in third
+    fourth = _execute("04_evaluation.ipynb", learner_env)  # evaluates notebook 03's run
+    (trained,) = [r for r in runs if not r.name.endswith("-demo")]  # not the resume demo
+    assert f"evaluating run: {trained}" in fourth
+    assert f"held-out split:  {prepared / 'test.jsonl'} (4 samples)" in fourth
+    assert "task:            short" in fourth
+    assert "只回答以下之一" in fourth  # the task prompt speaks the learner's language
+    assert "only 4 samples: every interval is wide" in fourth
