@@ -209,7 +209,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "seed": args.seed, "force": args.force}
     if args.run:
         overrides = {k: v for k, v in given.items() if v is not None and k != "out_dir"}
-        request = plan_for_run(args.run, given["out_dir"], **overrides, **settings)
+        out = given["out_dir"]
+        if out is None and given["data"] is not None:  # other data: not the held-out report
+            out = Path(cfg.output_dir) / "eval" / f"{Path(args.run).name}-{given['data'].stem}"
+        request = plan_for_run(args.run, out, **overrides, **settings)
     else:
         missing = [flag for flag, key in (("--model", "model"), ("--data", "data"))
                    if given[key] is None]
@@ -217,7 +220,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"qvl eval: error: give --run RUN_DIR, or {' and '.join(missing)}.",
                   file=sys.stderr)
             return 2
-        out = given["out_dir"] or Path(cfg.output_dir) / "eval" / Path(given["data"]).stem
+        name = f"{Path(str(given['adapter'] or given['model'])).name}-{given['data'].stem}"
+        out = given["out_dir"] or Path(cfg.output_dir) / "eval" / name
         request = EvalRequest(**{**given, "out_dir": out}, **settings)
     report = evaluate(request)
     print(format_report(report))
@@ -279,8 +283,9 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", help="a LoRA adapter folder (outputs/runs/NAME/adapter)")
     p.add_argument("--data", help="a JSONL file (prepared splits know their image root)")
     p.add_argument("--image-root")
-    p.add_argument("--out", help="the evaluation folder (default: outputs/eval/RUN, or "
-                                 "outputs/eval/DATA-STEM): report.json, predictions-SYSTEM.jsonl, "
+    p.add_argument("--out", help="the evaluation folder (default: outputs/eval/RUN, "
+                                 "outputs/eval/RUN-DATA with --data, outputs/eval/MODEL-DATA "
+                                 "without --run): report.json, predictions-SYSTEM.jsonl, "
                                  "gallery.html")
     p.add_argument("--force", action="store_true", help="replace an existing evaluation")
     p.add_argument("--compare", metavar="SYSTEMS",

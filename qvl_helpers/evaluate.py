@@ -106,6 +106,8 @@ def task_prompt(task: str, references: Sequence[str]) -> str:
         keys = Counter(k for r in references
                        if isinstance(v := M.parse_json_answer(r)[0], dict) for k in v)
         names = ", ".join(f'"{k}"' for k, _ in keys.most_common(12))
+        if not names:  # the answers are JSON lists
+            return "只输出 JSON，不要其他文字。" if chinese else "Answer with JSON only, no other text."
         return (f"只输出 JSON，不要其他文字。键：{names}。" if chinese else
                 f"Answer with JSON only, no other text. Use the keys {names}.")
     if task == "short":
@@ -119,6 +121,18 @@ def task_prompt(task: str, references: Sequence[str]) -> str:
         return "按图中原样转录文字，只输出文字本身。" if chinese else \
             "Transcribe the text in the image exactly as written. Reply with the text only."
     return "用一两句话描述这张图片。" if chinese else "Describe the image in one or two sentences."
+
+
+def prompt_examples(request: EvalRequest, references: Sequence[str]) -> list[str]:
+    """The answers the derived task prompt describes: the training split's (a prompt built from
+    the test answers would leak them into the baseline), else the evaluated ones."""
+    from .data import load_records
+
+    if request.train_split is not None and Path(request.train_split).is_file():
+        trained = [answers_of(r)[-1] for r in load_records(request.train_split)]
+        if trained:
+            return trained
+    return list(references)
 
 
 def with_system_prompt(record: Record, prompt: str) -> Record:
@@ -282,8 +296,9 @@ class Scores:
     metrics: list[M.Metric]
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, system: str, predictions: Sequence[str], references: Sequence[str]) -> None:
-        self.values[system] = {m.name: M.score_samples(m, predictions, references)
+    def add(self, system: str, predictions: Sequence[str], references: Sequence[str],
+            ids: Sequence[str]) -> None:
+        self.values[system] = {m.name: M.score_samples(m, predictions, references, ids)
                                for m in self.metrics}
 
     def sample_rows(self, system: str) -> list[dict[str, float]]:
@@ -314,17 +329,19 @@ def compare(scores: Scores, systems: Sequence[System], n: int, seed: int) -> tup
     headline = scores.metrics[0]
     comparisons, warnings = [], []
     for first, second in comparison_pairs(systems):
-        diff = M.paired_difference(headline, scores.values[first][headline.name],
-                                   scores.values[second][headline.name], seed=seed)
-        needed = M.samples_needed(diff, n)
+        a, b = scores.values[first][headline.name], scores.values[second][headline.name]
+        diff = M.paired_difference(headline, a, b, seed=seed)
+        clear = M.is_clear(headline, diff, a, b)
+        needed = None if clear else M.samples_needed(diff, n)
         comparisons.append({"first": first, "second": second, "metric": headline.name,
-                            "difference": diff.as_dict(), "clear": diff.excludes_zero(),
-                            "verdict": M.verdict(headline, first, second, diff, n),
+                            "difference": diff.as_dict(), "clear": clear,
+                            "better": M.first_is_better(headline, diff) if clear else None,
+                            "verdict": M.verdict(headline, first, second, diff, n, clear),
                             "samples_needed": needed})
-        if not diff.excludes_zero() and diff.value != 0 and needed:
+        if needed:
             warnings.append(f"{first} vs {second}: a difference of {diff.value:+.3f} cannot be "
-                            f"told from noise with n={n}; roughly {needed} samples would be "
-                            "needed to tell a difference that size.")
+                            f"told from noise with n={n}; about {needed} samples would give an "
+                            "80% chance of telling a true difference that size.")
     if n < SMALL_N:
         warnings.insert(0, f"only {n} samples: every interval is wide. Treat differences smaller "
                            "than the intervals as unknown, and add test data if you can.")
@@ -397,7 +414,7 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
     task, why = M.resolve_task(request.task, references, [r["id"] for r in records])
     scores = Scores(M.metrics_for(task, request.metrics))
     overlap = check_overlap(records, request.data, request.train_split, request.allow_overlap)
-    prompt = request.prompt or task_prompt(task, references)
+    prompt = request.prompt or task_prompt(task, prompt_examples(request, references))
 
     model_path = ensure_model(choose_model(request.model, "--model"))
     net, processor = load_for_eval(model_path, request.adapter, request.quantization)
@@ -411,7 +428,7 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
                                        request.batch_size, lo, hi,
                                        adapter_loaded=request.adapter is not None)
         timings[system.name] = time.perf_counter() - start
-        scores.add(system.name, answers[system.name], references)
+        scores.add(system.name, answers[system.name], references, [r["id"] for r in records])
     report = _report(request, systems, scores, references, answers, timings, {
         "task": task, "task_reason": why, "prompt": prompt, "overlap": overlap,
         "min_pixels": lo, "max_pixels": hi, "max_new_tokens": budget})
@@ -428,8 +445,13 @@ def _claim_outputs(request: EvalRequest, systems: Sequence[System]) -> None:
     if request.adapter is not None and Path(request.adapter).is_dir():
         inputs += list(Path(request.adapter).iterdir())
     ensure_folder(out, what="evaluation folder")
-    for name in [REPORT, GALLERY] + [predictions_file(s.name) for s in systems]:
+    claimed = [REPORT, GALLERY] + [predictions_file(s.name) for s in systems]
+    for name in claimed:
         claim_output(out / name, inputs=inputs, force=request.force)
+    if request.force:  # replacing an evaluation: no predictions of systems it no longer has
+        for stale in out.glob(predictions_file("*")):
+            if stale.name not in claimed:
+                stale.unlink()
 
 
 def _answer(model: Any, processor: Any, records: Sequence[Record], system: System, prompt: str,
@@ -450,7 +472,7 @@ def _versions() -> dict[str, str | None]:
 
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("qvl-helpers", "torch", "transformers", "peft", "bitsandbytes", "rapidfuzz",
-                 "jiwer", "sacrebleu"):
+                 "sacrebleu"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -580,7 +602,8 @@ def format_report(report: dict[str, Any]) -> str:
                  for m in names]
         lines.append(f"{system:<{width}}  " + "  ".join(f"{str(c):<22}" for c in cells) +
                      f"  {summary['samples_per_second']:.2f}")
-    lines.append(f"{'(most common answer)':<{width}}  {report['most_common_answer_rate']:.3f}")
+    if report["task"] == "short":
+        lines.append(f"{'(most common answer)':<{width}}  {report['most_common_answer_rate']:.3f}")
     if report["lower_is_better"]:
         lines.append(f"lower is better: {', '.join(report['lower_is_better'])}")
     lines += [""] + [c["verdict"] for c in report["comparisons"]]

@@ -112,7 +112,7 @@ function update() {
     shown += !rows[i].hidden;
     body.appendChild(rows[i]);
   }
-  count.textContent = shown + ' of ' + rows.length + ' samples shown';
+  count.textContent = ' · ' + shown + ' of ' + rows.length + ' samples shown';
 }
 for (const el of [sys, met, only]) el.addEventListener('change', update);
 update();
@@ -128,7 +128,9 @@ def gallery_table(rows: Sequence[dict[str, Any]], report: dict[str, Any]) -> str
     """The rows as an HTML table (no script): what a notebook shows."""
     systems = list(report["systems"])
     lower = report.get("lower_is_better", [])
-    head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
+    head = "".join(f"<th>{html.escape(s)}" + ("<br><small>(it saw blank images)</small>"
+                                               if report["systems"][s]["image_ablation"] else "")
+                   + "</th>" for s in systems)
     body = "".join(_row_html(r, systems, report["headline"], lower) for r in rows)
     return (f"<table><thead><tr><th>image</th><th>question</th><th>reference</th>{head}</tr>"
             f"</thead><tbody>{body}</tbody></table>")
@@ -141,8 +143,9 @@ def gallery_html(report: dict[str, Any], records: Sequence[Record], out_dir: str
     lead = lead_system(report)
     verdicts = "".join(f"<li>{html.escape(c['verdict'])}</li>" for c in report["comparisons"])
     warnings = "".join(f"<li>⚠ {html.escape(w)}</li>" for w in report["warnings"])
-    more = (f"<p>Only the {MAX_ROWS} worst of {len(rows)} samples are shown; every answer is in "
-            "the predictions files.</p>" if len(rows) > MAX_ROWS else "")
+    more = (f"<p>Only the {MAX_ROWS} worst of {len(rows)} samples for {html.escape(lead)} are "
+            "in this page (sorting by another system sorts these); every answer is in the "
+            "predictions files.</p>" if len(rows) > MAX_ROWS else "")
     controls = (f"<p>Sort by <select id='sys'>{_options(list(report['systems']), lead)}</select>"
                 f" <select id='met'>{_options(metrics, report['headline'])}</select> "
                 "<label><input type='checkbox' id='only'> only its imperfect answers</label> "

@@ -11,22 +11,29 @@ task           metrics (the first is the headline)            for
 short          exact_match, exact_match_raw, anls             labels, numbers, yes/no
 json           json_f1, json_precision, json_recall,          receipts to JSON, forms
                json_parse_rate, json_exact (+ per field)
-reading        anls, cer, exact_match                         scans to text, OCR (Chinese too)
+reading        cer (lower is better), anls, exact_match       scans to text, OCR (Chinese too)
 description    chrf, rouge_l                                  photos to descriptions
 =============  ============================================  ====================================
 
 Libraries, each chosen because it is well kept, offline and exact for this job:
 
-- `rapidfuzz <https://github.com/rapidfuzz/RapidFuzz>`_: Levenshtein distance for ANLS (the DocVQA
-  definition) and the longest common subsequence for ROUGE-L, in C++.
-- `jiwer <https://github.com/jitsi/jiwer>`_: character error rate, the standard OCR measure.
+- `rapidfuzz <https://github.com/rapidfuzz/RapidFuzz>`_: Levenshtein distance (C++) for ANLS (the
+  DocVQA definition) and the character error rate, and the longest common subsequence for ROUGE-L.
 - `sacrebleu <https://github.com/mjpost/sacrebleu>`_: chrF, a character n-gram F-score that needs no
   word segmentation, so it means the same for Chinese and English. (Hub-hosted metric loaders
   download their code at run time, which cannot work offline; none is used.)
 
-ROUGE-L is computed over words for space-separated text and over characters for Chinese (a word
-tokenizer would see a Chinese sentence as one word). BLEU is left out: on single short answers it
-is mostly zero and says little.
+CER is pooled over the split (all edits / all reference characters, as OCR papers report it), so
+a one-character answer does not weigh as much as a page; JSON precision/recall/F1 pool their
+counts the same way (micro averaging). chrF is the mean of sentence-level chrF (corpus chrF pools
+n-gram counts instead; the mean is what the bootstrap resamples). ROUGE-L is computed over words
+for space-separated text and over characters for Chinese (a word tokenizer would see a Chinese
+sentence as one word). BLEU is left out: on single short answers it is mostly zero and says little.
+
+JSON answers are compared leaf by leaf along key paths (``items[0].price``): list items by
+position (``["b", "a"]`` against ``["a", "b"]`` matches nothing), numbers as exact decimals
+(``"12.50"`` equals ``12.5``; ``"0123"`` is text, as IDs and ZIP codes are), other text after
+normalisation.
 
 A learner adds a metric with :func:`register_metric`::
 
@@ -48,7 +55,9 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -184,29 +193,34 @@ def anls(prediction: str, reference: str, threshold: float = 0.5) -> float:
     return 0.0 if distance >= threshold else 1.0 - distance
 
 
-@register_metric("cer", higher_is_better=False)
-def cer(prediction: str, reference: str) -> float:
-    """Character error rate: (substitutions + deletions + insertions) / reference characters.
-    Lower is better; it exceeds 1 when the prediction is much longer. An empty reference scores
-    0 for an empty prediction and 1 otherwise."""
-    import jiwer
+def cer_counts(prediction: str, reference: str) -> tuple[int, int]:
+    """``(edits, reference characters)``: the Levenshtein distance (substitutions, deletions and
+    insertions) after collapsing runs of whitespace, and the reference's length."""
+    from rapidfuzz.distance import Levenshtein
 
-    if not reference:
-        return float(bool(prediction))
-    return float(jiwer.cer(reference=reference, hypothesis=prediction))
+    a, b = " ".join(prediction.split()), " ".join(reference.split())
+    return Levenshtein.distance(a, b), len(b)
+
+
+def _error_rate(sums: np.ndarray) -> np.ndarray:
+    # An empty reference: no error for an empty answer, every inserted character an error.
+    return np.where(sums[:, 1] > 0, sums[:, 0] / np.maximum(sums[:, 1], 1),
+                    np.minimum(sums[:, 0], 1.0))
 
 
 @lru_cache(maxsize=1)
 def _chrf_scorer() -> Any:
     from sacrebleu.metrics import CHRF
 
-    return CHRF()  # character 6-grams, beta 2: sacrebleu's defaults, as usually reported
+    return CHRF()  # character 6-grams, beta 2: sacrebleu's defaults
 
 
 @register_metric("chrf")
 def chrf(prediction: str, reference: str) -> float:
     """chrF (sacrebleu's) scaled to 0..1: character n-grams need no word segmentation, so it
     means the same for Chinese as for English."""
+    if not prediction.strip() and not reference.strip():
+        return 1.0  # nothing expected, nothing said (as rouge_l)
     return _chrf_scorer().sentence_score(prediction, [reference]).score / 100
 
 
@@ -254,19 +268,20 @@ def flatten_json(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
+_NUMBER = re.compile(r"[+-]?(0|[1-9]\d*|[1-9]\d{0,2}(,\d{3})+)(\.\d+)?|[+-]?\.\d+")
 
 
-def as_number(value: Any) -> float | None:
-    """A JSON number, or a string that is one (``"12.50"``, ``"1,234.5"``), as a float."""
+def as_number(value: Any) -> Decimal | None:
+    """A JSON number, or a string that is one (``"12.50"``, ``"1,234.5"``), as an exact decimal.
+    Text with leading zeros (``"0123"``: an ID, a ZIP code) is not a number."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return Decimal(str(value)) if math.isfinite(value) else None
     if isinstance(value, str):
         text = unicodedata.normalize("NFKC", value).strip()
         if _NUMBER.fullmatch(text):
-            return float(text.replace(",", ""))
+            return Decimal(text.replace(",", ""))
     return None
 
 
@@ -282,7 +297,7 @@ def values_equal(prediction: Any, reference: Any) -> bool:
             all(values_equal(p, r) for p, r in zip(prediction, reference, strict=True))
     a, b = as_number(prediction), as_number(reference)
     if a is not None and b is not None:
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+        return a == b  # exact: 4155550123 is not 4155550124
     if isinstance(reference, str) and isinstance(prediction, str):
         return normalise_text(prediction) == normalise_text(reference)
     return type(prediction) is type(reference) and prediction == reference
@@ -303,12 +318,13 @@ def json_counts(prediction: str, reference: str) -> tuple[int, int, int]:
     return matched, len(predicted), len(expected)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+def _ratio(num: np.ndarray, den: np.ndarray, empty: Any) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1), empty)
 
 
 def _precision(sums: np.ndarray) -> np.ndarray:
-    return _ratio(sums[:, 0], sums[:, 1], 1.0)
+    # Nothing predicted: perfect only if nothing was expected (malformed JSON scores 0).
+    return _ratio(sums[:, 0], sums[:, 1], np.where(sums[:, 2] > 0, 0.0, 1.0))
 
 
 def _recall(sums: np.ndarray) -> np.ndarray:
@@ -318,6 +334,10 @@ def _recall(sums: np.ndarray) -> np.ndarray:
 def _f1(sums: np.ndarray) -> np.ndarray:
     return _ratio(2 * sums[:, 0], sums[:, 1] + sums[:, 2], 1.0)
 
+
+METRICS["cer"] = Metric("cer", cer_counts, higher_is_better=False, counts=True,
+                        combine=_error_rate, description="character error rate: edits / "
+                        "reference characters, pooled over the split (lower is better)")
 
 for _name, _combine, _text in (
         ("json_f1", _f1, "micro F1 over JSON key paths (matched leaves vs predicted and expected)"),
@@ -360,7 +380,7 @@ def field_accuracy(predictions: Sequence[str], references: Sequence[str]) -> dic
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "short": ("exact_match", "exact_match_raw", "anls"),
     "json": ("json_f1", "json_precision", "json_recall", "json_parse_rate", "json_exact"),
-    "reading": ("anls", "cer", "exact_match"),
+    "reading": ("cer", "anls", "exact_match"),
     "description": ("chrf", "rouge_l"),
 }
 
@@ -419,10 +439,27 @@ def metrics_for(task: str, extra: Iterable[str] = ()) -> list[Metric]:
     return [get_metric(name) for name in names]
 
 
-def score_samples(metric: Metric, predictions: Sequence[str],
-                  references: Sequence[str]) -> np.ndarray:
-    """Per-sample values, shape (n,) (or (n, k) for counts metrics)."""
-    values = [metric.score(p, r) for p, r in zip(predictions, references, strict=True)]
+def score_samples(metric: Metric, predictions: Sequence[str], references: Sequence[str],
+                  ids: Sequence[str] | None = None) -> np.ndarray:
+    """Per-sample values, shape (n,) (or (n, k) for counts metrics).
+
+    Raises:
+        ConfigError: the metric returned something other than a finite number (names the
+            metric and the sample).
+    """
+    values = []
+    for i, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
+        value = metric.score(prediction, reference)
+        parts = value if metric.counts and isinstance(value, tuple | list) else [value]
+        ok = all(isinstance(x, Real) for x in parts)  # not "0.5", not None
+        number = np.asarray(value, dtype=float) if ok else None
+        ok = ok and bool(np.all(np.isfinite(number)))
+        if not ok:
+            raise ConfigError(f"the metric {metric.name!r} returned {value!r}, not a finite "
+                              "number.", sample_id=ids[i] if ids else str(i),
+                              fix="make it return a float for every (prediction, reference), "
+                                  "empty strings included.")
+        values.append(number)
     return np.asarray(values, dtype=float)
 
 
@@ -482,22 +519,59 @@ def paired_difference(metric: Metric, a: np.ndarray, b: np.ndarray, *,
     return _interval(point, metric.summarise(a[idx]) - metric.summarise(b[idx]), level)
 
 
-def verdict(metric: Metric, first: str, second: str, diff: Interval, n: int) -> str:
-    """One honest sentence on ``first`` vs ``second``: better, worse, or not told apart at n."""
+def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact McNemar test for paired 0/1 scores: the chance of a split of the
+    discordant pairs at least this uneven if neither system were better."""
+    wins, losses = int(np.sum(a > b)), int(np.sum(a < b))
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+MIN_PAIRS = 10  # below this many samples only an exact test can call a difference
+
+
+def is_clear(metric: Metric, diff: Interval, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a paired difference is told apart from noise: the bootstrap interval excludes
+    zero, and for right/wrong scores the exact McNemar test agrees (p < 0.05); a percentile
+    bootstrap alone is over-confident when few pairs differ. Other metrics need MIN_PAIRS."""
     if not diff.excludes_zero():
+        return False
+    if not metric.counts and set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}:
+        return mcnemar_p(a, b) < 1 - diff.level
+    return len(a) >= MIN_PAIRS
+
+
+def verdict(metric: Metric, first: str, second: str, diff: Interval, n: int,
+            clear: bool | None = None) -> str:
+    """One honest sentence on ``first`` vs ``second``: better, worse, or not told apart at n."""
+    clear = diff.excludes_zero() if clear is None else clear
+    if not clear:
+        why = (f"interval [{diff.low:+.3f}, {diff.high:+.3f}] includes 0" if
+               not diff.excludes_zero() else f"too few samples to tell, n={n}")
         return (f"{first} vs {second}: no clear difference in {metric.name} "
-                f"({diff.value:+.3f}, interval [{diff.low:+.3f}, {diff.high:+.3f}] includes 0 "
-                f"with n={n})")
-    better = (diff.value > 0) == metric.higher_is_better
-    return (f"{first} is {'better' if better else 'worse'} than {second} in {metric.name} by "
-            f"{abs(diff.value):.3f} (95% interval of the difference [{diff.low:+.3f}, "
-            f"{diff.high:+.3f}], n={n})")
+                f"({diff.value:+.3f}, {why}{'' if 'n=' in why else f' with n={n}'})")
+    return (f"{first} is {'better' if first_is_better(metric, diff) else 'worse'} than {second} "
+            f"in {metric.name} by {abs(diff.value):.3f} (95% interval of the difference "
+            f"[{diff.low:+.3f}, {diff.high:+.3f}], n={n})")
+
+
+def first_is_better(metric: Metric, diff: Interval) -> bool:
+    """The direction of a difference (first - second), with the metric's sense."""
+    return (diff.value > 0) == metric.higher_is_better
+
+
+#: (z for 95% two-sided + z for 80% power) / z: the usual sample-size factor, squared below.
+_POWER = (1.959964 + 0.841621) / 1.959964
 
 
 def samples_needed(diff: Interval, n: int) -> int | None:
-    """Roughly how many samples would make an interval this wide exclude a difference this
-    large (intervals shrink as 1/sqrt(n)); None when the difference is zero."""
+    """Roughly how many samples would give an 80% chance of telling a difference this large
+    from zero, if it is the true one (intervals shrink as 1/sqrt(n)); None when the difference
+    is zero or the interval has no width."""
     half = (diff.high - diff.low) / 2
     if diff.value == 0 or half == 0:
         return None
-    return math.ceil(round(n * (half / abs(diff.value)) ** 2, 6))
+    return math.ceil(round(n * (half * _POWER / abs(diff.value)) ** 2, 6))

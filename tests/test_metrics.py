@@ -41,24 +41,38 @@ def test_anls(prediction: str, reference: str, expected: float) -> None:
     assert M.anls(prediction, reference) == pytest.approx(expected)
 
 
+def cer(prediction: str, reference: str) -> float:
+    metric = M.METRICS["cer"]
+    return metric.sample_value(M.cer_counts(prediction, reference))
+
+
 @pytest.mark.parametrize(("prediction", "reference", "expected"), [
     ("你好", "你们好", 1 / 3),          # one deletion in three characters
     ("abcd", "abc", 1 / 3),           # one insertion
     ("axc", "abc", 1 / 3),            # one substitution
+    ("a  b", "a b", 0.0),             # runs of whitespace count once
     ("", "abc", 1.0),                 # everything deleted
     ("abcdef", "ab", 2.0),            # four insertions: CER exceeds 1
     ("", "", 0.0),
-    ("x", "", 1.0),
+    ("x", "   ", 1.0),                # nothing expected, something said
 ])
 def test_cer(prediction: str, reference: str, expected: float) -> None:
-    assert M.cer(prediction, reference) == pytest.approx(expected)
+    assert cer(prediction, reference) == pytest.approx(expected)
     assert not M.METRICS["cer"].higher_is_better
+
+
+def test_cer_is_pooled_over_the_split() -> None:
+    """A wrong one-character answer does not weigh as much as a perfect 100-character page."""
+    page = "x" * 100
+    values = np.array([M.cer_counts("b", "a"), M.cer_counts(page, page)], dtype=float)
+    assert M.METRICS["cer"].summarise(values[None, ...])[0] == pytest.approx(1 / 101)
 
 
 def test_chrf_means_the_same_for_chinese_and_english() -> None:
     assert M.chrf("a cat on a mat", "a cat on a mat") == pytest.approx(1.0)
     assert M.chrf("xyz", "abc") == pytest.approx(0.0)
     assert M.chrf("", "abc") == pytest.approx(0.0)
+    assert M.chrf("", "") == pytest.approx(1.0)  # nothing expected, nothing said
     # The same edit on the same number of characters scores the same in either script.
     english, chinese = M.chrf("abdcef", "abcdef"), M.chrf("甲乙丁丙戊己", "甲乙丙丁戊己")
     assert 0.2 < english < 0.9
@@ -101,6 +115,11 @@ def test_malformed_json_is_a_counted_miss() -> None:
     values = np.array([[4, 4, 4], [0, 0, 4]], dtype=float)
     f1 = M.METRICS["json_f1"].summarise(values[None, ...])[0]
     assert f1 == pytest.approx(2 * 4 / (4 + 8))
+    # Nothing parsed at all: precision is 0, not a perfect score for saying nothing.
+    nothing = np.array([[0, 0, 4], [0, 0, 2]], dtype=float)[None, ...]
+    assert M.METRICS["json_precision"].summarise(nothing)[0] == 0.0
+    assert M.METRICS["json_precision"].sample_value((0, 0, 4)) == 0.0
+    assert M.METRICS["json_precision"].sample_value((0, 0, 0)) == 1.0  # nothing expected
 
 
 def test_fenced_json_parses_and_is_reported_as_fenced() -> None:
@@ -116,6 +135,10 @@ def test_fenced_json_parses_and_is_reported_as_fenced() -> None:
     (3, "3.00", True), ("12.5", "12.51", False), ("$12.50", 12.5, False),
     (True, "true", False), (None, None, True), ({"a": [1, "x"]}, {"a": ["1", "X"]}, True),
     ([1, 2], [2, 1], False),
+    (4155550123, 4155550124, False),                 # phone numbers, invoice numbers: exact
+    ("12345678901234567", "12345678901234568", False),  # beyond float precision
+    ("0123", "123", False),                           # leading zeros: an ID, not a number
+    ("0.5", 0.5, True), ("-3", -3.0, True),
 ])
 def test_values_equal(a: object, b: object, equal: bool) -> None:
     assert M.values_equal(a, b) is equal
@@ -170,6 +193,12 @@ def test_a_learner_registers_a_metric_by_name(tmp_path: Path,
         assert chosen[-1].description == "1 if the answer mentions a total."
     finally:
         del M.METRICS["mentions_total"]
+    for bad in (float("nan"), "0.5", None):
+        M.register_metric("broken", lambda p, r, bad=bad: bad)
+        with pytest.raises(ConfigError, match="'broken' returned") as err:
+            M.score_samples(M.METRICS["broken"], ["a", "b"], ["a", "b"], ["s-1", "s-2"])
+        assert "s-1" in str(err.value)
+    del M.METRICS["broken"]
     with pytest.raises(ConfigError, match="no metric named 'nope'"):
         M.get_metric("nope")
     # module:function, as `qvl eval --metric my_metrics:longer` gives it
@@ -217,6 +246,18 @@ def test_intervals_are_seeded_and_paired() -> None:
     assert diff.value == pytest.approx(0.3) and diff.low >= 0
 
 
+@pytest.mark.parametrize(("wins", "clear"), [(1, False), (5, False), (6, True)])
+def test_few_samples_are_not_called_better(wins: int, clear: bool) -> None:
+    """All n discordant pairs won: the bootstrap interval is [1, 1] even for n=1, but the exact
+    McNemar test needs six wins out of six for p < 0.05 (five give p = 0.0625)."""
+    metric = M.METRICS["exact_match"]
+    a, b = np.ones(wins), np.zeros(wins)
+    diff = M.paired_difference(metric, a, b)
+    assert diff.excludes_zero()
+    assert M.is_clear(metric, diff, a, b) is clear
+    text = M.verdict(metric, "tuned", "base", diff, wins, M.is_clear(metric, diff, a, b))
+    assert text.startswith("tuned is better") if clear else "too few samples" in text
+
 def test_verdicts_say_better_only_when_the_interval_excludes_zero() -> None:
     em, cer = M.METRICS["exact_match"], M.METRICS["cer"]
     clear = M.Interval(0.4, 0.2, 0.6)
@@ -225,5 +266,6 @@ def test_verdicts_say_better_only_when_the_interval_excludes_zero() -> None:
     assert "no clear difference" in M.verdict(em, "tuned", "base", unclear, 50)
     # For CER lower is better: a negative difference means the first system is better.
     assert "is better" in M.verdict(cer, "tuned", "base", M.Interval(-0.3, -0.5, -0.1), 50)
-    # half-width 0.15 for a difference of 0.05 at n=50: about 9x the samples
-    assert M.samples_needed(unclear, 50) == 450
+    # half-width 0.15 for a difference of 0.05 at n=50: 9x the samples for the half-width to
+    # reach the difference, times ((1.96 + 0.84) / 1.96)^2 for an 80% chance of a clear result
+    assert M.samples_needed(unclear, 50) == 920
