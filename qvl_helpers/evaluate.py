@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from . import metrics as M
@@ -342,6 +343,14 @@ def compare(scores: Scores, systems: Sequence[System], n: int, seed: int) -> tup
             warnings.append(f"{first} vs {second}: a difference of {diff.value:+.3f} cannot be "
                             f"told from noise with n={n}; about {needed} samples would give an "
                             "80% chance of telling a true difference that size.")
+    for system, values in scores.values.items():
+        hits = values[headline.name]
+        if not headline.counts and set(np.unique(hits)) <= {0.0, 1.0} and \
+                len(set(hits)) == 1:  # all right or all wrong: no resample can vary it
+            warnings.append(f"{system} scored {hits[0]:.0f} on every sample, so its bootstrap "
+                            f"interval has no width; the true rate can still be "
+                            f"{'as low as' if hits[0] else 'as high as'} about "
+                            f"{1 - 3 / n if hits[0] else 3 / n:.3f} (the rule of three, n={n}).")
     if n < SMALL_N:
         warnings.insert(0, f"only {n} samples: every interval is wide. Treat differences smaller "
                            "than the intervals as unknown, and add test data if you can.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from limits import HANG_GUARD_S
 
 from qvl_helpers.cli import main
 
@@ -45,7 +46,7 @@ def test_stable_api_imports_without_torch() -> None:
             "from qvl_helpers import load_config, load_records, make_collator; "
             "print(load_records.__module__, make_collator.__module__, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.splitlines()
     assert first == "[]"
@@ -67,7 +68,7 @@ def test_the_command_line_trains_without_the_course_extra(tmp_path: Path) -> Non
     done = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "train", "--config",
                            str(Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"),
                            "--set", "max_steps=2"], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loss.png was not drawn: matplotlib is not installed" in done.stdout
     run = tmp_path / "out" / "runs" / "tiny_cpu"

@@ -20,6 +20,7 @@ import nbformat
 import pytest
 import yaml
 from learner_data import FILE_NAME, make_seed_dataset
+from limits import HANG_GUARD_S
 from nbclient import NotebookClient
 
 from qvl_helpers.images import file_hash
@@ -53,7 +54,7 @@ def test_qvl_train_with_the_cpu_preset_trains_on_the_learners_data(
         tmp_path: Path, learner_env: dict[str, str]) -> None:
     done = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "train", "--config",
                            str(REPO / "configs" / "tiny_cpu.yaml")], cwd=tmp_path,
-                          env=learner_env, capture_output=True, text=True, timeout=900)
+                          env=learner_env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "outputs" / "runs" / "tiny_cpu"
     _runs_on(run, tmp_path / "my_data" / FILE_NAME)
@@ -70,7 +71,7 @@ def _execute(name: str, env: dict[str, str]) -> str:
     os.environ.clear()
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        NotebookClient(notebook, timeout=900, kernel_name="python3",
+        NotebookClient(notebook, timeout=HANG_GUARD_S, kernel_name="python3",
                        resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     finally:
         os.environ.clear()

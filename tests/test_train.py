@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from limits import HANG_GUARD_S
 
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
@@ -24,7 +25,7 @@ PRESET = str(REPO / "configs" / "tiny_cpu.yaml")
 SHAPES = REPO / "data_samples" / "shapes"
 
 
-def qvl(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def qvl(*args: str, env: dict | None = None, timeout: int = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qvl_helpers.cli", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=timeout)
 
@@ -150,7 +151,7 @@ def test_two_cpu_processes(tmp_path: Path) -> None:
     done = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "-m", "qvl_helpers.cli", "train",
          "--config", PRESET, "--set", "max_steps=12", "--set", "save_steps=6"],
-        capture_output=True, text=True, env={**os.environ, **outputs(tmp_path)}, timeout=600)
+        capture_output=True, text=True, env={**os.environ, **outputs(tmp_path)}, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "outputs" / "runs" / "tiny_cpu"
     reports = [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("rank-*.json"))]
