@@ -229,6 +229,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_export, export, plan_export
+
+    request = plan_export(args.run, model=args.model, adapter=args.adapter, out_dir=args.out,
+                          verify=args.verify, force=args.force, n_verify=args.samples,
+                          temperature=args.temperature)
+    if args.data:
+        request.samples = Path(args.data)
+    if args.check_only:
+        check_export(request.out_dir, request)
+        return 0
+    folder = export(request)
+    print(f"exported to {folder}/ (model card: {folder / 'README.md'})")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import Chat, ask, interactive
+
+    ask(args.image, "")  # a wrong path fails before the model loads
+    chat = Chat(args.model, args.adapter, args.quantization, args.max_new_tokens)
+    if args.question:
+        chat.answer(args.image, " ".join(args.question), stream=True)
+    else:
+        interactive(chat, args.image)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    url = push_folder(args.folder, args.repo, public=args.public)
+    print(f"uploaded {args.folder} to {url} ({'public' if args.public else 'private'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``qvl`` parser: one sub-command per course step (see the design's CLI contract)."""
     parser = argparse.ArgumentParser(
@@ -272,6 +308,47 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
                         "print the plan without training (the data splits are prepared)")
 
     _add_eval_command(sub)
+    _add_use_commands(sub)
+
+
+def _add_use_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="merge a run's adapter into a 16-bit model folder, "
+                                      "verify it in a fresh process, write a model card")
+    p.add_argument("--run", help="a run folder (outputs/runs/NAME): its model, adapter and "
+                                 "held-out samples for the verification")
+    p.add_argument("--model", help="the base model (tiny, a hub id or a folder)")
+    p.add_argument("--adapter", help="a LoRA adapter folder")
+    p.add_argument("--data", help="held-out samples for the verification (default with --run: "
+                                  "its test split; without either, only the files are checked)")
+    p.add_argument("--out", help="the model folder to write (default: outputs/export/NAME)")
+    p.add_argument("--force", action="store_true", help="replace an existing export")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare the merged folder with base + adapter in a fresh process "
+                        "(default: on)")
+    p.add_argument("--check-only", action="store_true",
+                   help="verify an existing export again, without merging")
+    p.add_argument("--samples", type=positive_int, default=4,
+                   help="held-out samples the verification compares (default: 4)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (default): greedy generation_config.json; above 0: sampling")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("chat", help="ask a model about an image (answers stream as they come)")
+    p.add_argument("--model", required=True, help="an exported folder, tiny, a hub id or a "
+                                                  "base model folder")
+    p.add_argument("--adapter", help="a LoRA adapter folder to apply (without merging)")
+    p.add_argument("--image", required=True, help="the image to ask about")
+    p.add_argument("question", nargs="*", help="the question (none: ask several, one per line)")
+    p.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("push", help="upload an export or an adapter to the Hugging Face Hub "
+                                    "(private unless --public; token from HF_TOKEN)")
+    p.add_argument("folder")
+    p.add_argument("--repo", required=True, help="your-user-name/model-name")
+    p.add_argument("--public", action="store_true", help="make the repository public")
+    p.set_defaults(func=cmd_push)
 
 
 def _add_eval_command(sub: argparse._SubParsersAction) -> None:

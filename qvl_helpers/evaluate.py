@@ -247,17 +247,28 @@ def load_for_eval(model_path: str, adapter: str | Path | None = None,
     if adapter is not None:
         model = load_adapter(model, adapter)
     model.eval()
-    # Evaluation is greedy: drop the hub's sampling defaults (temperature, top_p, top_k) from the
-    # model's generation config, or every generate() warns that they are ignored.
+    make_greedy(model)
+    return model, processor
+
+
+def make_greedy(model: Any) -> Any:
+    """Make the model's own generation config plain greedy decoding. transformers 5 fills every
+    setting a call leaves unset from ``model.generation_config``, so the hub's defaults
+    (Qwen's: temperature 0.1, top_p 0.001, top_k 1, repetition_penalty 1.05) would otherwise
+    apply, or warn, in every generate(); the exported model's generation_config.json has none
+    of them either, so base + adapter and the export decode alike."""
     settings = model.generation_config
     settings.do_sample, settings.temperature, settings.top_p, settings.top_k = False, None, None, None
-    return model, processor
+    settings.repetition_penalty = None
+    return model
 
 
 def generate_answers(model: Any, processor: Any, records: Sequence[Record], *,
                      batch_size: int = 8, max_new_tokens: int = 64, min_pixels: int | None = None,
-                     max_pixels: int | None = None, image_ablation: str | None = None) -> list[str]:
-    """Greedy answers for each record's last turn, generated in left-padded batches."""
+                     max_pixels: int | None = None, image_ablation: str | None = None,
+                     streamer: Any = None) -> list[str]:
+    """Greedy answers for each record's last turn, generated in left-padded batches (one at a
+    time with a ``streamer``, which receives the tokens as they come)."""
     import torch
     from transformers import GenerationConfig
 
@@ -268,14 +279,16 @@ def generate_answers(model: Any, processor: Any, records: Sequence[Record], *,
                             image_transform=blank_like if image_ablation == "blank" else None)
     # A fresh config: greedy and nothing else (the hub's sampling settings would otherwise apply).
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              repetition_penalty=1.0,
                               eos_token_id=[tok.eos_token_id, tok.pad_token_id],
                               pad_token_id=tok.pad_token_id)
     device = next(model.parameters()).device
     answers = []
+    batch_size = 1 if streamer is not None else batch_size
     with torch.no_grad():
         for i in range(0, len(records), batch_size):
             batch = {k: v.to(device) for k, v in collate(records[i:i + batch_size]).items()}
-            out = model.generate(**batch, generation_config=config)
+            out = model.generate(**batch, generation_config=config, streamer=streamer)
             new = out[:, batch["input_ids"].shape[1]:]
             answers += tok.batch_decode(new, skip_special_tokens=True)
     return [a.strip() for a in answers]
@@ -511,7 +524,8 @@ def _report(request: EvalRequest, systems: Sequence[System], scores: Scores,
         "headline": scores.metrics[0].name,
         "lower_is_better": [m.name for m in scores.metrics if not m.higher_is_better],
         "most_common_answer_rate": common / n,
-        "generation": {"do_sample": False, "num_beams": 1, "padding_side": "left",
+        "generation": {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0,
+                       "padding_side": "left",
                        "max_new_tokens": found["max_new_tokens"],
                        "batch_size": request.batch_size, "quantization": request.quantization},
         "bootstrap": {"resamples": M.RESAMPLES, "level": 0.95, "seed": request.seed},

@@ -1,0 +1,500 @@
+"""Merging a run's LoRA adapter into a standalone model folder, and proving it works (``qvl export``).
+
+Merging is where fine-tunes are quietly lost, so every step here is explicit:
+
+- **16-bit, never 4-bit.** The base is loaded in its own saved precision (bf16 for
+  Qwen2.5-VL-3B, fp32 for the tiny stand-in), never quantized, even when training was QLoRA: adding
+  ``B·A`` to 4-bit weights would round the fine-tune away, and the result could not be loaded as
+  an ordinary model. (A QLoRA adapter was trained against 4-bit weights, so the merged 16-bit
+  model differs slightly from the 4-bit training model; the verification compares it with the
+  16-bit base plus the adapter, which is what the merge promises.)
+- **Everything needed to use it.** Safetensors shards, ``config.json``, a ``generation_config.json``
+  that stops at ``<|im_end|>`` and is greedy (sampling only when asked), the processor with its
+  chat template and the image limits the run was trained with, and a model card (``README.md``).
+- **Verified in a fresh process.** The merged folder is loaded with the Auto classes in another
+  Python process and compared with base + adapter on held-out samples: the prompt and the visual
+  token counts its processor renders, the logits (within a tolerance per precision), and the
+  greedy answers (token for token; where the two first differ, the reference's two best tokens
+  must have been tied within that tolerance, or it is a failure). A failed check is an error,
+  and the folder is marked ``UNVERIFIED.txt``.
+- **Memory first.** The merge says how much memory it needs before it loads anything, runs on the
+  CPU when the GPU is too small, and writes shards of at most 2 GB, so a 3B merge fits in 16 GB of
+  RAM (7.5 GB of bf16 weights, once: the reference answers are taken from the same loaded model
+  before merging).
+
+The folder is written under a temporary name and renamed into place at the end: a crash never
+leaves a folder that looks finished, and an existing export is only replaced with ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.records import Record, answers_of
+from .errors import ConfigError, ModelError, QVLError, count
+from .evaluate import answer_budget, image_limits, make_greedy, plan_for_run
+
+EXPORT_INFO = "export.json"   # what was merged from what, and the verification result
+UNVERIFIED = "UNVERIFIED.txt"  # present when the last verification failed
+MAX_SHARD = "2GB"
+#: Largest |logit difference| allowed, relative to the largest |logit|, per precision: merging
+#: rounds W + B·A once, where the unmerged model rounds W·x and B·A·x separately.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
+REQUIRED_FILES = ("config.json", "generation_config.json", "tokenizer.json",
+                  "tokenizer_config.json", "README.md")
+
+
+class VerificationError(QVLError):
+    """The merged folder does not behave like base + adapter (exit status 1)."""
+
+    exit_code = 1
+
+
+@dataclass
+class ExportRequest:
+    """What to merge and where (``qvl export``'s arguments)."""
+
+    model: str
+    adapter: Path
+    out_dir: Path
+    samples: Path | None = None        # held-out records for the verification
+    run: Path | None = None            # for the model card (data, settings, evaluation)
+    verify: bool = True
+    force: bool = False
+    n_verify: int = 4
+    temperature: float = 0.0           # 0: greedy; > 0 writes sampling settings instead
+
+
+@dataclass
+class Reference:
+    """What base + adapter does on the verification samples (taken before merging)."""
+
+    records: list[Record]
+    input_ids: list[list[int]] = field(default_factory=list)
+    grids: list[list[list[int]]] = field(default_factory=list)
+    logits: list[Any] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)     # the greedy answers' token ids
+    margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 logit per step
+
+
+def plan_export(run: str | Path | None = None, *, model: str | None = None,
+                adapter: str | Path | None = None, out_dir: str | Path | None = None,
+                **settings: Any) -> ExportRequest:
+    """An export of a run (its model, adapter and held-out test split) or of a model and an
+    adapter given directly. ``out_dir`` defaults to ``<output_dir>/export/<run name>``.
+
+    Raises:
+        ConfigError: neither a run nor both a model and an adapter.
+    """
+    from .config import load_config
+
+    if run is not None:
+        plan = plan_for_run(run)
+        model, adapter = model or plan.model, adapter or plan.adapter
+        samples, name = plan.data, Path(run).resolve().name
+        default = Path(run).resolve().parent.parent / "export" / name
+    elif model is not None and adapter is not None:
+        samples, name = None, Path(adapter).resolve().parent.name or "export"
+        default = Path(load_config().output_dir) / "export" / name
+    else:
+        raise ConfigError("nothing to export.", fix="pass --run outputs/runs/NAME, or --model "
+                                                    "and --adapter.")
+    return ExportRequest(model=str(model), adapter=Path(adapter),
+                         out_dir=Path(out_dir) if out_dir else default, samples=samples,
+                         run=Path(run) if run else None, **settings)
+
+
+# --------------------------------------------------------------------------- memory
+
+def merge_dtype(model_path: str) -> Any:
+    """The precision the base was saved in (bf16 for the real model), never a quantized one."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    name = saved if isinstance(saved, str) else str(saved).removeprefix("torch.")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
+def memory_needed(model_path: str, dtype: Any) -> int:
+    """Bytes the merge holds at once: every weight in ``dtype`` (counted on a weightless copy
+    built from the config), plus one shard (at most 2 GB) being written."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    with init_empty_weights():
+        skeleton = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_path))
+    params = sum(p.numel() for p in skeleton.parameters())
+    weights = params * torch.empty((), dtype=dtype).element_size()
+    return weights + min(weights, 2 * 1024 ** 3)  # a shard is at most MAX_SHARD
+
+
+def choose_device(needed: int) -> tuple[str, str]:
+    """``(device, why)``: the GPU when its free memory holds the merge with 20% to spare, the CPU
+    otherwise (merging is additions: slow on a CPU only for the verification's forward passes)."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        if free > needed * 1.2:
+            return "cuda", f"the GPU has {free / 2**30:.1f} GB free"
+        return "cpu", f"the GPU has only {free / 2**30:.1f} GB free"
+    return "cpu", "there is no CUDA GPU"
+
+
+def available_ram() -> int | None:
+    """Bytes of memory the system can still give (None where it cannot tell)."""
+    import os
+
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# --------------------------------------------------------------------------- reference and merge
+
+def verification_records(request: ExportRequest) -> list[Record]:
+    """The held-out records the verification answers (up to ``n_verify``)."""
+    from .data import load_records
+
+    if request.samples is None or request.n_verify == 0:
+        return []
+    return load_records(request.samples)[:request.n_verify]
+
+
+def observe(model: Any, processor: Any, records: list[Record], lo: int, hi: int) -> Reference:
+    """Prompt ids, visual grids, logits over prompt + reference answer, and greedy answers."""
+    import torch
+
+    from .collate import make_collator
+
+    seen = Reference(records)
+    if not records:
+        return seen
+    collate = make_collator(processor, "train", min_pixels=lo, max_pixels=hi)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for record in records:
+            batch = collate([record])
+            seen.input_ids.append(batch["input_ids"][0].tolist())
+            seen.grids.append(batch["image_grid_thw"].tolist() if "image_grid_thw" in batch
+                              else [])
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            seen.logits.append(model(**inputs).logits[0].float().cpu())
+    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records])
+    generate = make_collator(processor, "generate", min_pixels=lo, max_pixels=hi)
+    config = generation_settings(processor.tokenizer, 0.0)
+    config.max_new_tokens, config.output_scores, config.return_dict_in_generate = budget, True, True
+    with torch.no_grad():
+        for record in records:
+            batch = {k: v.to(device) for k, v in generate([record]).items()}
+            out = model.generate(**batch, generation_config=config)
+            tokens = out.sequences[0, batch["input_ids"].shape[1]:].tolist()
+            top2 = [step[0].float().topk(2).values for step in out.scores]
+            seen.tokens.append(tokens)
+            seen.margins.append([float(v[0] - v[1]) for v in top2])
+            seen.answers.append(processor.tokenizer.decode(tokens, skip_special_tokens=True))
+    return seen
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first position where two token sequences differ (None when they are equal)."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def generation_settings(tokenizer: Any, temperature: float) -> Any:
+    """Greedy (or sampling at ``temperature``), stopping at ``<|im_end|>`` or end of text."""
+    from transformers import GenerationConfig
+
+    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    if temperature > 0:
+        return GenerationConfig(do_sample=True, temperature=temperature, top_p=0.9,
+                                eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+    return GenerationConfig(do_sample=False, num_beams=1, repetition_penalty=1.0,
+                            eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+
+
+def merge(request: ExportRequest, model_path: str, folder: Path,
+          say: Any = print) -> tuple[Reference, dict[str, Any]]:
+    """Load base + adapter in 16-bit, observe them on the verification records, merge, and save
+    the model, its generation settings and its processor (with the training image limits)."""
+    from .model import load_adapter, load_model, load_processor, quiet_loading
+
+    dtype = merge_dtype(model_path)
+    needed = memory_needed(model_path, dtype)
+    device, why = choose_device(needed)
+    ram = available_ram()
+    say(f"Merging in {str(dtype).removeprefix('torch.')} on the {device} ({why}); it needs about "
+        f"{needed / 2**30:.1f} GB" + (f" ({ram / 2**30:.1f} GB of RAM free)." if ram else "."))
+    processor_dir = request.adapter if (request.adapter / "processor_config.json").is_file() \
+        else model_path
+    processor = load_processor(processor_dir)
+    lo, hi = image_limits(request.adapter, processor)
+    model = load_adapter(load_model(model_path, "none", dtype=dtype,
+                                    device_map=device if device == "cuda" else None),
+                         request.adapter)
+    make_greedy(model.eval())
+    reference = observe(model, processor, verification_records(request), lo, hi)
+    merged = model.merge_and_unload()
+    merged.generation_config = generation_settings(processor.tokenizer, request.temperature)
+    with quiet_loading():
+        merged.save_pretrained(folder, max_shard_size=MAX_SHARD)
+    processor.image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+    processor.save_pretrained(folder)
+    del model, merged
+    return reference, {"dtype": str(dtype).removeprefix("torch."), "device": device,
+                       "min_pixels": lo, "max_pixels": hi, "memory_bytes": needed}
+
+
+# --------------------------------------------------------------------------- verification
+
+def has_chat_template(folder: Path) -> bool:
+    """transformers 5 saves it as chat_template.jinja; older saves kept it in a config file."""
+    if (folder / "chat_template.jinja").is_file():
+        return True
+    for name in ("tokenizer_config.json", "processor_config.json", "chat_template.json"):
+        path = folder / name
+        if path.is_file() and "chat_template" in path.read_text(encoding="utf-8",
+                                                                errors="replace"):
+            return True
+    return False
+
+
+def check_files(folder: Path) -> list[str]:
+    """What a usable model folder lacks: the required files, weights, a chat template and a
+    processor configuration."""
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if not list(folder.glob("*.safetensors")):
+        missing.append("*.safetensors weights")
+    if not has_chat_template(folder):
+        missing.append("a chat template")
+    if not any((folder / n).is_file() for n in ("processor_config.json",
+                                                 "preprocessor_config.json")):
+        missing.append("processor_config.json")
+    return missing
+
+
+def observe_in_fresh_process(folder: Path, records: list[Record]) -> dict[str, Any]:
+    """Load ``folder`` with the Auto classes in a new Python process and observe it there (the
+    way a user will load it: nothing of this process's state can help)."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "records.json").write_text(json.dumps(records, ensure_ascii=False),
+                                                encoding="utf-8")
+        done = subprocess.run([sys.executable, "-m", "qvl_helpers.export", str(folder), tmp],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
+            raise VerificationError(f"the merged folder does not load with AutoProcessor / "
+                                    f"AutoModelForImageTextToText ({tail[0][:300]}).",
+                                    file=folder, fix="export again; if it fails again, report "
+                                                     "it with QVL_DEBUG=1.")
+        return torch.load(Path(tmp) / "observed.pt")
+
+
+def _fresh_process_main(folder: str, tmp: str) -> None:
+    """The other process: load the folder as a user would and observe it."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .model import quiet_loading
+
+    records = json.loads((Path(tmp) / "records.json").read_text(encoding="utf-8"))
+    processor = AutoProcessor.from_pretrained(folder)
+    with quiet_loading():
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype="auto")
+    make_greedy(model.to("cuda" if torch.cuda.is_available() else "cpu").eval())
+    size = processor.image_processor.size
+    seen = observe(model, processor, records, size["shortest_edge"], size["longest_edge"])
+    torch.save({"input_ids": seen.input_ids, "grids": seen.grids, "logits": seen.logits,
+                "answers": seen.answers, "tokens": seen.tokens,
+                "dtype": str(model.dtype).removeprefix("torch.")},
+               Path(tmp) / "observed.pt")
+
+
+def compare_observations(reference: Reference, merged: dict[str, Any]) -> tuple[list[str], dict]:
+    """Every difference between base + adapter and the merged folder, and the measurements."""
+    problems, worst, ties = [], 0.0, 0
+    tolerance = TOLERANCE.get(merged["dtype"], 1e-4)
+    for i, record in enumerate(reference.records):
+        who = f"sample {record['id']}"
+        if reference.input_ids[i] != merged["input_ids"][i]:
+            problems.append(f"{who}: its processor renders another prompt (token ids differ)")
+            continue
+        if reference.grids[i] != merged["grids"][i]:
+            problems.append(f"{who}: other visual token counts ({merged['grids'][i]} instead of "
+                            f"{reference.grids[i]}): the image limits were not saved")
+        a, b = reference.logits[i], merged["logits"][i]
+        scale = max(1.0, float(a.abs().max()))
+        worst = max(worst, float((a - b).abs().max()) / scale)
+        step = first_difference(reference.tokens[i], merged["tokens"][i])
+        margins = reference.margins[i]
+        if step is not None and not (step < len(margins) and margins[step] <= tolerance * scale):
+            problems.append(f"{who}: another greedy answer ({merged['answers'][i]!r} instead of "
+                            f"{reference.answers[i]!r})")
+        elif step is not None:  # two tokens tied within rounding: either is the greedy answer
+            ties += 1
+    if worst > tolerance:
+        problems.insert(0, f"logits differ by up to {worst:.2e} of their scale (allowed "
+                           f"{tolerance:.0e} in {merged['dtype']})")
+    return problems, {"samples": len(reference.records), "max_logit_difference": worst,
+                      "tolerance": tolerance, "dtype": merged["dtype"], "answer_ties": ties}
+
+
+def verify(folder: Path, reference: Reference) -> dict[str, Any]:
+    """Check the merged ``folder`` against ``reference`` (taken from base + adapter).
+
+    Raises:
+        VerificationError: files are missing, or the folder behaves differently (says how).
+    """
+    missing = check_files(folder)
+    if missing:
+        raise VerificationError(f"the merged folder lacks {', '.join(missing)}.", file=folder,
+                                fix="export again with --force.")
+    if not reference.records:
+        return {"samples": 0, "note": "no held-out samples to compare on (files checked only)"}
+    problems, measured = compare_observations(reference, observe_in_fresh_process(
+        folder, reference.records))
+    if problems:
+        raise VerificationError("the merged model does not behave like base + adapter: "
+                                + "; ".join(problems) + ".", file=folder,
+                                fix="do not use this folder; export again with --force, and "
+                                    "report it if it fails again.")
+    return measured
+
+
+# --------------------------------------------------------------------------- the command
+
+def export(request: ExportRequest, say: Any = print) -> Path:
+    """``qvl export``: merge, write the model card, verify, and move the folder into place.
+
+    Raises:
+        OutputExistsError: the output folder exists and ``force`` is False.
+        ModelError: the base or the adapter cannot be loaded, or the adapter does not fit.
+        VerificationError: the merged folder failed verification (it is kept, marked
+            ``UNVERIFIED.txt``, so that it can be inspected).
+    """
+    from .config import choose_model, ensure_model
+    from .modelcard import write_model_card
+    from .outputs import OutputExistsError, ensure_folder, refuse_inputs
+
+    out = Path(request.out_dir)
+    refuse_inputs(out, [request.adapter, request.model, request.run])
+    if out.exists() and not request.force:
+        raise OutputExistsError("already exists; nothing was overwritten.", file=out,
+                                fix="choose another --out, or pass --force to replace it.")
+    model_path = ensure_model(choose_model(request.model, "--model"))
+    ensure_folder(out.parent, what="export folder")
+    work = out.parent / f".{out.name}.exporting"
+    shutil.rmtree(work, ignore_errors=True)
+    reference, facts = merge(request, model_path, work, say)
+    from .tiny import MARKER_FILE
+
+    info = {"base_model": request.model, "adapter": str(request.adapter),
+            "run": str(request.run) if request.run else None,
+            "base_is_tiny": (Path(model_path) / MARKER_FILE).is_file(), **facts}
+    write_model_card(work, request, info)
+    _replace(work, out)
+    if not request.verify:
+        record_verification(out, info, None, "not verified (--no-verify)")
+        return out
+    measured = record_verification(out, info, reference)
+    ties = measured.get("answer_ties", 0)
+    say(f"Verified in a fresh process on {count(measured['samples'], 'held-out sample')}: "
+        + ("same prompts, visual tokens and greedy answers" + (
+            f" ({ties} parted only where two tokens tied within rounding)" if ties else "")
+           + f"; logits within {measured['max_logit_difference']:.1e} (allowed "
+             f"{measured['tolerance']:.0e})." if measured["samples"] else
+           "files complete (no held-out samples to compare)."))
+    return out
+
+
+def record_verification(folder: Path, info: dict[str, Any], reference: Reference | None,
+                        skipped: str = "") -> dict[str, Any]:
+    """Verify ``folder`` (unless ``reference`` is None) and record the outcome in export.json;
+    anything but a pass leaves ``UNVERIFIED.txt`` in the folder, so it never looks good.
+
+    Raises:
+        VerificationError: the verification failed (recorded first).
+    """
+    from .outputs import write_json, write_text
+
+    try:
+        if reference is None:
+            raise VerificationError(skipped)
+        measured = verify(folder, reference)
+    except VerificationError as exc:
+        write_json(folder / EXPORT_INFO, {**info, "verified": False, "problem": exc.message})
+        write_text(folder / UNVERIFIED, f"This folder is not verified: {exc.message}\n"
+                                        "Check it with: qvl export ... --check-only\n")
+        if reference is None:
+            return {}
+        raise
+    write_json(folder / EXPORT_INFO, {**info, "verified": True, "verification": measured})
+    (folder / UNVERIFIED).unlink(missing_ok=True)
+    return measured
+
+
+def _replace(work: Path, out: Path) -> None:
+    """Move the finished folder into place; an older export is removed only now (``force``)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old)
+    else:
+        work.rename(out)
+
+
+def check_export(folder: str | Path, request: ExportRequest, say: Any = print) -> dict[str, Any]:
+    """Verify an existing export against base + adapter again (``qvl export --check-only``), for
+    a folder that was copied, edited or exported with ``--no-verify``; the outcome is recorded
+    in the folder like an export's.
+
+    Raises:
+        ModelError: there is no export folder.
+        VerificationError: it failed (the folder is marked ``UNVERIFIED.txt``).
+    """
+    from .config import choose_model, ensure_model
+    from .model import load_adapter, load_model, load_processor
+    from .outputs import read_json
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelError("there is no exported model here.", file=folder,
+                         fix="run qvl export first (without --check-only).")
+    model_path = ensure_model(choose_model(request.model, "--model"))
+    processor = load_processor(request.adapter)
+    lo, hi = image_limits(request.adapter, processor)
+    model = load_adapter(load_model(model_path, "none", dtype=merge_dtype(model_path)),
+                         request.adapter)
+    make_greedy(model.eval())
+    reference = observe(model, processor, verification_records(request), lo, hi)
+    del model
+    info = read_json(folder / EXPORT_INFO) or {"base_model": request.model,
+                                                "adapter": str(request.adapter)}
+    info.pop("verification", None)
+    info.pop("problem", None)
+    measured = record_verification(folder, info, reference)
+    say(f"{folder}: verified on {count(measured['samples'], 'held-out sample')}.")
+    return measured
+
+
+if __name__ == "__main__":  # the fresh process of observe_in_fresh_process
+    _fresh_process_main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,55 @@
+"""Sharing an export or an adapter on the Hugging Face Hub (``qvl push``).
+
+Nothing is uploaded unless asked for by name. The repository is private unless ``public`` is
+set. The token comes from ``HF_TOKEN`` (or the login stored by ``hf auth login`` / the notebook
+widget); it is handed to ``huggingface_hub`` and never printed, logged or written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ConfigError, ModelError
+
+UNVERIFIED = "UNVERIFIED.txt"
+
+
+def push_folder(folder: str | Path, repo_id: str, *, public: bool = False,
+                token: str | None = None) -> str:
+    """Create ``repo_id`` (private unless ``public``) if needed and upload ``folder`` to it;
+    returns the repository's URL.
+
+    Raises:
+        ConfigError: the folder is not a model or adapter folder, is marked unverified, or the
+            repository name is not ``user/name``.
+        ModelError: the Hub refused (no token, no permission, no network); the message never
+            contains the token.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+        raise ConfigError("this is neither an exported model nor an adapter.", file=folder,
+                          fix="push outputs/export/NAME or outputs/runs/NAME/adapter.")
+    if (folder / UNVERIFIED).is_file():
+        raise ConfigError("this export is marked unverified.", file=folder / UNVERIFIED,
+                          fix="export again (or check it with qvl export --check-only) first.")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(f"{repo_id!r} is not a repository name.",
+                          fix="use your-user-name/model-name.")
+    secret = token or os.environ.get("HF_TOKEN") or None
+    api = HfApi(token=secret)
+    try:
+        api.create_repo(repo_id, private=not public, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message="Upload from the Qwen2.5-VL fine-tuning course")
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        if secret:
+            reason = reason.replace(secret, "***")
+        raise ModelError(f"the Hub refused the upload ({reason}).", file=folder,
+                         fix="set HF_TOKEN to a token with write access (or run `hf auth "
+                             "login`), check the repository name and your network.") from None
+    return f"https://huggingface.co/{repo_id}"

@@ -1,0 +1,118 @@
+"""The model card (``README.md``) of an exported model: what it is, what it was trained on and
+how, how well it did (the evaluation report's table, with intervals), how to load it, its licence
+and its limits. Everything comes from files the course wrote; nothing is made up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .outputs import read_json, write_text
+from .qwen import REAL_MODEL_ID
+from .runs import RUN_CONFIG
+
+QWEN_LICENCE = ("other", "qwen-research",
+                "https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/LICENSE")
+CARD_SETTINGS = ("quantization", "trained", "lora_r", "lora_alpha", "lora_dropout", "lr",
+                 "num_epochs", "max_steps", "batch_size", "grad_accum", "min_pixels",
+                 "max_pixels", "max_length", "seed")
+
+
+def _front_matter(base: str) -> str:
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "image-text-to-text",
+                            "tags": ["qwen2_5_vl", "lora", "qvl-course"]}
+    if base == REAL_MODEL_ID:
+        meta.update(base_model=[REAL_MODEL_ID], license=QWEN_LICENCE[0],
+                    license_name=QWEN_LICENCE[1], license_link=QWEN_LICENCE[2])
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _training(adapter: Path, run: Path | None) -> list[str]:
+    settings = yaml.safe_load((adapter / RUN_CONFIG).read_text(encoding="utf-8")) \
+        if (adapter / RUN_CONFIG).is_file() else {}
+    identity = read_json(run / "run.json") if run else None
+    lines = ["## Training", ""]
+    if identity:
+        data = identity.get("data", {})
+        lines.append(f"- data: `{Path(identity.get('where', {}).get('source', '?')).name}` "
+                     f"(sha256 `{str(data.get('source_sha256', '?'))[:16]}…`), split without "
+                     "leakage into train / val / test")
+    resolved = settings.get("resolved", {})
+    if resolved:
+        lines.append(f"- samples: {resolved.get('train_records')} train, "
+                     f"{resolved.get('val_records')} validation, "
+                     f"{resolved.get('test_records')} held-out test")
+    lines += [f"- {key}: `{settings[key]}`" for key in CARD_SETTINGS if key in settings]
+    return lines + [""]
+
+
+def find_report(run: Path | None, adapter: Path) -> dict[str, Any] | None:
+    """The newest evaluation report of this adapter in the run's outputs folder."""
+    if run is None:
+        return None
+    reports = sorted((run.resolve().parent.parent / "eval").glob("*/report.json"),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in reports:
+        report = read_json(path)
+        if report and report.get("adapter") and \
+                Path(report["adapter"]).resolve() == adapter.resolve():
+            return report
+    return None
+
+
+def _evaluation(report: dict[str, Any] | None) -> list[str]:
+    if not report:
+        return ["## Evaluation", "", "Not evaluated yet (`qvl eval --run` writes the table this "
+                "card shows).", ""]
+    metric = report["headline"]
+    lines = ["## Evaluation", "",
+             f"{report['n']} held-out samples, task `{report['task']}`, {metric} with 95% "
+             "bootstrap intervals:", "", f"| system | {metric} |", "|---|---|"]
+    for name, summary in report["systems"].items():
+        cell = summary["metrics"][metric]
+        lines.append(f"| {name} | {cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}] |")
+    return lines + [""] + [f"- {c['verdict']}" for c in report["comparisons"]] + [""]
+
+
+def _usage(min_pixels: int, max_pixels: int) -> list[str]:
+    return ["## Use", "", "```python", "from transformers import AutoModelForImageTextToText, "
+            "AutoProcessor", "",
+            'processor = AutoProcessor.from_pretrained("THIS_FOLDER")  # image limits included',
+            'model = AutoModelForImageTextToText.from_pretrained("THIS_FOLDER", dtype="auto", '
+            'device_map="auto")', "```", "",
+            f"The processor resizes images to between {min_pixels} and {max_pixels} pixels, as in "
+            "training; generation is greedy and stops at `<|im_end|>` (generation_config.json). "
+            "From a terminal: `qvl chat --model THIS_FOLDER --image photo.jpg \"question\"`.", ""]
+
+
+def model_card(request: Any, info: dict[str, Any]) -> str:
+    """The card's Markdown text for an export (``info``: what the merge recorded)."""
+    base = str(request.model)
+    tiny = info.get("base_is_tiny", False)
+    lines = [_front_matter(base), f"# {Path(request.out_dir).name}", "",
+             f"A LoRA fine-tune of `{base}`, merged into its {info['dtype']} weights by "
+             "`qvl export` (the Qwen2.5-VL fine-tuning course). `export.json` records whether the "
+             "merged model was verified to answer like the base model with the adapter.", ""]
+    if tiny:
+        lines += ["> **This is the course's tiny random stand-in model.** Its answers only "
+                  "show that the pipeline works.", ""]
+    lines += _training(Path(request.adapter), request.run)
+    lines += _evaluation(find_report(request.run, Path(request.adapter)))
+    lines += _usage(info["min_pixels"], info["max_pixels"])
+    licence = (f"The base model's licence applies: [{QWEN_LICENCE[1]}]({QWEN_LICENCE[2]})."
+               if base == REAL_MODEL_ID else "The base model's licence applies.")
+    lines += ["## Licence", "", licence, "", "## Limitations", "",
+              "- It was tuned and tested on the data above only; expect it to fail on images "
+              "and questions unlike them.",
+              "- The scores come from a small held-out split: read the intervals, not just the "
+              "numbers.",
+              "- It answers from the picture as the processor resized it: fine print below that "
+              "resolution is not seen.", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path, request: Any, info: dict[str, Any]) -> Path:
+    """Write ``README.md`` into the export folder."""
+    return write_text(folder / "README.md", model_card(request, info))

@@ -1,0 +1,230 @@
+"""``qvl export`` (merge, verify in a fresh process, model card), ``qvl chat`` and ``qvl push``.
+
+The adapters here are made directly with LoRA weights drawn at random (large enough to change
+every answer), for each trained-part preset and for a 4-bit base: what is tested is that the merge
+reproduces base + adapter, whatever the adapter learned. That a *trained* adapter survives the
+merge with its exact match is tested on the learning run in test_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from qvl_helpers.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES = REPO / "data_samples" / "shapes"
+
+
+def make_adapter(tiny_dir: Path, folder: Path, trained: str, quantization: str = "none") -> Path:
+    """A saved LoRA adapter (with processor and image limits, as training saves it) whose
+    weights are random, so that merged and unmerged models differ from the base."""
+    from transformers import AutoProcessor
+
+    from qvl_helpers.model import add_lora, load_model
+
+    model = add_lora(load_model(str(tiny_dir), quantization), trained=trained, r=4, alpha=8,
+                     dropout=0.0, gradient_checkpointing=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:  # lora_A/B, and the merger's trained copy
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.save_pretrained(folder)
+    AutoProcessor.from_pretrained(tiny_dir).save_pretrained(folder)
+    (folder / "run_config.yaml").write_text("min_pixels: 3136\nmax_pixels: 12544\n")
+    return folder
+
+
+def held_out(tmp_path: Path, n: int = 3) -> Path:
+    """The first ``n`` bundled shape samples, with their images, in ``tmp_path``."""
+    import shutil
+
+    lines = (SHAPES / "shapes.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+    (tmp_path / "images").mkdir()
+    for line in lines:
+        image = json.loads(line)["messages"][0]["content"][0]["image"]
+        shutil.copy(SHAPES / image, tmp_path / image)
+    out = tmp_path / "held_out.jsonl"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("trained", "quantization"), [
+    ("language", "none"), ("language+vision", "none"), ("language+merger", "none"),
+    ("language", "4bit")])
+def test_every_kind_of_adapter_merges_and_verifies(tmp_path: Path, tiny_dir: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   trained: str, quantization: str) -> None:
+    adapter = make_adapter(tiny_dir, tmp_path / "adapter", trained, quantization)
+    out = tmp_path / "merged"
+    code, stdout, err = run_main(capsys, "export", "--model", tiny_dir, "--adapter", adapter,
+                                 "--data", held_out(tmp_path), "--out", out)
+    assert code == 0, err
+    assert "Verified in a fresh process on 3 held-out samples" in stdout
+    assert "float32 on the cpu" in stdout and "it needs about" in stdout
+    info = json.loads((out / "export.json").read_text())
+    assert info["verified"] is True and info["verification"]["max_logit_difference"] < 1e-4
+    assert not (out / "UNVERIFIED.txt").exists()
+    assert not list(out.glob("adapter_*"))  # a plain model: no adapter files left inside
+    settings = json.loads((out / "generation_config.json").read_text())
+    assert settings["do_sample"] is False and "temperature" not in settings
+    im_end = json.loads((out / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in im_end["added_tokens"]}
+    assert ids["<|im_end|>"] in settings["eos_token_id"]
+    sizes = json.loads((out / "processor_config.json").read_text())["image_processor"]["size"]
+    assert sizes == {"shortest_edge": 3136, "longest_edge": 12544}  # the training limits
+    card = (out / "README.md").read_text()
+    assert "float32 weights" in card and "tiny random stand-in" in card
+
+
+@pytest.mark.slow
+def test_a_corrupted_merge_fails_verification(tmp_path: Path, tiny_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    adapter = make_adapter(tiny_dir, tmp_path / "adapter", "language")
+    out, data = tmp_path / "merged", held_out(tmp_path)
+    code, _, err = run_main(capsys, "export", "--model", tiny_dir, "--adapter", adapter,
+                            "--data", data, "--out", out, "--no-verify")
+    assert code == 0, err
+    assert (out / "UNVERIFIED.txt").is_file()  # not verified: never looks good
+    weights = out / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k in tensors if "layers.0.mlp.down_proj" in k)
+    tensors[name] = tensors[name] * 3  # one merged weight goes wrong
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    code, _, err = run_main(capsys, "export", "--model", tiny_dir, "--adapter", adapter,
+                            "--data", data, "--out", out, "--check-only")
+    assert code == 1, err
+    (line,) = re.findall(r"qvl export: error: [^\n]*", err)
+    assert "does not behave like base + adapter" in line and "logits differ" in line
+    assert "Fix:" in line and "Traceback" not in err
+    info = json.loads((out / "export.json").read_text())
+    assert info["verified"] is False and "logits differ" in info["problem"]
+    assert "logits differ" in (out / "UNVERIFIED.txt").read_text()
+
+
+def test_an_export_is_never_replaced_unasked(tmp_path: Path, tiny_dir: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import qvl_helpers.model
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded: the check came too late")
+
+    monkeypatch.setattr(qvl_helpers.model, "load_model", forbidden)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    code, _, err = run_main(capsys, "export", "--model", tiny_dir, "--adapter", adapter,
+                            "--out", out)
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert (out / "config.json").read_text() == "{}"
+    code, _, err = run_main(capsys, "export", "--model", tiny_dir, "--adapter", adapter,
+                            "--out", adapter, "--force")
+    assert code == 2 and "also an input" in err
+    code, _, err = run_main(capsys, "export", "--model", tiny_dir)
+    assert code == 2 and "nothing to export" in err
+
+
+# --------------------------------------------------------------------------- chat
+
+class FakeChat:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def answer(self, image: str, question: str, stream: bool = False) -> str:
+        self.asked.append((str(image), question))
+        return "red"
+
+
+def test_the_chat_loop_switches_images_and_stops() -> None:
+    from qvl_helpers.chat import interactive
+
+    second = SHAPES / "images" / "shape_0001.png"
+    lines = iter(["What colour?", "/image missing.png", f"/image {second}", "And now?", "exit",
+                  "never asked"])
+    said: list[str] = []
+    chat = FakeChat()
+    first = SHAPES / "images" / "shape_0000.png"
+    answered = interactive(chat, first, read=lambda prompt: next(lines), say=said.append)
+    assert answered == 2
+    assert chat.asked == [(str(first), "What colour?"), (str(second), "And now?")]
+    assert any("missing.png" in s and "does not exist" in s for s in said)
+
+
+def test_chat_refuses_a_missing_image(capsys: pytest.CaptureFixture[str], tiny_dir: Path,
+                                      tmp_path: Path) -> None:
+    code, _, err = run_main(capsys, "chat", "--model", tiny_dir, "--image",
+                            tmp_path / "nope.png", "What colour?")
+    assert code == 1 and "nope.png" in err and "does not exist" in err
+
+
+# --------------------------------------------------------------------------- push
+
+class FakeApi:
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, token: str | None = None) -> None:
+        FakeApi.calls.append(("init", {"token": token}))
+
+    def create_repo(self, repo_id: str, **kwargs: Any) -> None:
+        FakeApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs: Any) -> None:
+        FakeApi.calls.append(("upload_folder", kwargs))
+
+
+def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    secret = "hf_secretTOKEN123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    FakeApi.calls = []
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    code, out, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
+    assert code == 0, err
+    assert [c[0] for c in FakeApi.calls] == ["init", "create_repo", "upload_folder"]
+    assert FakeApi.calls[0][1]["token"] == secret  # handed to the library, nowhere else
+    assert FakeApi.calls[1][1]["private"] is True
+    assert FakeApi.calls[2][1]["folder_path"] == str(folder)
+    assert "private" in out and "https://huggingface.co/me/shapes" in out
+    assert secret not in out + err
+    assert all(secret not in p.read_text() for p in folder.iterdir())
+
+    def refuse(self: FakeApi, **kwargs: Any) -> None:
+        import httpx
+
+        reply = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co"))
+        raise HfHubHTTPError(f"401 Unauthorized for token {secret}", response=reply)
+
+    monkeypatch.setattr(FakeApi, "upload_folder", refuse)
+    code, out, err = run_main(capsys, "push", folder, "--repo", "me/shapes", "--public")
+    assert code == 2 and "the Hub refused" in err and "***" in err
+    assert secret not in out + err
+    (folder / "UNVERIFIED.txt").write_text("failed")
+    code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
+    assert code == 2 and "marked unverified" in err
