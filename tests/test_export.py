@@ -33,7 +33,7 @@ def make_adapter(tiny_dir: Path, folder: Path, trained: str, quantization: str =
                      dropout=0.0, gradient_checkpointing=False)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:  # lora_A/B, and the merger's trained copy
                 param.add_(torch.randn(param.shape, generator=generator) * 0.3)
     model.save_pretrained(folder)

@@ -65,6 +65,31 @@ def test_tiny_model_learns_the_colour_task(tmp_path: Path, quantization: str) ->
     # Without the images the adapter is no better than always giving the most common answer.
     assert score["tuned-blank"] <= majority + 0.1
     assert "tuned is better than base" in done.stdout
+    _exported_model_scores_the_same(tmp_path, run, report)
+
+
+def _exported_model_scores_the_same(tmp_path: Path, run: Path, report: dict) -> None:
+    """The run merged by `qvl export` (verified there), loaded in a fresh process by `qvl eval`
+    and `qvl chat`, answers as the adapter did."""
+    done = qvl("export", "--run", str(run), env=outputs(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Verified in a fresh process on 4 held-out samples" in done.stdout
+    merged = tmp_path / "outputs" / "export" / "tiny_cpu"
+    done = qvl("eval", "--model", str(merged), "--data", report["data"], "--compare", "base",
+               "--out", str(tmp_path / "eval-merged"), env=outputs(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((tmp_path / "eval-merged" / "report.json").read_text())
+    assert again["systems"]["base"]["metrics"]["exact_match"]["value"] == \
+        report["systems"]["tuned"]["metrics"]["exact_match"]["value"]
+    # One held-out question from the terminal (its image through the split's image root).
+    first = json.loads(Path(report["data"]).read_text(encoding="utf-8").splitlines()[0])
+    root = json.loads((Path(report["data"]).parent / "split_info.json").read_text())["image_root"]
+    image = Path(root) / first["messages"][0]["content"][0]["image"]
+    question = first["messages"][0]["content"][1]["text"]
+    done = qvl("chat", "--model", str(merged), "--image", str(image), question,
+               env=outputs(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == first["messages"][1]["content"][0]["text"]
 
 
 @pytest.mark.parametrize("trained", ["language", "language+vision", "language+merger"])
