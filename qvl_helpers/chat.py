@@ -38,17 +38,24 @@ class Chat:
         self.model, self.processor = load_for_eval(path, adapter, quantization)
         self.limits = image_limits(adapter, self.processor)
         self.max_new_tokens = max_new_tokens
+        self.has_adapter = adapter is not None
 
-    def answer(self, image: str | Path, question: str, stream: bool = False) -> str:
-        """The greedy answer; with ``stream`` it is also printed as it is generated."""
+    def answer(self, image: str | Path, question: str, stream: bool = False,
+               adapter: bool = True) -> str:
+        """The greedy answer; with ``stream`` it is also printed as it is generated. With
+        ``adapter=False`` the adapter is switched off: the base model answers."""
+        from contextlib import nullcontext
+
         from transformers import TextStreamer
 
         streamer = TextStreamer(self.processor.tokenizer, skip_prompt=True,
                                 skip_special_tokens=True) if stream else None
         lo, hi = self.limits
-        return generate_answers(self.model, self.processor, [ask(image, question)],
-                                max_new_tokens=self.max_new_tokens, min_pixels=lo,
-                                max_pixels=hi, streamer=streamer)[0]
+        off = self.model.disable_adapter() if self.has_adapter and not adapter else nullcontext()
+        with off:
+            return generate_answers(self.model, self.processor, [ask(image, question)],
+                                    max_new_tokens=self.max_new_tokens, min_pixels=lo,
+                                    max_pixels=hi, streamer=streamer)[0]
 
 
 def interactive(chat: Chat, image: str | Path, read: Callable[[str], str] = input,

@@ -152,6 +152,11 @@ def choose_device(needed: int) -> tuple[str, str]:
     return "cpu", "there is no CUDA GPU"
 
 
+def human_size(n: int) -> str:
+    """``7.5 GB``, ``312 MB``: sizes as a person reads them."""
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{max(1, round(n / 2**20))} MB"
+
+
 def available_ram() -> int | None:
     """Bytes of memory the system can still give (None where it cannot tell)."""
     import os
@@ -239,7 +244,7 @@ def merge(request: ExportRequest, model_path: str, folder: Path,
     device, why = choose_device(needed)
     ram = available_ram()
     say(f"Merging in {str(dtype).removeprefix('torch.')} on the {device} ({why}); it needs about "
-        f"{needed / 2**30:.1f} GB" + (f" ({ram / 2**30:.1f} GB of RAM free)." if ram else "."))
+        f"{human_size(needed)}" + (f" ({human_size(ram)} of RAM free)." if ram else "."))
     processor_dir = request.adapter if (request.adapter / "processor_config.json").is_file() \
         else model_path
     processor = load_processor(processor_dir)

@@ -25,7 +25,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -665,6 +665,24 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
     _write_rank_report(folder, rank, world, plan.collator, result.steps)
     say(f"Trained {result.steps} steps in {result.seconds:.0f} s; adapter: {result.adapter}")
     return result
+
+
+def newest_run_or_train(cfg: CourseConfig, *, prefix: str = "nb",
+                        say: Callable[..., Any] = print) -> Path:
+    """The newest finished run under ``cfg.output_dir`` (runs named ``*-demo`` are left out), or,
+    when there is none (a notebook opened on its own), a new one trained with the preset
+    ``qvl env`` recommends for this machine, named ``PREFIX-<time>``."""
+    from .config import PRESETS_DIR, load_config
+    from .env import detect_gpus, recommend
+    from .runs import finished_runs
+
+    runs = [r for r in finished_runs(cfg.output_dir) if not r.name.endswith("-demo")]
+    if runs:
+        return runs[0]
+    preset = PRESETS_DIR / f"{recommend(detect_gpus()).preset}.yaml"
+    say(f"No finished run in {cfg.output_dir}/runs yet: training one with {preset.name} first.")
+    name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return train(load_config(presets=[preset], run_name=name), live_plot=True).run_dir
 
 
 def _finite(loss: float | None) -> float | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .data.doctor import CheckReport
@@ -62,3 +63,40 @@ def sample_browser(records: Sequence[Record]) -> Any:
     slider.observe(lambda change: show(change["new"]), names="value")
     show(0)
     return w.VBox([slider, out])
+
+
+def side_by_side(chat: Any, images: Sequence[str], question: str = "") -> Any:
+    """Pick a bundled image (or upload one), ask a question, and see the base model's and the
+    fine-tuned model's answers next to each other (``chat``: a
+    :class:`~qvl_helpers.chat.Chat` with an adapter, switched off for the base answer)."""
+    import tempfile
+
+    import ipywidgets as w
+    from IPython.display import HTML, Image, display
+
+    picker = w.Dropdown(options=list(images), description="image")
+    upload = w.FileUpload(accept="image/*", multiple=False, description="or upload")
+    asked = w.Text(value=question, description="question", layout=w.Layout(width="60%"))
+    button, out = w.Button(description="Ask both"), w.Output()
+
+    def chosen() -> str:
+        if upload.value:  # ipywidgets 8: a tuple of dicts with name and content
+            item = upload.value[0]
+            path = Path(tempfile.mkdtemp()) / Path(item["name"]).name
+            path.write_bytes(bytes(item["content"]))
+            return str(path)
+        return str(picker.value)
+
+    def ask(_: Any = None) -> None:
+        out.clear_output(wait=True)
+        with out:
+            image = chosen()
+            display(Image(data=thumbnail(image, 320)))
+            base = chat.answer(image, asked.value, adapter=False)
+            tuned = chat.answer(image, asked.value)
+            display(HTML("<table><tr><th>base model</th><th>fine-tuned</th></tr><tr>"
+                         f"<td><pre>{html.escape(base)}</pre></td>"
+                         f"<td><pre>{html.escape(tuned)}</pre></td></tr></table>"))
+
+    button.on_click(ask)
+    return w.VBox([w.HBox([picker, upload]), asked, button, out])

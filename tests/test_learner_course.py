@@ -1,9 +1,9 @@
 """The learner's own data goes all the way through: with ``data:`` in ``course.yaml`` pointing at
 a small dataset in the seed guide's layout (Chinese text, images in ``pics/``), ``qvl train
---config configs/tiny_cpu.yaml`` trains on it and notebooks 01-04 use it. The executed notebooks
-(00-04) carry no deprecation noise and no frozen progress bar.
+--config configs/tiny_cpu.yaml`` trains on it and notebooks 01-05 use it. The executed notebooks
+(00-05) carry no deprecation noise and no frozen progress bar.
 
-Slow: one real tiny training run and five notebooks executed in a kernel (nbclient, the engine
+Slow: one real tiny training run and six notebooks executed in a kernel (nbclient, the engine
 nbmake uses), a few minutes on a 2-core CPU.
 """
 
@@ -97,7 +97,7 @@ def assert_quiet(name: str, text: str) -> None:
 
 
 @pytest.mark.slow
-def test_notebooks_00_to_04_use_the_learners_data_and_stay_quiet(tmp_path: Path,
+def test_notebooks_00_to_05_use_the_learners_data_and_stay_quiet(tmp_path: Path,
                                                   learner_env: dict[str, str]) -> None:
     data = tmp_path / "my_data" / FILE_NAME
     _execute("00_environment_check.ipynb", learner_env)
@@ -123,3 +123,7 @@ def test_notebooks_00_to_04_use_the_learners_data_and_stay_quiet(tmp_path: Path,
     assert "task:            short" in fourth
     assert "只回答以下之一" in fourth  # the task prompt speaks the learner's language
     assert "only 4 samples: every interval is wide" in fourth
+    fifth = _execute("05_merge_and_export.ipynb", learner_env)  # merges notebook 03's run
+    assert f"exporting run: {trained}" in fifth
+    assert "Verified in a fresh process on 4 held-out samples" in fifth
+    assert "not uploading (PUSH = False)" in fifth
