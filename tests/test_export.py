@@ -228,3 +228,44 @@ def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
     (folder / "UNVERIFIED.txt").write_text("failed")
     code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
     assert code == 2 and "marked unverified" in err
+
+
+# --------------------------------------------------------------------------- the model card
+
+def test_the_model_card_tells_what_the_files_say(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from qvl_helpers.modelcard import model_card
+    from qvl_helpers.qwen import REAL_MODEL_ID
+
+    run = tmp_path / "outputs" / "runs" / "receipts"
+    adapter = run / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "run_config.yaml").write_text(
+        "quantization: 4bit\ntrained: language\nlora_r: 8\nlr: 0.0002\nmax_pixels: 401408\n"
+        "resolved:\n  train_records: 80\n  val_records: 10\n  test_records: 10\n")
+    (run / "run.json").write_text(json.dumps({
+        "data": {"source_sha256": "ab" * 32}, "where": {"source": "/data/收据.jsonl"}}))
+    interval = {"value": 0.9, "low": 0.7, "high": 1.0, "level": 0.95}
+    report = {"adapter": str(adapter), "n": 10, "task": "json", "headline": "json_f1",
+              "systems": {"base": {"metrics": {"json_f1": {**interval, "value": 0.1,
+                                                           "low": 0.0, "high": 0.3}}},
+                          "tuned": {"metrics": {"json_f1": interval}}},
+              "comparisons": [{"verdict": "tuned is better than base in json_f1 by 0.800"}]}
+    other = {**report, "adapter": str(tmp_path / "another" / "adapter"), "n": 99}
+    for name, content in (("receipts", report), ("someone-else", other)):
+        (tmp_path / "outputs" / "eval" / name).mkdir(parents=True)
+        (tmp_path / "outputs" / "eval" / name / "report.json").write_text(json.dumps(content))
+    request = SimpleNamespace(model=REAL_MODEL_ID, adapter=adapter, run=run,
+                              out_dir=tmp_path / "outputs" / "export" / "receipts")
+    card = model_card(request, {"dtype": "bfloat16", "min_pixels": 3136, "max_pixels": 401408})
+    assert card.startswith("---\n") and "license_name: qwen-research" in card
+    assert "base_model:\n- Qwen/Qwen2.5-VL-3B-Instruct" in card
+    assert "merged into its bfloat16 weights" in card and "tiny random stand-in" not in card
+    assert "`收据.jsonl` (sha256 `abababababababab…`)" in card
+    assert "80 train, 10 validation, 10 held-out test" in card
+    assert "- quantization: `4bit`" in card and "- max_pixels: `401408`" in card
+    assert "| tuned | 0.900 [0.700, 1.000] |" in card  # this adapter's report, not the other
+    assert "| base | 0.100 [0.000, 0.300] |" in card and "99 held-out" not in card
+    assert "- tuned is better than base in json_f1 by 0.800" in card
+    assert "between 3136 and 401408 pixels" in card
