@@ -311,15 +311,20 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     _add_use_commands(sub)
 
 
+def _run_flags(p: argparse.ArgumentParser, *, run: str, data: str) -> None:
+    """--run, or --model/--adapter/--data: what eval and export work on."""
+    p.add_argument("--run", help=f"a run folder (outputs/runs/NAME): {run}")
+    p.add_argument("--model", help="the base model: tiny, a hub id or a folder")
+    p.add_argument("--adapter", help="a LoRA adapter folder (outputs/runs/NAME/adapter)")
+    p.add_argument("--data", help=data)
+
+
 def _add_use_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="merge a run's adapter into a 16-bit model folder, "
                                       "verify it in a fresh process, write a model card")
-    p.add_argument("--run", help="a run folder (outputs/runs/NAME): its model, adapter and "
-                                 "held-out samples for the verification")
-    p.add_argument("--model", help="the base model (tiny, a hub id or a folder)")
-    p.add_argument("--adapter", help="a LoRA adapter folder")
-    p.add_argument("--data", help="held-out samples for the verification (default with --run: "
-                                  "its test split; without either, only the files are checked)")
+    _run_flags(p, run="its model, adapter and held-out samples for the verification",
+               data="held-out samples for the verification (default with --run: its test "
+                    "split; without either, only the files are checked)")
     p.add_argument("--out", help="the model folder to write (default: outputs/export/NAME)")
     p.add_argument("--force", action="store_true", help="replace an existing export")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
@@ -354,11 +359,8 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
 def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="compare base, prompted and fine-tuned answers on held-out "
                                     "data: task metrics with intervals, and a failure gallery")
-    p.add_argument("--run", help="a run folder (outputs/runs/NAME): its model, adapter, test "
-                                 "split, image root and image limits; other flags override")
-    p.add_argument("--model", help="tiny, a hub id or a folder")
-    p.add_argument("--adapter", help="a LoRA adapter folder (outputs/runs/NAME/adapter)")
-    p.add_argument("--data", help="a JSONL file (prepared splits know their image root)")
+    _run_flags(p, run="its model, adapter, test split, image root and image limits; other "
+                      "flags override", data="a JSONL file (prepared splits know their image root)")
     p.add_argument("--image-root")
     p.add_argument("--out", help="the evaluation folder (default: outputs/eval/RUN, "
                                  "outputs/eval/RUN-DATA with --data, outputs/eval/MODEL-DATA "
