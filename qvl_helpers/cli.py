@@ -230,16 +230,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_export, export, plan_export
+    from .export import check_export, check_request, export, plan_export
 
+    if args.check_only:
+        if args.out is None and args.run is None:
+            print("qvl export: error: --check-only needs the export's folder: --out DIR (or "
+                  "--run RUN for outputs/export/RUN).", file=sys.stderr)
+            return 2
+        folder = args.out or plan_export(args.run).out_dir
+        check_export(check_request(folder, run=args.run, model=args.model, adapter=args.adapter,
+                                   data=args.data, n_verify=args.samples))
+        return 0
     request = plan_export(args.run, model=args.model, adapter=args.adapter, out_dir=args.out,
                           verify=args.verify, force=args.force, n_verify=args.samples,
                           temperature=args.temperature)
     if args.data:
         request.samples = Path(args.data)
-    if args.check_only:
-        check_export(request.out_dir, request)
-        return 0
     folder = export(request)
     print(f"exported to {folder}/ (model card: {folder / 'README.md'})")
     return 0
@@ -470,8 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{command}: interrupted. Finished checkpoints and files are kept; a run continues "
-              "with --resume.", file=sys.stderr)
+        kept = {"qvl train": "Finished checkpoints are kept; the run continues with --resume.",
+                "qvl export": "An earlier export is untouched; nothing half-written is left."}
+        print(f"{command}: interrupted. " + kept.get(command, "Finished files are kept."),
+              file=sys.stderr)
         return 130
     except OSError as exc:
         print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
@@ -483,9 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:  # the last resort: one line, not a traceback
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's, without importing torch
-            print(f"{command}: error: the GPU ran out of memory. Fix: lower --batch-size (or "
-                  "max_pixels), or load the model in 4-bit (--quantization 4bit).",
-                  file=sys.stderr)
+            fix = ("close what else uses the GPU, or merge on the CPU (CUDA_VISIBLE_DEVICES=)"
+                   if command == "qvl export" else "lower --batch-size (or max_pixels), or load "
+                   "the model in 4-bit (--quantization 4bit)")
+            print(f"{command}: error: the GPU ran out of memory. Fix: {fix}.", file=sys.stderr)
             return 2
         print(f"{command}: error: unexpected {type(exc).__name__}: {exc}. This is probably a bug "
               "in qvl: run again with QVL_DEBUG=1 to see the traceback, and report it.",

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.records import Record, answers_of
-from .errors import ConfigError, ModelError, QVLError, count
+from .errors import ConfigError, QVLError, count
 from .evaluate import answer_budget, image_limits, make_greedy, plan_for_run
 
 EXPORT_INFO = "export.json"   # what was merged from what, and the verification result
@@ -79,7 +79,8 @@ class Reference:
     records: list[Record]
     input_ids: list[list[int]] = field(default_factory=list)
     grids: list[list[list[int]]] = field(default_factory=list)
-    logits: list[Any] = field(default_factory=list)
+    logits: list[Any] = field(default_factory=list)       # at the answer positions only
+    base_logits: list[Any] = field(default_factory=list)  # the same with the adapter off
     answers: list[str] = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)     # the greedy answers' token ids
     margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 logit per step
@@ -178,37 +179,51 @@ def verification_records(request: ExportRequest) -> list[Record]:
     return load_records(request.samples)[:request.n_verify]
 
 
-def observe(model: Any, processor: Any, records: list[Record], lo: int, hi: int) -> Reference:
-    """Prompt ids, visual grids, logits over prompt + reference answer, and greedy answers."""
+def _answer_logits(model: Any, batch: dict[str, Any], device: Any) -> Any:
+    """Logits at the positions that predict the reference answer (where training has labels):
+    the part of the output the fine-tune is about, and a small fraction of the sequence."""
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    predicts = batch["labels"][0, 1:] != -100
+    return model(**inputs).logits[0, :-1][predicts.to(device)].float().cpu()
+
+
+def observe(model: Any, processor: Any, records: list[Record], lo: int, hi: int, *,
+            base_too: bool = False, own_settings: bool = False) -> Reference:
+    """Prompt ids, visual grids, logits at the answer positions (``base_too``: also with the
+    adapter switched off) and greedy answers with each step's top-1/top-2 margin.
+    ``own_settings`` generates with the model's saved generation config (greedy enforced)."""
     import torch
 
     from .collate import make_collator
 
     seen = Reference(records)
-    if not records:
-        return seen
     collate = make_collator(processor, "train", min_pixels=lo, max_pixels=hi)
+    generate = make_collator(processor, "generate", min_pixels=lo, max_pixels=hi)
     device = next(model.parameters()).device
+    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records]) \
+        if records else 0
+    settings = {"max_new_tokens": budget, "output_scores": True, "return_dict_in_generate": True,
+                "do_sample": False}
+    if not own_settings:
+        config = generation_settings(processor.tokenizer, 0.0)
+        config.update(**settings)
+        settings = {"generation_config": config}
     with torch.no_grad():
         for record in records:
             batch = collate([record])
             seen.input_ids.append(batch["input_ids"][0].tolist())
             seen.grids.append(batch["image_grid_thw"].tolist() if "image_grid_thw" in batch
                               else [])
-            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            seen.logits.append(model(**inputs).logits[0].float().cpu())
-    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records])
-    generate = make_collator(processor, "generate", min_pixels=lo, max_pixels=hi)
-    config = generation_settings(processor.tokenizer, 0.0)
-    config.max_new_tokens, config.output_scores, config.return_dict_in_generate = budget, True, True
-    with torch.no_grad():
-        for record in records:
-            batch = {k: v.to(device) for k, v in generate([record]).items()}
-            out = model.generate(**batch, generation_config=config)
-            tokens = out.sequences[0, batch["input_ids"].shape[1]:].tolist()
-            top2 = [step[0].float().topk(2).values for step in out.scores]
+            seen.logits.append(_answer_logits(model, batch, device))
+            if base_too:
+                with model.disable_adapter():
+                    seen.base_logits.append(_answer_logits(model, batch, device))
+            asked = {k: v.to(device) for k, v in generate([record]).items()}
+            out = model.generate(**asked, **settings)
+            tokens = out.sequences[0, asked["input_ids"].shape[1]:].tolist()
             seen.tokens.append(tokens)
-            seen.margins.append([float(v[0] - v[1]) for v in top2])
+            seen.margins.append([float(v[0] - v[1]) for v in
+                                 (step[0].float().topk(2).values for step in out.scores)])
             seen.answers.append(processor.tokenizer.decode(tokens, skip_special_tokens=True))
     return seen
 
@@ -233,11 +248,26 @@ def generation_settings(tokenizer: Any, temperature: float) -> Any:
                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
 
 
+def load_reference(request: ExportRequest, model_path: str, device: str) -> tuple[Any, Any, int, int]:
+    """Base + adapter in the base's own 16-bit precision, greedy, and the processor and image
+    limits the run was trained with (the adapter's, else the base's)."""
+    from .model import load_adapter, load_model, load_processor
+
+    processor_dir = request.adapter if (request.adapter / "processor_config.json").is_file() \
+        else model_path
+    processor = load_processor(processor_dir)
+    lo, hi = image_limits(request.adapter, processor)
+    model = load_adapter(load_model(model_path, "none", dtype=merge_dtype(model_path),
+                                    device_map=device if device == "cuda" else None),
+                         request.adapter)
+    return make_greedy(model.eval()), processor, lo, hi
+
+
 def merge(request: ExportRequest, model_path: str, folder: Path,
           say: Any = print) -> tuple[Reference, dict[str, Any]]:
     """Load base + adapter in 16-bit, observe them on the verification records, merge, and save
     the model, its generation settings and its processor (with the training image limits)."""
-    from .model import load_adapter, load_model, load_processor, quiet_loading
+    from .model import attention_implementation, quiet_loading
 
     dtype = merge_dtype(model_path)
     needed = memory_needed(model_path, dtype)
@@ -245,15 +275,8 @@ def merge(request: ExportRequest, model_path: str, folder: Path,
     ram = available_ram()
     say(f"Merging in {str(dtype).removeprefix('torch.')} on the {device} ({why}); it needs about "
         f"{human_size(needed)}" + (f" ({human_size(ram)} of RAM free)." if ram else "."))
-    processor_dir = request.adapter if (request.adapter / "processor_config.json").is_file() \
-        else model_path
-    processor = load_processor(processor_dir)
-    lo, hi = image_limits(request.adapter, processor)
-    model = load_adapter(load_model(model_path, "none", dtype=dtype,
-                                    device_map=device if device == "cuda" else None),
-                         request.adapter)
-    make_greedy(model.eval())
-    reference = observe(model, processor, verification_records(request), lo, hi)
+    model, processor, lo, hi = load_reference(request, model_path, device)
+    reference = observe(model, processor, verification_records(request), lo, hi, base_too=True)
     merged = model.merge_and_unload()
     merged.generation_config = generation_settings(processor.tokenizer, request.temperature)
     with quiet_loading():
@@ -261,8 +284,21 @@ def merge(request: ExportRequest, model_path: str, folder: Path,
     processor.image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
     processor.save_pretrained(folder)
     del model, merged
+    free_memory()
     return reference, {"dtype": str(dtype).removeprefix("torch."), "device": device,
-                       "min_pixels": lo, "max_pixels": hi, "memory_bytes": needed}
+                       "attention": attention_implementation(), "min_pixels": lo,
+                       "max_pixels": hi, "memory_bytes": needed}
+
+
+def free_memory() -> None:
+    """Give back what the merge held before the fresh process loads its own copy."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------- verification
@@ -293,22 +329,27 @@ def check_files(folder: Path) -> list[str]:
     return missing
 
 
-def observe_in_fresh_process(folder: Path, records: list[Record]) -> dict[str, Any]:
-    """Load ``folder`` with the Auto classes in a new Python process and observe it there (the
-    way a user will load it: nothing of this process's state can help)."""
+def observe_in_fresh_process(folder: Path, records: list[Record],
+                             facts: dict[str, Any]) -> dict[str, Any]:
+    """Load ``folder`` with the Auto classes in a new Python process, on the device and with the
+    attention implementation of the reference, and observe it there: the way a user will load
+    it, with nothing of this process's state to help."""
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "records.json").write_text(json.dumps(records, ensure_ascii=False),
                                                 encoding="utf-8")
+        (Path(tmp) / "how.json").write_text(json.dumps(
+            {"device": facts.get("device", "cpu"), "attention": facts.get("attention", "sdpa")}))
         done = subprocess.run([sys.executable, "-m", "qvl_helpers.export", str(folder), tmp],
                               capture_output=True, text=True)
         if done.returncode != 0:
-            tail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
-            raise VerificationError(f"the merged folder does not load with AutoProcessor / "
-                                    f"AutoModelForImageTextToText ({tail[0][:300]}).",
-                                    file=folder, fix="export again; if it fails again, report "
-                                                     "it with QVL_DEBUG=1.")
+            tail = " / ".join(done.stderr.strip().splitlines()[-3:]) or "(no message)"
+            raise VerificationError(f"loading and running the merged folder in a fresh process "
+                                    f"failed: {tail[:600]}", file=folder,
+                                    fix="read the message: out of memory means closing other "
+                                        "programs (or running on the CPU); otherwise export "
+                                        "again, and report it with QVL_DEBUG=1 if it repeats.")
         return torch.load(Path(tmp) / "observed.pt")
 
 
@@ -320,40 +361,58 @@ def _fresh_process_main(folder: str, tmp: str) -> None:
     from .model import quiet_loading
 
     records = json.loads((Path(tmp) / "records.json").read_text(encoding="utf-8"))
+    how = json.loads((Path(tmp) / "how.json").read_text())
     processor = AutoProcessor.from_pretrained(folder)
     with quiet_loading():
-        model = AutoModelForImageTextToText.from_pretrained(folder, dtype="auto")
-    make_greedy(model.to("cuda" if torch.cuda.is_available() else "cpu").eval())
+        model = AutoModelForImageTextToText.from_pretrained(
+            folder, dtype="auto", attn_implementation=how["attention"])
+    model.to(how["device"]).eval()
     size = processor.image_processor.size
-    seen = observe(model, processor, records, size["shortest_edge"], size["longest_edge"])
+    seen = observe(model, processor, records, size["shortest_edge"], size["longest_edge"],
+                   own_settings=True)  # its own generation_config.json, greedy enforced
     torch.save({"input_ids": seen.input_ids, "grids": seen.grids, "logits": seen.logits,
                 "answers": seen.answers, "tokens": seen.tokens,
                 "dtype": str(model.dtype).removeprefix("torch.")},
                Path(tmp) / "observed.pt")
 
 
+def _sample_problems(reference: Reference, merged: dict[str, Any],
+                     i: int) -> tuple[list[str], float, bool]:
+    """(problems, relative logit difference, greedy answers parted at a tie) for sample i."""
+    who = f"sample {reference.records[i]['id']}"
+    if reference.input_ids[i] != merged["input_ids"][i]:
+        return [f"{who}: its processor renders another prompt (token ids differ)"], 0.0, False
+    problems = []
+    if reference.grids[i] != merged["grids"][i]:
+        problems.append(f"{who}: other visual token counts ({merged['grids'][i]} instead of "
+                        f"{reference.grids[i]}): the image limits were not saved")
+    a, b = reference.logits[i], merged["logits"][i]
+    measured = float((a - b).abs().max())
+    relative = measured / max(1.0, float(a.abs().max()))
+    if reference.base_logits:
+        from_base = float((reference.base_logits[i] - a).abs().max())
+        if from_base > 0 and measured > 0.5 * from_base:  # as far off as having no adapter
+            problems.append(f"{who}: the merged model is about as far from base + adapter "
+                            "as the base model is: the adapter was lost in the merge")
+    step = first_difference(reference.tokens[i], merged["tokens"][i])
+    margins = reference.margins[i]
+    tie = step is not None and step < len(margins) and margins[step] <= 2 * measured
+    if step is not None and not tie:
+        problems.append(f"{who}: another greedy answer ({merged['answers'][i]!r} instead of "
+                        f"{reference.answers[i]!r})")
+    return problems, relative, tie
+
+
 def compare_observations(reference: Reference, merged: dict[str, Any]) -> tuple[list[str], dict]:
-    """Every difference between base + adapter and the merged folder, and the measurements."""
+    """Every difference between base + adapter and the merged folder, and the measurements.
+    Greedy answers may part only where the reference's two best tokens were closer than the
+    logit difference actually measured on that sample (a tie that rounding can flip)."""
     problems, worst, ties = [], 0.0, 0
     tolerance = TOLERANCE.get(merged["dtype"], 1e-4)
-    for i, record in enumerate(reference.records):
-        who = f"sample {record['id']}"
-        if reference.input_ids[i] != merged["input_ids"][i]:
-            problems.append(f"{who}: its processor renders another prompt (token ids differ)")
-            continue
-        if reference.grids[i] != merged["grids"][i]:
-            problems.append(f"{who}: other visual token counts ({merged['grids'][i]} instead of "
-                            f"{reference.grids[i]}): the image limits were not saved")
-        a, b = reference.logits[i], merged["logits"][i]
-        scale = max(1.0, float(a.abs().max()))
-        worst = max(worst, float((a - b).abs().max()) / scale)
-        step = first_difference(reference.tokens[i], merged["tokens"][i])
-        margins = reference.margins[i]
-        if step is not None and not (step < len(margins) and margins[step] <= tolerance * scale):
-            problems.append(f"{who}: another greedy answer ({merged['answers'][i]!r} instead of "
-                            f"{reference.answers[i]!r})")
-        elif step is not None:  # two tokens tied within rounding: either is the greedy answer
-            ties += 1
+    for i in range(len(reference.records)):
+        found, relative, tie = _sample_problems(reference, merged, i)
+        problems += found
+        worst, ties = max(worst, relative), ties + tie
     if worst > tolerance:
         problems.insert(0, f"logits differ by up to {worst:.2e} of their scale (allowed "
                            f"{tolerance:.0e} in {merged['dtype']})")
@@ -361,7 +420,7 @@ def compare_observations(reference: Reference, merged: dict[str, Any]) -> tuple[
                       "tolerance": tolerance, "dtype": merged["dtype"], "answer_ties": ties}
 
 
-def verify(folder: Path, reference: Reference) -> dict[str, Any]:
+def verify(folder: Path, reference: Reference, facts: dict[str, Any]) -> dict[str, Any]:
     """Check the merged ``folder`` against ``reference`` (taken from base + adapter).
 
     Raises:
@@ -372,9 +431,9 @@ def verify(folder: Path, reference: Reference) -> dict[str, Any]:
         raise VerificationError(f"the merged folder lacks {', '.join(missing)}.", file=folder,
                                 fix="export again with --force.")
     if not reference.records:
-        return {"samples": 0, "note": "no held-out samples to compare on (files checked only)"}
+        return {"samples": 0}
     problems, measured = compare_observations(reference, observe_in_fresh_process(
-        folder, reference.records))
+        folder, reference.records, facts))
     if problems:
         raise VerificationError("the merged model does not behave like base + adapter: "
                                 + "; ".join(problems) + ".", file=folder,
@@ -385,78 +444,134 @@ def verify(folder: Path, reference: Reference) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the command
 
-def export(request: ExportRequest, say: Any = print) -> Path:
-    """``qvl export``: merge, write the model card, verify, and move the folder into place.
+def is_export(folder: Path) -> bool:
+    """A folder ``qvl export`` made (or an empty one): the only kind ``--force`` replaces."""
+    return (folder / EXPORT_INFO).is_file() or (folder / UNVERIFIED).is_file() or \
+        (folder.is_dir() and not any(folder.iterdir()))
+
+
+def claim_export_folder(out: Path, inputs: list[Any], force: bool) -> None:
+    """Refuse an output folder that is, or holds, one of the inputs; an existing one unless
+    ``force``; and, even with ``force``, anything that is not an earlier export.
 
     Raises:
-        OutputExistsError: the output folder exists and ``force`` is False.
+        ConfigError, OutputExistsError: as above (nothing is written).
+    """
+    from .outputs import OutputExistsError, refuse_inputs
+
+    refuse_inputs(out, inputs)
+    resolved = out.resolve()
+    for item in filter(None, inputs):
+        if resolved in Path(item).resolve().parents:
+            raise ConfigError(f"the output {out} holds {item}, an input of this export: "
+                              "replacing it would delete the input.", file=out,
+                              fix="choose a new folder for --out, e.g. outputs/export/NAME.")
+    if out.exists() and not force:
+        raise OutputExistsError("already exists; nothing was overwritten.", file=out,
+                                fix="choose another --out, or pass --force to replace it.")
+    if out.exists() and not is_export(out):
+        raise ConfigError("this folder exists and is not an export (no export.json): --force "
+                          "only replaces earlier exports.", file=out,
+                          fix="choose a new folder for --out.")
+
+
+def export(request: ExportRequest, say: Any = print) -> Path:
+    """``qvl export``: merge, write the model card, verify, and only then move the folder into
+    place (an earlier export is replaced only after the new one passed, and only with ``force``).
+
+    Raises:
+        OutputExistsError, ConfigError: the output folder cannot be used (nothing written).
         ModelError: the base or the adapter cannot be loaded, or the adapter does not fit.
-        VerificationError: the merged folder failed verification (it is kept, marked
-            ``UNVERIFIED.txt``, so that it can be inspected).
+        VerificationError: the merged folder failed; it is kept for inspection (marked
+            ``UNVERIFIED.txt``) at ``--out``, or beside an earlier export as ``NAME.unverified``.
     """
     from .config import choose_model, ensure_model
     from .modelcard import write_model_card
-    from .outputs import OutputExistsError, ensure_folder, refuse_inputs
+    from .outputs import ensure_folder
+    from .tiny import MARKER_FILE
 
     out = Path(request.out_dir)
-    refuse_inputs(out, [request.adapter, request.model, request.run])
-    if out.exists() and not request.force:
-        raise OutputExistsError("already exists; nothing was overwritten.", file=out,
-                                fix="choose another --out, or pass --force to replace it.")
+    claim_export_folder(out, [request.adapter, request.model, request.run, request.samples],
+                        request.force)
     model_path = ensure_model(choose_model(request.model, "--model"))
     ensure_folder(out.parent, what="export folder")
     work = out.parent / f".{out.name}.exporting"
     shutil.rmtree(work, ignore_errors=True)
-    reference, facts = merge(request, model_path, work, say)
-    from .tiny import MARKER_FILE
-
-    info = {"base_model": request.model, "adapter": str(request.adapter),
-            "run": str(request.run) if request.run else None,
-            "base_is_tiny": (Path(model_path) / MARKER_FILE).is_file(), **facts}
-    write_model_card(work, request, info)
+    try:
+        reference, facts = merge(request, model_path, work, say)
+        info = {"base_model": request.model, "adapter": str(request.adapter),
+                "run": str(request.run) if request.run else None,
+                "base_is_tiny": (Path(model_path) / MARKER_FILE).is_file(), **facts}
+        write_model_card(work, request, info)
+        mark(work, info, "not verified yet (the export was interrupted)")
+        measured = settle(work, out, info, reference if request.verify else None, facts)
+    except VerificationError:
+        raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # a crash leaves nothing that looks finished
+        raise
     _replace(work, out)
-    if not request.verify:
-        record_verification(out, info, None, "not verified (--no-verify)")
-        return out
-    measured = record_verification(out, info, reference)
-    ties = measured.get("answer_ties", 0)
-    say(f"Verified in a fresh process on {count(measured['samples'], 'held-out sample')}: "
-        + ("same prompts, visual tokens and greedy answers" + (
-            f" ({ties} parted only where two tokens tied within rounding)" if ties else "")
-           + f"; logits within {measured['max_logit_difference']:.1e} (allowed "
-             f"{measured['tolerance']:.0e})." if measured["samples"] else
-           "files complete (no held-out samples to compare)."))
+    say(verdict_line(measured, request.verify))
     return out
 
 
-def record_verification(folder: Path, info: dict[str, Any], reference: Reference | None,
-                        skipped: str = "") -> dict[str, Any]:
-    """Verify ``folder`` (unless ``reference`` is None) and record the outcome in export.json;
-    anything but a pass leaves ``UNVERIFIED.txt`` in the folder, so it never looks good.
-
-    Raises:
-        VerificationError: the verification failed (recorded first).
-    """
+def mark(folder: Path, info: dict[str, Any], why: str) -> None:
+    """Record in the folder that it is not verified, and why (export.json and UNVERIFIED.txt)."""
     from .outputs import write_json, write_text
 
+    write_json(folder / EXPORT_INFO, {**info, "verified": False, "problem": why})
+    write_text(folder / UNVERIFIED, f"This folder is not verified: {why}\n"
+                                    "Check it with: qvl export --out THIS_FOLDER --check-only\n")
+
+
+def settle(work: Path, out: Path, info: dict[str, Any], reference: Reference | None,
+           facts: dict[str, Any]) -> dict[str, Any]:
+    """Verify ``work`` and record the outcome. A pass removes the marker; a skipped or
+    files-only check keeps it; a failure moves the folder where the learner can inspect it.
+
+    Raises:
+        VerificationError: it failed (says where the failed folder is).
+    """
+    from .outputs import write_json
+
     try:
-        if reference is None:
-            raise VerificationError(skipped)
-        measured = verify(folder, reference)
+        measured = verify(work, reference, facts) if reference is not None else {}
     except VerificationError as exc:
-        write_json(folder / EXPORT_INFO, {**info, "verified": False, "problem": exc.message})
-        write_text(folder / UNVERIFIED, f"This folder is not verified: {exc.message}\n"
-                                        "Check it with: qvl export ... --check-only\n")
-        if reference is None:
-            return {}
+        mark(work, info, exc.message)
+        failed = out if not out.exists() else out.with_name(out.name + ".unverified")
+        if failed != out:  # an earlier export stays as it was
+            shutil.rmtree(failed, ignore_errors=True)
+        work.rename(failed)
+        exc.file = str(failed)
+        exc.args = (str(exc),)
         raise
-    write_json(folder / EXPORT_INFO, {**info, "verified": True, "verification": measured})
-    (folder / UNVERIFIED).unlink(missing_ok=True)
+    if reference is None:
+        mark(work, info, "exported with --no-verify")
+    elif not measured["samples"]:
+        mark(work, info, "only the files were checked (no held-out samples: pass --data)")
+    else:
+        write_json(work / EXPORT_INFO, {**info, "verified": True, "verification": measured})
+        (work / UNVERIFIED).unlink(missing_ok=True)
     return measured
 
 
+def verdict_line(measured: dict[str, Any], verified: bool) -> str:
+    """What the export can be trusted for, in one line."""
+    if not verified:
+        return "NOT verified (--no-verify): the folder is marked UNVERIFIED.txt."
+    if not measured.get("samples"):
+        return ("Only the files were checked (no held-out samples, pass --data): the folder "
+                "stays marked UNVERIFIED.txt.")
+    ties = measured.get("answer_ties", 0)
+    return (f"Verified in a fresh process on {count(measured['samples'], 'held-out sample')}: "
+            "same prompts, visual tokens and greedy answers" +
+            (f" ({ties} parted only where two tokens tied within rounding)" if ties else "") +
+            f"; logits within {measured['max_logit_difference']:.1e} (allowed "
+            f"{measured['tolerance']:.0e}).")
+
+
 def _replace(work: Path, out: Path) -> None:
-    """Move the finished folder into place; an older export is removed only now (``force``)."""
+    """Move the finished folder into place; an earlier export is removed only now."""
     if out.exists():
         old = out.parent / f".{out.name}.replaced"
         shutil.rmtree(old, ignore_errors=True)
@@ -467,37 +582,65 @@ def _replace(work: Path, out: Path) -> None:
         work.rename(out)
 
 
-def check_export(folder: str | Path, request: ExportRequest, say: Any = print) -> dict[str, Any]:
+def check_request(folder: str | Path, **given: Any) -> ExportRequest:
+    """What ``--check-only`` compares ``folder`` with: what its export.json recorded (base model,
+    adapter, run), unless given.
+
+    Raises:
+        ConfigError: the folder is not an export, or names no adapter.
+    """
+    from .outputs import read_json
+
+    folder = Path(folder)
+    info = read_json(folder / EXPORT_INFO)
+    if info is None:
+        raise ConfigError("this is not a folder made by qvl export (no export.json).",
+                          file=folder, fix="pass the --out of an export.")
+    run = given.get("run") or info.get("run")
+    if run and not given.get("model") and not given.get("adapter"):
+        request = plan_export(run, out_dir=folder)
+    else:
+        request = ExportRequest(model=str(given.get("model") or info["base_model"]),
+                                adapter=Path(given.get("adapter") or info["adapter"]),
+                                out_dir=folder)
+    request.samples = Path(given["data"]) if given.get("data") else request.samples
+    request.n_verify = given.get("n_verify", request.n_verify)
+    return request
+
+
+def check_export(request: ExportRequest, say: Any = print) -> dict[str, Any]:
     """Verify an existing export against base + adapter again (``qvl export --check-only``), for
     a folder that was copied, edited or exported with ``--no-verify``; the outcome is recorded
     in the folder like an export's.
 
     Raises:
-        ModelError: there is no export folder.
         VerificationError: it failed (the folder is marked ``UNVERIFIED.txt``).
     """
     from .config import choose_model, ensure_model
-    from .model import load_adapter, load_model, load_processor
+    from .model import attention_implementation
     from .outputs import read_json
 
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ModelError("there is no exported model here.", file=folder,
-                         fix="run qvl export first (without --check-only).")
+    folder = Path(request.out_dir)
     model_path = ensure_model(choose_model(request.model, "--model"))
-    processor = load_processor(request.adapter)
-    lo, hi = image_limits(request.adapter, processor)
-    model = load_adapter(load_model(model_path, "none", dtype=merge_dtype(model_path)),
-                         request.adapter)
-    make_greedy(model.eval())
-    reference = observe(model, processor, verification_records(request), lo, hi)
+    device, _ = choose_device(memory_needed(model_path, merge_dtype(model_path)))
+    model, processor, lo, hi = load_reference(request, model_path, device)
+    reference = observe(model, processor, verification_records(request), lo, hi, base_too=True)
     del model
-    info = read_json(folder / EXPORT_INFO) or {"base_model": request.model,
-                                                "adapter": str(request.adapter)}
-    info.pop("verification", None)
-    info.pop("problem", None)
-    measured = record_verification(folder, info, reference)
-    say(f"{folder}: verified on {count(measured['samples'], 'held-out sample')}.")
+    free_memory()
+    info = {k: v for k, v in (read_json(folder / EXPORT_INFO) or {}).items()
+            if k not in ("verification", "problem", "verified")}
+    facts = {"device": device, "attention": attention_implementation()}
+    try:
+        measured = verify(folder, reference, facts)
+    except VerificationError as exc:
+        mark(folder, info, exc.message)
+        raise
+    if measured["samples"]:
+        from .outputs import write_json
+
+        write_json(folder / EXPORT_INFO, {**info, "verified": True, "verification": measured})
+        (folder / UNVERIFIED).unlink(missing_ok=True)
+    say(verdict_line(measured, True).replace("Verified", f"{folder}: verified", 1))
     return measured
 
 

@@ -1,7 +1,8 @@
 """Sharing an export or an adapter on the Hugging Face Hub (``qvl push``).
 
 Nothing is uploaded unless asked for by name. The repository is private unless ``public`` is
-set. The token comes from ``HF_TOKEN`` (or the login stored by ``hf auth login`` / the notebook
+set (an existing public repository is refused unless ``public``). The token comes from
+``HF_TOKEN`` (or the login stored by ``hf auth login`` / the notebook
 widget); it is handed to ``huggingface_hub`` and never printed, logged or written anywhere.
 """
 
@@ -26,26 +27,38 @@ def push_folder(folder: str | Path, repo_id: str, *, public: bool = False,
         ModelError: the Hub refused (no token, no permission, no network); the message never
             contains the token.
     """
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
+
+    from .outputs import read_json
 
     folder = Path(folder)
     if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
         raise ConfigError("this is neither an exported model nor an adapter.", file=folder,
                           fix="push outputs/export/NAME or outputs/runs/NAME/adapter.")
-    if (folder / UNVERIFIED).is_file():
-        raise ConfigError("this export is marked unverified.", file=folder / UNVERIFIED,
-                          fix="export again (or check it with qvl export --check-only) first.")
+    info = read_json(folder / "export.json")
+    if (folder / "config.json").is_file() and (not info or info.get("verified") is not True
+                                               or (folder / UNVERIFIED).is_file()):
+        raise ConfigError("this model folder is not a verified export (see export.json and "
+                          "UNVERIFIED.txt).", file=folder,
+                          fix="export it with qvl export (or check it with qvl export --out "
+                              "FOLDER --check-only) first.")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"{repo_id!r} is not a repository name.",
                           fix="use your-user-name/model-name.")
     secret = token or os.environ.get("HF_TOKEN") or None
     api = HfApi(token=secret)
     try:
-        api.create_repo(repo_id, private=not public, exist_ok=True, repo_type="model")
+        made = api.create_repo(repo_id, private=not public, exist_ok=True, repo_type="model")
+        private = getattr(api.repo_info(repo_id), "private", not public) if made else not public
+        if private is False and not public:
+            raise ConfigError(f"{repo_id} already exists and is public: nothing was uploaded.",
+                              fix="make it private on the Hub first, choose another name, or "
+                                  "pass --public if it is meant to be public.")
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                           commit_message="Upload from the Qwen2.5-VL fine-tuning course")
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:200]
         if secret:
             reason = reason.replace(secret, "***")

@@ -20,10 +20,15 @@ CARD_SETTINGS = ("quantization", "trained", "lora_r", "lora_alpha", "lora_dropou
                  "max_pixels", "max_length", "seed")
 
 
+def is_real_model(base: str) -> bool:
+    """The hub id of Qwen2.5-VL-3B-Instruct, or a local copy of it under its own name."""
+    return base == REAL_MODEL_ID or Path(base).name == REAL_MODEL_ID.split("/")[1]
+
+
 def _front_matter(base: str) -> str:
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "image-text-to-text",
                             "tags": ["qwen2_5_vl", "lora", "qvl-course"]}
-    if base == REAL_MODEL_ID:
+    if is_real_model(base):
         meta.update(base_model=[REAL_MODEL_ID], license=QWEN_LICENCE[0],
                     license_name=QWEN_LICENCE[1], license_link=QWEN_LICENCE[2])
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
@@ -102,7 +107,7 @@ def model_card(request: Any, info: dict[str, Any]) -> str:
     lines += _evaluation(find_report(request.run, Path(request.adapter)))
     lines += _usage(info["min_pixels"], info["max_pixels"])
     licence = (f"The base model's licence applies: [{QWEN_LICENCE[1]}]({QWEN_LICENCE[2]})."
-               if base == REAL_MODEL_ID else "The base model's licence applies.")
+               if is_real_model(base) else "The base model's licence applies.")
     lines += ["## Licence", "", licence, "", "## Limitations", "",
               "- It was tuned and tested on the data above only; expect it to fail on images "
               "and questions unlike them.",

@@ -74,6 +74,10 @@ def side_by_side(chat: Any, images: Sequence[str], question: str = "") -> Any:
     import ipywidgets as w
     from IPython.display import HTML, Image, display
 
+    if not getattr(chat, "has_adapter", False):
+        raise ValueError("side_by_side needs a Chat with an adapter (the base answer is the "
+                         "same model with the adapter switched off).")
+    uploads = Path(tempfile.mkdtemp(prefix="qvl-uploads-"))
     picker = w.Dropdown(options=list(images), description="image")
     upload = w.FileUpload(accept="image/*", multiple=False, description="or upload")
     asked = w.Text(value=question, description="question", layout=w.Layout(width="60%"))
@@ -82,9 +86,11 @@ def side_by_side(chat: Any, images: Sequence[str], question: str = "") -> Any:
     def chosen() -> str:
         if upload.value:  # ipywidgets 8: a tuple of dicts with name and content
             item = upload.value[0]
-            path = Path(tempfile.mkdtemp()) / Path(item["name"]).name
+            path = uploads / Path(item["name"]).name
             path.write_bytes(bytes(item["content"]))
-            return str(path)
+            upload.value = ()  # used once; the dropdown chooses again afterwards
+            picker.options = [*picker.options, str(path)]
+            picker.value = str(path)
         return str(picker.value)
 
     def ask(_: Any = None) -> None:

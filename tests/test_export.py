@@ -185,8 +185,16 @@ class FakeApi:
     def __init__(self, token: str | None = None) -> None:
         FakeApi.calls.append(("init", {"token": token}))
 
-    def create_repo(self, repo_id: str, **kwargs: Any) -> None:
+    public_repos: set[str] = set()
+
+    def create_repo(self, repo_id: str, **kwargs: Any) -> str:
         FakeApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def repo_info(self, repo_id: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(private=repo_id not in FakeApi.public_repos)
 
     def upload_folder(self, **kwargs: Any) -> None:
         FakeApi.calls.append(("upload_folder", kwargs))
@@ -205,6 +213,14 @@ def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
     folder = tmp_path / "merged"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
+    code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
+    assert code == 2 and "not a verified export" in err and not FakeApi.calls
+    (folder / "export.json").write_text('{"verified": true}')
+    FakeApi.public_repos = {"me/public"}
+    code, _, err = run_main(capsys, "push", folder, "--repo", "me/public")
+    assert code == 2 and "already exists and is public" in err
+    assert "upload_folder" not in [c[0] for c in FakeApi.calls]
+    FakeApi.calls = []
     code, out, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
     assert code == 0, err
     assert [c[0] for c in FakeApi.calls] == ["init", "create_repo", "upload_folder"]
@@ -227,7 +243,7 @@ def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
     assert secret not in out + err
     (folder / "UNVERIFIED.txt").write_text("failed")
     code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
-    assert code == 2 and "marked unverified" in err
+    assert code == 2 and "not a verified export" in err
 
 
 # --------------------------------------------------------------------------- the model card

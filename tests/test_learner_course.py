@@ -71,7 +71,9 @@ def _execute(name: str, env: dict[str, str]) -> str:
     os.environ.clear()
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        NotebookClient(notebook, timeout=HANG_GUARD_S, kernel_name="python3",
+        # Per cell: the learner's 32 training records train in minutes even on a busy laptop;
+        # a lost kernel message (seen twice under heavy load) then fails in 15 minutes, not 40.
+        NotebookClient(notebook, timeout=900, kernel_name="python3",
                        resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     finally:
         os.environ.clear()
