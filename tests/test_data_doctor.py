@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -218,6 +218,7 @@ json_values = st.recursive(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=st.lists(json_values, min_size=1, max_size=4), as_array=st.booleans())
+@example(items=[{"messages": [{"id": None, "from": []}]}], as_array=False)  # found 2026-11-29
 def test_random_json_never_crashes(tmp_path: Path, items: list, as_array: bool) -> None:
     path = tmp_path / "fuzz.json"
     text = json.dumps(items) if as_array else "\n".join(json.dumps(i) for i in items)

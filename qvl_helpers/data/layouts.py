@@ -35,7 +35,7 @@ def detect_format(obj: Any) -> str | None:
         return None
     first = turns[0]
     if "from" in first:
-        froms = {t.get("from") for t in turns if isinstance(t, dict)}
+        froms = {str(t.get("from")) for t in turns if isinstance(t, dict)}  # any JSON value
         values = " ".join(str(t.get("value", "")) for t in turns if isinstance(t, dict))
         if "<img" in values or froms <= {"user", "assistant", "system"}:
             return "seed"
