@@ -285,3 +285,22 @@ def test_the_model_card_tells_what_the_files_say(tmp_path: Path) -> None:
     assert "| base | 0.100 [0.000, 0.300] |" in card and "99 held-out" not in card
     assert "- tuned is better than base in json_f1 by 0.800" in card
     assert "between 3136 and 401408 pixels" in card
+
+
+def test_greedy_answers_may_part_only_at_a_tie() -> None:
+    """After the same prefix, two 16/32-bit roundings of one model can flip a near-tie; they
+    cannot flip a clear choice (that is a different model)."""
+    from qvl_helpers.export import Reference, compare_observations
+
+    logits = torch.tensor([[10.0, 1.0, 0.0]])
+    reference = Reference([{"id": "s-1", "messages": []}], input_ids=[[1, 2]], grids=[[]],
+                          logits=[logits], answers=["ab"], tokens=[[5, 6, 7]],
+                          margins=[[3.0, 1e-6, 2.0]])
+    merged = {"input_ids": [[1, 2]], "grids": [[]], "logits": [logits + 1e-7],
+              "answers": ["ac"], "tokens": [[5, 8, 9]], "margins": [[3.0, 2e-6, 1.0]],
+              "dtype": "float32"}
+    problems, measured = compare_observations(reference, merged)
+    assert problems == [] and measured["answer_ties"] == 1
+    merged["margins"] = [[3.0, 0.5, 1.0]]  # the merged model clearly prefers another token
+    problems, _ = compare_observations(reference, merged)
+    assert problems == ["sample s-1: another greedy answer ('ac' instead of 'ab')"]
