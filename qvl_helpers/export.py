@@ -45,8 +45,11 @@ EXPORT_INFO = "export.json"   # what was merged from what, and the verification 
 UNVERIFIED = "UNVERIFIED.txt"  # present when the last verification failed
 MAX_SHARD = "2GB"
 #: Largest |logit difference| allowed, relative to the largest |logit|, per precision: merging
-#: rounds W + B·A once, where the unmerged model rounds W·x and B·A·x separately.
-TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
+#: rounds W + B·A once, where the unmerged model rounds W·x and B·A·x separately, and a busy
+#: CPU may sum in another order (MKL uses fewer threads under load): with large random adapters
+#: that reached 2.8e-4 in float32 on a loaded 2-core machine; trained adapters stay near 1e-6.
+#: A merge that goes wrong (a lost module, a wrong scale) differs by 1e-2 or more.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2, "float16": 1e-2}
 REQUIRED_FILES = ("config.json", "generation_config.json", "tokenizer.json",
                   "tokenizer_config.json", "README.md")
 

@@ -78,7 +78,7 @@ def test_every_kind_of_adapter_merges_and_verifies(tmp_path: Path, tiny_dir: Pat
     assert "Verified in a fresh process on 3 held-out samples" in stdout
     assert "float32 on the cpu" in stdout and "it needs about" in stdout
     info = json.loads((out / "export.json").read_text())
-    assert info["verified"] is True and info["verification"]["max_logit_difference"] < 1e-4
+    assert info["verified"] is True and info["verification"]["max_logit_difference"] < 1e-3
     assert not (out / "UNVERIFIED.txt").exists()
     assert not list(out.glob("adapter_*"))  # a plain model: no adapter files left inside
     settings = json.loads((out / "generation_config.json").read_text())
