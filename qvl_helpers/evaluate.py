@@ -124,16 +124,18 @@ def task_prompt(task: str, references: Sequence[str]) -> str:
     return "用一两句话描述这张图片。" if chinese else "Describe the image in one or two sentences."
 
 
-def prompt_examples(request: EvalRequest, references: Sequence[str]) -> list[str]:
+def prompt_examples(request: EvalRequest, references: Sequence[str],
+                    trained: Sequence[Record] | None = None) -> list[str]:
     """The answers the derived task prompt describes: the training split's (a prompt built from
-    the test answers would leak them into the baseline), else the evaluated ones."""
+    the test answers would leak them into the baseline), else the evaluated ones. ``trained``:
+    the training records when already loaded."""
     from .data import load_records
 
-    if request.train_split is not None and Path(request.train_split).is_file():
-        trained = [answers_of(r)[-1] for r in load_records(request.train_split)]
-        if trained:
-            return trained
-    return list(references)
+    if trained is None and request.train_split is not None and \
+            Path(request.train_split).is_file():
+        trained = load_records(request.train_split)
+    answers = [answers_of(r)[-1] for r in trained or []]
+    return answers or list(references)
 
 
 def with_system_prompt(record: Record, prompt: str) -> Record:
@@ -187,9 +189,9 @@ def find_overlap(evaluated: Sequence[Record], trained: Sequence[Record]) -> list
 
 
 def check_overlap(records: Sequence[Record], data: Path, train: Path | None,
-                  allow: bool) -> list[str]:
+                  allow: bool, trained: Sequence[Record] | None = None) -> list[str]:
     """The overlap of ``records`` with the training split ``train`` (nothing when there is no
-    training split to check against).
+    training split to check against; ``trained``: its records when already loaded).
 
     Raises:
         DatasetError: there is overlap and ``allow`` is false.
@@ -198,7 +200,7 @@ def check_overlap(records: Sequence[Record], data: Path, train: Path | None,
 
     if train is None:
         return []
-    found = find_overlap(records, load_records(train))
+    found = find_overlap(records, load_records(train) if trained is None else trained)
     if found and not allow:
         shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
         raise DatasetError(f"{count(len(found), 'evaluation sample')} also appear in the "
@@ -435,8 +437,11 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
     references = [answers_of(r)[-1] for r in records]
     task, why = M.resolve_task(request.task, references, [r["id"] for r in records])
     scores = Scores(M.metrics_for(task, request.metrics))
-    overlap = check_overlap(records, request.data, request.train_split, request.allow_overlap)
-    prompt = request.prompt or task_prompt(task, prompt_examples(request, references))
+    # The training split, read once: for the leakage check and the derived task prompt.
+    trained = load_records(request.train_split) if request.train_split is not None else None
+    overlap = check_overlap(records, request.data, request.train_split, request.allow_overlap,
+                            trained)
+    prompt = request.prompt or task_prompt(task, prompt_examples(request, references, trained))
 
     model_path = ensure_model(choose_model(request.model, "--model"))
     net, processor = load_for_eval(model_path, request.adapter, request.quantization)
