@@ -189,7 +189,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    train(_load_train_config(args), resume=args.resume, force=args.force, dry_run=args.dry_run)
+    if args.time and not args.dry_run:
+        print("qvl train: error: --time times a few steps for the plan: add --dry-run.",
+              file=sys.stderr)
+        return 2
+    train(_load_train_config(args), resume=args.resume, force=args.force, dry_run=args.dry_run,
+          time_steps=3 if args.time else 0)
     return 0
 
 
@@ -312,6 +317,9 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check everything (settings, data, lengths, LoRA layers, resume) and "
                         "print the plan without training (the data splits are prepared)")
+    p.add_argument("--time", action="store_true",
+                   help="with --dry-run: time a few training steps here (the model is loaded; "
+                        "nothing is saved) and estimate how long the run takes")
 
     _add_eval_command(sub)
     _add_use_commands(sub)

@@ -158,7 +158,10 @@ class CourseConfig(BaseModel):
     save_steps: PositiveInt = 50
     save_total_limit: int = Field(2, ge=2)  # the previous checkpoint must survive a kill
     gradient_checkpointing: bool = True
-    group_by_length: bool = True
+    # --- lean training (each measured by `python -m benchmarks`)
+    group_by_length: bool = True   # batches of similar token counts: less padding
+    vision_no_grad: bool = True    # a vision tower with nothing to train builds no graph
+    answer_logits: bool = True     # vocabulary logits only where an answer token is predicted
     on_too_long: Literal["error", "drop"] = "error"  # drop: skip and count such samples
     tuned_for: Literal["any", "tiny"] = "any"  # a preset's knobs suit only the tiny stand-in
     # --- evaluation (qvl eval, notebook 04)

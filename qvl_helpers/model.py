@@ -240,12 +240,14 @@ def lora_target_names(model_path: str, trained: str) -> list[str]:
 
 
 def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 16,
-             dropout: float = 0.05, gradient_checkpointing: bool = True) -> Any:
+             dropout: float = 0.05, gradient_checkpointing: bool = True,
+             vision_no_grad: bool = True) -> Any:
     """Wrap ``model`` with LoRA adapters on the parts named by ``trained``.
 
     Gradient checkpointing is non-reentrant (with a frozen base, reentrant checkpointing silently
-    gives LoRA no gradient), and a vision tower with nothing trainable runs without building a
-    graph.
+    gives LoRA no gradient). ``vision_no_grad``: a vision tower with nothing trainable runs
+    without building a graph (``enable_input_require_grads`` would otherwise make its patch
+    embedding require gradients, and every block would keep its activations for nothing).
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -269,7 +271,8 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
                         modules_to_save=full or None, task_type="CAUSAL_LM")
     with quiet_upstream_deprecations():
         model = get_peft_model(model, config)
-    freeze_idle_vision(model)
+    if vision_no_grad:
+        freeze_idle_vision(model)
     return model
 
 

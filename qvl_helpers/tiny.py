@@ -208,13 +208,28 @@ def build_processor() -> Any:
 
 def build_config(tokenizer: Any) -> Any:
     """A ``Qwen2_5_VLConfig`` with the real structure at tiny size."""
-    from transformers import Qwen2_5_VLConfig
-
-    s = TINY_SIZES
     tok = tokenizer.convert_tokens_to_ids
     vocab_size = -(-len(tokenizer) // 64) * 64  # padded like the real 151936 > 151665 tokens
+    ids = {token: tok(token) for token in SPECIAL_TOKENS}
+    return qwen25vl_config(TINY_SIZES, vocab_size, ids)
+
+
+def real_3b_config() -> Any:
+    """The real Qwen2.5-VL-3B-Instruct's configuration, built offline from :data:`REAL_3B`
+    (for the memory estimate and the GPU check's random 3B: no download)."""
+    ids = {token: 151643 + i for i, token in enumerate(SPECIAL_TOKENS)}
+    return qwen25vl_config({**REAL_3B, "initializer_range": 0.02}, REAL_3B["vocab_size"], ids)
+
+
+def qwen25vl_config(sizes: dict[str, Any], vocab_size: int, ids: dict[str, int]) -> Any:
+    """A ``Qwen2_5_VLConfig`` of the real structure with the given sizes (keys as in
+    :data:`TINY_SIZES`) and special-token ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    s = sizes
     head_dim = s["hidden_size"] // s["num_attention_heads"]
-    assert sum(s["mrope_section"]) * 2 == head_dim, "M-RoPE sections must sum to head_dim / 2"
+    if sum(s["mrope_section"]) * 2 != head_dim:
+        raise ValueError("M-RoPE sections must sum to head_dim / 2")
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab_size, hidden_size=s["hidden_size"],
@@ -224,8 +239,8 @@ def build_config(tokenizer: Any) -> Any:
             rope_parameters={"rope_type": "default", "mrope_section": s["mrope_section"],
                              "rope_theta": 1000000.0},
             rms_norm_eps=1e-6, initializer_range=s["initializer_range"], tie_word_embeddings=True,
-            bos_token_id=tok("<|endoftext|>"), eos_token_id=tok("<|im_end|>"),
-            pad_token_id=tok("<|endoftext|>"), max_window_layers=s["num_hidden_layers"],
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"], max_window_layers=s["num_hidden_layers"],
         ),
         vision_config=dict(
             depth=s["vision_depth"], hidden_size=s["vision_hidden_size"],
@@ -234,8 +249,8 @@ def build_config(tokenizer: Any) -> Any:
             patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
             tokens_per_second=2, initializer_range=s["initializer_range"],
         ),
-        image_token_id=tok("<|image_pad|>"), video_token_id=tok("<|video_pad|>"),
-        vision_start_token_id=tok("<|vision_start|>"), vision_end_token_id=tok("<|vision_end|>"),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
 

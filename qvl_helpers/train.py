@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .collate import Collator, make_collator
+from .collate import IGNORE_INDEX, Collator, make_collator
 from .config import CourseConfig, ensure_model
 from .data.records import Record
 from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
+from .memory import report_for_run
 from .outputs import OutputFolderError, ensure_folder, write_json
 from .qwen import tokens_in
 from .runs import (
@@ -60,6 +61,13 @@ from .runs import (
     start_log,
     write_identity,
 )
+
+#: The lean-training switches (course.yaml), each measured by ``python -m benchmarks``.
+LEAN_SWITCHES = ("group_by_length", "vision_no_grad", "answer_logits", "gradient_checkpointing")
+PACKING_NOTE = ("several samples per row without padding needs each sample's own 3-D M-RoPE "
+                "positions from the collator, and either flash-attention's varlen kernels (CUDA "
+                "only) or a dense block mask per row under SDPA, which costs about what padding "
+                "costs after length grouping (benchmarks/results/padding.json)")
 
 #: Fault-injection point for the resume tests: SIGKILL this process while it writes the
 #: checkpoint of this step (after the weights, before the optimizer and trainer state).
@@ -217,15 +225,44 @@ class RunFilesCallback(TrainerCallback):
 # ----------------------------------------------------------------------------- the trainer
 
 
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Where the model predicts a trained token: position ``t`` predicts label ``t + 1``."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+def answer_loss(outputs: Any, labels: torch.Tensor,
+                num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Cross-entropy over logits computed only at :func:`answer_positions` (the model returns
+    them flattened, in row-major order). The same sum over the same tokens as the model's own
+    loss, divided by the same count, so the loss and its gradients are unchanged; the logits of
+    prompt and image positions, most of a vision sample, are never made."""
+    shifted = labels[:, 1:]
+    targets = shifted[shifted != IGNORE_INDEX].to(outputs.logits.device)
+    total = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1)
+    return total / count
+
+
 class CourseTrainer(Trainer):
     """Trainer with the course's guards: a non-finite loss stops the run with an explanation;
-    batches are grouped by length; a fault-injection point for the resume tests."""
+    batches are grouped by length; logits only where answers are predicted (``answer_logits``);
+    a fault-injection point for the resume tests."""
 
     def __init__(self, *args: Any, lengths: Sequence[int] | None = None,
-                 guard_hint: str = "", **kwargs: Any) -> None:
+                 guard_hint: str = "", answer_logits: bool = False, **kwargs: Any) -> None:
+        if answer_logits:
+            kwargs["compute_loss_func"] = answer_loss  # the Trainer then passes it the labels
         super().__init__(*args, **kwargs)
         self.lengths = lengths
         self.guard_hint = guard_hint
+        self.answer_logits = answer_logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.answer_logits and "labels" in inputs:
+            inputs = {**inputs, "logits_to_keep": answer_positions(inputs["labels"])}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.lengths is None:
@@ -443,7 +480,11 @@ def _dry_run_text(cfg: CourseConfig, model_path: str, prepared: Any, budgets: di
              f"steps        about {steps} ({per_step} samples per optimizer step)"]
     if resume_from is not None and resume_from.checkpoint is not None:
         lines.append(f"resume from  {resume_from.checkpoint}")
-    return "\n".join(lines + ["", "Dry run: everything checked; nothing was trained."])
+    lines += ["lean         " + ", ".join(f"{key} {getattr(cfg, key)}" for key in LEAN_SWITCHES),
+              f"             packing off: {PACKING_NOTE}", "",
+              report_for_run(cfg, model_path, budgets["train"], cuda=torch.cuda.is_available(),
+                             is_tiny=cfg.resolve_model().is_tiny)]
+    return "\n".join(lines)
 
 
 def open_run_folder(folder: Path, identity: dict[str, Any], resume_from: ResumePoint | None,
@@ -501,7 +542,8 @@ def prepare_model(cfg: CourseConfig, model_path: str, quantization: str, dtype: 
     device_map = {"": local_rank} if torch.cuda.is_available() else None
     model = load_model(model_path, quantization, dtype, device_map=device_map)
     model = add_lora(model, trained=cfg.trained, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                     dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
+                     dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing,
+                     vision_no_grad=cfg.vision_no_grad)
     say(format_parameter_table(parameter_table(model)))
     return model
 
@@ -525,14 +567,19 @@ def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[Record]
         bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
         use_cpu=not cuda, ddp_backend=None if cuda else ("gloo" if world > 1 else None),
         ddp_find_unused_parameters=False, remove_unused_columns=False,
+        prediction_loss_only=True,  # evaluation keeps only the loss, never every batch's logits
         dataloader_num_workers=0, report_to="none", disable_tqdm=not verbose or rank != 0,
     )  # gradient checkpointing is enabled by add_lora (non-reentrant), not by the Trainer
     run_files = RunFilesCallback(folder, processor, cfg, extra, live=live_plot)
-    return CourseTrainer(
+    trainer = CourseTrainer(
         model=model, args=args, train_dataset=RecordDataset(records["train"]),
         eval_dataset=RecordDataset(val) if val else None,
         data_collator=collator, callbacks=[run_files, *callbacks],
-        lengths=lengths if cfg.group_by_length else None, guard_hint=_guard_hint(cfg, dtype))
+        lengths=lengths if cfg.group_by_length else None, guard_hint=_guard_hint(cfg, dtype),
+        answer_logits=cfg.answer_logits)
+    if not verbose:  # without progress bars the Trainer prints every log dict instead
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def fit(trainer: CourseTrainer, cfg: CourseConfig, resume_from: ResumePoint | None,
@@ -623,11 +670,12 @@ def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
 
 def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_run: bool = False,
           live_plot: bool = False, callbacks: Sequence[TrainerCallback] = (),
-          verbose: bool = True) -> TrainResult:
+          verbose: bool = True, time_steps: int = 0) -> TrainResult:
     """Fine-tune with LoRA as ``cfg`` says and return where everything went. ``resume``
     continues the same run from its newest intact checkpoint (refused if its data, model or
     shaping settings changed); ``force`` starts a new run under a free name where the run would
-    be refused; ``dry_run`` checks everything and prints the plan.
+    be refused; ``dry_run`` checks everything and prints the plan (with ``time_steps``, also a
+    time estimate measured on that many training steps, nothing saved).
 
     Raises:
         ConfigError, DatasetError: a setting or the data cannot work (named, with the fix).
@@ -646,6 +694,9 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
     if dry_run:
         say(_dry_run_text(cfg, plan.model_path, plan.prepared, plan.budgets, plan.targets, world,
                           plan.resume_from))
+        if time_steps:
+            say(time_estimate(plan, world, state, time_steps).text())
+        say("\nDry run: everything checked; nothing was trained.")
         return TrainResult(folder, folder / ADAPTER, 0, None, 0.0, False)
     state.wait_for_everyone()  # every process has planned before the main one changes anything
     if rank == 0:
@@ -665,6 +716,78 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
     _write_rank_report(folder, rank, world, plan.collator, result.steps)
     say(f"Trained {result.steps} steps in {result.seconds:.0f} s; adapter: {result.adapter}")
     return result
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (micro-batches and the optimizer update included)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+@dataclass
+class TimeEstimate:
+    """A run's duration from steps measured on this machine: the median step times the steps,
+    with the fastest and slowest measured step as the range."""
+
+    steps: int            # optimizer steps the run will take
+    measured: list[float]  # seconds of each measured step (the warm-up step left out)
+
+    @property
+    def per_step(self) -> float:
+        ordered = sorted(self.measured)
+        return ordered[len(ordered) // 2]
+
+    def text(self) -> str:
+        low, high = min(self.measured), max(self.measured)
+        return (f"time         about {_duration(self.per_step * self.steps)} for {self.steps} "
+                f"steps ({_duration(low * self.steps)} to {_duration(high * self.steps)}): "
+                f"{self.per_step:.2f} s per step, median of {len(self.measured)} random batches "
+                f"measured here after one warm-up step ({low:.2f} to {high:.2f} s); evaluation "
+                "and checkpoints come on top, length grouping makes it a little faster")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def run_steps(plan: RunPlan) -> int:
+    """Optimizer steps of the planned run (``max_steps``, else from the epochs)."""
+    cfg, world = plan.cfg, plan.extra["resolved"]["world_size"]
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    batches = math.ceil(len(plan.records["train"]) / (cfg.batch_size * world))
+    return math.ceil(batches / cfg.grad_accum * cfg.num_epochs)
+
+
+def time_estimate(plan: RunPlan, world: int, state: Any, steps: int = 3) -> TimeEstimate:
+    """Train ``steps + 1`` steps on random batches in a temporary folder (the first is a warm-up)
+    and extrapolate to the whole run. Nothing of the run is written or changed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = plan.cfg.model_copy(update={
+            "output_dir": Path(tmp), "max_steps": steps + 1, "group_by_length": False,
+            "eval_steps": 10 ** 9, "save_steps": 10 ** 9, "logging_steps": 10 ** 9})
+        run_dir(cfg).mkdir(parents=True)
+        model = prepare_model(cfg, plan.model_path, plan.quantization, plan.dtype,
+                              state.local_process_index, say=lambda *a, **k: None)
+        timer = StepTimer()
+        trainer = build_trainer(cfg, model, {**plan.records, "val": []}, plan.collator,
+                                plan.processor, plan.budgets["train"].totals, plan.dtype, world,
+                                plan.extra, [timer], False, False, state.process_index)
+        trainer.train()
+        plan.collator.reset_counts()
+    return TimeEstimate(run_steps(plan), timer.seconds[1:])
 
 
 def newest_run_or_train(cfg: CourseConfig, *, prefix: str = "nb",

@@ -1,0 +1,109 @@
+"""Lean training: each switch saves memory or padding without changing what is learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qvl_helpers import memory
+from qvl_helpers.collate import make_collator
+from qvl_helpers.data import load_records
+from qvl_helpers.model import add_lora, load_model
+from qvl_helpers.train import CourseTrainer, answer_loss, answer_positions
+
+SHAPES = Path(__file__).resolve().parent.parent / "data_samples" / "shapes" / "shapes.jsonl"
+
+
+@pytest.fixture(scope="module")
+def batch(processor):
+    records = load_records(SHAPES)[:4]
+    return make_collator(processor, "train", max_pixels=12544)(records)
+
+
+def _lora_model(tiny_dir, **kwargs):
+    torch.manual_seed(0)  # the same LoRA initialisation for every variant
+    model = load_model(str(tiny_dir), "none", torch.float32)
+    settings = {"trained": "language", "r": 4, "alpha": 8, "dropout": 0.0,
+                "gradient_checkpointing": True, **kwargs}
+    model = add_lora(model, **settings)
+    for name, p in model.named_parameters():  # LoRA B starts at zero: give it a value
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model.train()
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_answer_positions_point_one_before_each_trained_label():
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 7, -100, -100, -100]])
+    assert answer_positions(labels).tolist() == [[False, True, True, False, False],
+                                                 [True, False, False, False, False]]
+
+
+def test_answer_logits_give_the_models_own_loss_and_gradients(tiny_dir, batch):
+    model = _lora_model(tiny_dir)
+    full = model(**batch).loss
+    full.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    outputs = model(**inputs, logits_to_keep=answer_positions(batch["labels"]))
+    trained = int((batch["labels"] != -100).sum())
+    assert outputs.logits.shape[0] == trained  # one row of logits per trained token, no more
+    loss = answer_loss(outputs, batch["labels"])
+    loss.backward()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+    got = _grads(model)
+    assert got.keys() == expected.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_answer_loss_divides_by_the_tokens_of_the_whole_accumulated_batch(tiny_dir, batch):
+    model = _lora_model(tiny_dir)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    outputs = model(**inputs, logits_to_keep=answer_positions(batch["labels"]))
+    mean = answer_loss(outputs, batch["labels"])
+    trained = int((batch["labels"] != -100).sum())
+    scaled = answer_loss(outputs, batch["labels"], num_items_in_batch=torch.tensor(3 * trained))
+    assert scaled.item() == pytest.approx(mean.item() / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("answer_logits", [False, True])
+def test_the_trainer_computes_the_same_loss_either_way(tiny_dir, batch, tmp_path, answer_logits):
+    from transformers import TrainingArguments
+
+    model = _lora_model(tiny_dir)
+    expected = model(**batch).loss.item()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                             remove_unused_columns=False)
+    trainer = CourseTrainer(model=model, args=args, answer_logits=answer_logits)
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_frozen_vision_tower_keeps_no_activations_with_vision_no_grad(tiny_dir, batch):
+    kept, grads = {}, {}
+    for switch in (False, True):
+        model = _lora_model(tiny_dir, vision_no_grad=switch)
+        params = list(model.parameters())
+        kept[switch] = memory.saved_activation_bytes(lambda m=model: m(**batch).loss.backward(),
+                                                     exclude=params)
+        grads[switch] = _grads(model)
+    shape = memory.model_shape(model.config)
+    patches = 4 * int((batch["input_ids"] == model.config.image_token_id).sum())
+    # with checkpointing on, the tower keeps at least each block's input when it builds a graph
+    assert kept[False] - kept[True] >= shape.vision_depth * patches * shape.vision_hidden * 4
+    for name in grads[True]:  # and the LoRA gradients are the same
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6)
+
+
+def test_lean_switches_are_settings(clean_env):
+    from qvl_helpers.config import load_config
+
+    cfg = load_config(sets={"answer_logits": "false", "vision_no_grad": "false"})
+    assert cfg.answer_logits is False and cfg.vision_no_grad is False
+    assert load_config().answer_logits is True
