@@ -4,13 +4,12 @@ Writes benchmarks/results/doctor_scale.json. Each size runs in its own process, 
 one run, so that the ratio (100k vs 10k records) is what to read: flat memory means the peak
 barely grows while the record count grows tenfold.
 
-    .venv/bin/python benchmarks/doctor_scale.py            # 10k and 100k records, 300 images
+    python -m benchmarks.doctor_scale            # 10k and 100k records, 300 images
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import random
 import resource
 import shutil
@@ -20,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from .common import REPO
+
 SHAPES = REPO / "data_samples" / "shapes"
 
 
@@ -57,15 +57,14 @@ def measure(path: Path) -> dict:
             "records_per_second": round(report["records"] / wall)}
 
 
-def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
+def run(sizes: list[int] | None = None) -> dict:
+    sizes = sizes or [10_000, 100_000]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rows = [measure(make_dataset(folder, n)) for n in sorted(sizes)]
     small, large = rows[0], rows[-1]
-    result = {
+    return {
         "what": "qvl data check on n records sharing 300 PNG images (112x112)",
-        "machine": f"{platform.machine()}, {platform.python_version()}",
         "runs": rows,
         "ratio_large_to_small": {
             "records": round(large["records"] / small["records"], 1),
@@ -74,10 +73,9 @@ def main() -> None:
         "note": "peak RSS of a child is cumulative over children (getrusage), so runs go from "
                 "small to large; the large run's peak is its own.",
     }
-    out = REPO / "benchmarks" / "results" / "doctor_scale.json"
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    from .common import write_result
+
+    print(write_result("doctor_scale", run([int(a) for a in sys.argv[1:]] or None)))

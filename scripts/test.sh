@@ -3,13 +3,7 @@
 # Extra arguments go to the unit-test pytest run (e.g. -k tiny -x).
 set -euo pipefail
 start=$SECONDS
-stage() {  # stage NAME COMMAND...: run one stage and print how long it took
-    local name="$1"; shift
-    local t0=$SECONDS
-    echo "== $name"
-    "$@"
-    echo "== $name: $((SECONDS - t0)) s"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 t0=$SECONDS
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 echo "== environment: $((SECONDS - t0)) s"

@@ -1,0 +1,33 @@
+"""``python -m benchmarks``: every benchmark, one after the other, each writing its JSON under
+``benchmarks/results/``, then the summary table ``benchmarks/results/README.md``.
+
+    python -m benchmarks                 # all (a few minutes on 2 cores)
+    python -m benchmarks padding collator   # some
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from . import collator, doctor_scale, padding, training
+from .common import RESULTS, write_result
+from .summary import write_summary
+
+BENCHMARKS = {"padding": padding.run, "collator": collator.run, "training": training.run,
+              "doctor_scale": doctor_scale.run}
+
+
+def main(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        sys.exit(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    for name in names or list(BENCHMARKS):
+        start = time.perf_counter()
+        path = write_result(name, BENCHMARKS[name]())
+        print(f"{name}: {time.perf_counter() - start:.0f} s -> {path}")
+    print(f"summary: {write_summary(RESULTS)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,184 @@
+"""The GPU check's measurements (``benchmarks/gpu_check.sh`` runs this after the GPU tests).
+
+For each GPU preset, a randomly initialised model with the real Qwen2.5-VL-3B configuration (no
+download: :func:`qvl_helpers.tiny.real_3b_config`, with the stand-in's tokenizer) is saved once,
+then trained for a few steps by the course's own ``train()`` on records with realistic image sizes,
+twice side by side:
+
+* **course recipe**: the preset as shipped (LoRA on the language model by pattern, length
+  grouping, answer-only logits, a frozen vision tower without a graph);
+* **public recipe**: what the popular notebooks do, on the same loader and data: LoRA on the bare
+  projection names (which also hit the vision tower's MLP), full-vocabulary logits, random batches.
+
+Each run records the peak of ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``,
+tokens/s, and the memory estimate of :mod:`qvl_helpers.memory` for the same settings and data,
+with the ratio measured / estimated. ``--smoke`` runs the same code on the CPU with a tiny
+"3B-shaped" configuration (the real structure and vocabulary, small widths) and 2 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import environment
+
+PRESETS = ("t4_qlora", "24gb_qlora", "40gb_lora", "80gb_lora")
+#: Image sizes of real data (phone photo, receipt, A4 scan, screenshot), cycled over the records.
+IMAGE_SIZES = ((3024, 4032), (1080, 3400), (2480, 3508), (1920, 1080))
+ANSWER = ('{"store": "Corner Shop", "date": "2024-05-17", "items": [{"name": "coffee", '
+          '"price": "3.25"}, {"name": "bread", "price": "2.10"}], "total": "5.35"}')
+PUBLIC_RECIPE = {"trained": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+                 "answer_logits": False, "vision_no_grad": False, "group_by_length": False}
+SMOKE_SIZES = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "mrope_section": [4, 6, 6],
+               "vision_depth": 2, "vision_hidden_size": 64, "vision_intermediate_size": 128,
+               "vision_num_heads": 2, "fullatt_block_indexes": [1], "initializer_range": 0.02}
+
+
+def make_model(folder: Path, smoke: bool) -> Path:
+    """A random model of the real 3B configuration (``smoke``: 3B-shaped, tiny widths) with the
+    stand-in's processor, saved in ``folder`` in bf16 (float32 for the smoke run)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from qvl_helpers.qwen import SPECIAL_TOKENS
+    from qvl_helpers.tiny import REAL_3B, build_processor, qwen25vl_config
+
+    processor = build_processor()
+    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    sizes = SMOKE_SIZES if smoke else {**REAL_3B, "initializer_range": 0.02}
+    config = qwen25vl_config(sizes, REAL_3B["vocab_size"], ids)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float32 if smoke else torch.bfloat16
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return folder
+
+
+def make_data(folder: Path, n: int = 32) -> Path:
+    """``n`` receipt-like records whose images have the sizes of real data (noise, so that PNG
+    does not shrink them into something unrealistic for the decoder)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(IMAGE_SIZES):
+        pixels = rng.integers(0, 255, (h // 4, w // 4, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((w, h)).save(folder / "images" / f"size{i}.jpg")
+    with open(folder / "data.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(n):
+            record = {"id": f"r{i}", "messages": [
+                {"role": "user", "content": [
+                    {"type": "image", "image": f"images/size{i % len(IMAGE_SIZES)}.jpg"},
+                    {"type": "text", "text": "Extract store, date, items and total as JSON."}]},
+                {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}]}
+            fh.write(json.dumps(record) + "\n")
+    return folder / "data.jsonl"
+
+
+def measure(preset: str, recipe: str, model: Path, data: Path, out: Path, steps: int,
+            smoke: bool) -> dict[str, Any]:
+    """Train once with the course's ``train()`` and compare the peak with the estimate."""
+    import torch
+
+    from qvl_helpers import memory
+    from qvl_helpers.config import PRESETS_DIR, load_config
+    from qvl_helpers.model import load_processor
+    from qvl_helpers.tokens import token_budget
+    from qvl_helpers.train import train
+
+    sets: dict[str, Any] = {"model": str(model), "data": str(data), "output_dir": str(out),
+                            "run_name": f"{preset}-{recipe}", "max_steps": steps,
+                            "grad_accum": 1, "eval_steps": 10_000, "save_steps": 10_000,
+                            "logging_steps": 10_000, "max_length": 8192}
+    if recipe == "public":
+        sets.update(PUBLIC_RECIPE)
+    if smoke:  # the same code paths with images small enough for two CPU cores
+        sets.update(max_pixels=50176)
+    cfg = load_config(presets=[PRESETS_DIR / f"{preset}.yaml"], sets=sets)
+    from qvl_helpers.data import load_records
+
+    budget = token_budget(load_records(data), load_processor(model), min_pixels=cfg.min_pixels,
+                          max_pixels=cfg.max_pixels, max_length=cfg.max_length)
+    cuda = torch.cuda.is_available()
+    estimate = memory.estimate(memory.read_config(str(model)), memory.Setup.from_config(cfg, gpu=cuda),
+                               memory.Workload.from_budget(budget, cfg.batch_size), gpu=cuda)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = train(cfg, verbose=False)
+    seconds = time.perf_counter() - start
+    row: dict[str, Any] = {
+        "preset": preset, "recipe": recipe, "steps": result.steps,
+        "train_seconds": round(result.seconds, 2), "wall_seconds": round(seconds, 2),
+        "tokens_per_second": round(result.steps * cfg.batch_size * sum(budget.totals)
+                                   / len(budget.totals) / result.seconds, 1),
+        "estimate": {"peak": estimate.peak, "needed": estimate.needed, "parts": estimate.parts},
+        "train_loss": result.train_loss}
+    if cuda:
+        allocated, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+        row.update(peak_allocated=allocated, peak_reserved=reserved,
+                   allocated_over_estimate=round(allocated / estimate.peak, 3),
+                   reserved_over_needed=round(reserved / estimate.needed, 3))
+        torch.cuda.empty_cache()
+    return row
+
+
+def run(out_dir: Path, *, smoke: bool, steps: int, presets: tuple[str, ...] = PRESETS,
+        say: Any = print) -> Path:
+    """Every preset x recipe; one JSON file in ``out_dir`` (written after each run, so that a
+    time limit still leaves what was measured)."""
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "gpu_check-smoke.json" if smoke else "gpu_check.json"
+    result: dict[str, Any] = {
+        "benchmark": "gpu_check", **environment(), "smoke": smoke,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "model": "tiny 3B-shaped random model" if smoke else "random Qwen2.5-VL-3B (real config)",
+        "steps": steps, "image_sizes": IMAGE_SIZES, "public_recipe": PUBLIC_RECIPE, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        t0 = time.perf_counter()
+        model = make_model(folder / "model", smoke)
+        data = make_data(folder / "data")
+        say(f"model and data ready in {time.perf_counter() - t0:.0f} s")
+        for preset in presets:
+            for recipe in ("course", "public"):
+                t0 = time.perf_counter()
+                row = measure(preset, recipe, model, data, folder / "outputs", steps, smoke)
+                result["runs"].append(row)
+                say(f"{preset:<12} {recipe:<7} {time.perf_counter() - t0:5.0f} s  "
+                    + json.dumps({k: v for k, v in row.items() if k != "estimate"}))
+                (out_dir / name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return out_dir / name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny 3B-shaped model, 2 steps")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    args = parser.parse_args()
+    steps = args.steps or (2 if args.smoke else 20)
+    path = run(args.out_dir, smoke=args.smoke, steps=steps,
+               presets=tuple(p for p in args.presets.split(",") if p))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

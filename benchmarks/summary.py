@@ -1,0 +1,76 @@
+"""The latest results as one Markdown table per benchmark: ``benchmarks/results/README.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _load(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _header(result: dict[str, Any]) -> str:
+    v = result.get("versions", {})
+    return (f"*{result.get('date', '?')}, commit {result.get('commit')}, {result.get('cpus')} "
+            f"CPUs, torch {v.get('torch')}, transformers {v.get('transformers')}*")
+
+
+def padding_table(r: dict[str, Any]) -> list[str]:
+    lines = ["## Padding efficiency (useful / processed tokens)", "", _header(r), "",
+             "| data | batch | length-grouped | random | ratio |", "|---|---:|---:|---:|---:|"]
+    for name, data in r["sets"].items():
+        for row in data["results"]:
+            lines.append(f"| {name} | {row['batch_size']} | {row['grouped']:.1%} | "
+                         f"{row['random']:.1%} | {row['ratio']:.2f}x |")
+    return lines
+
+
+def collator_table(r: dict[str, Any]) -> list[str]:
+    lines = ["## Collator throughput (samples/s, receipts, batch "
+             f"{r['batch_size']})", "", _header(r), "", "| collator | samples/s |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["samples_per_second"].items()]
+    lines += [f"| TRL | {r['trl']} |", "",
+              f"Course / reference: **{r['ratio_course_to_reference']:.2f}x**"]
+    return lines
+
+
+def training_table(r: dict[str, Any]) -> list[str]:
+    lines = ["## Lean-training switches (tiny stand-in, CPU)", "", _header(r), "",
+             "| variant | steps/s | vs all on | RSS added by training | vs all on |",
+             "|---|---:|---:|---:|---:|"]
+    for name, row in r["variants"].items():
+        lines.append(f"| {name} | {row['steps_per_second']:.2f} | "
+                     f"{row['steps_per_second_ratio']:.2f}x | {row['training_rss_mib']:.0f} MiB | "
+                     f"{row['training_rss_ratio']:.2f}x |")
+    return lines + ["", r.get("note", "")]
+
+
+def doctor_table(r: dict[str, Any]) -> list[str]:
+    lines = ["## Data doctor at scale", "", _header(r), "",
+             "| records | seconds | records/s | peak RSS |", "|---:|---:|---:|---:|"]
+    lines += [f"| {row['records']:,} | {row['seconds']} | {row['records_per_second']:,} | "
+              f"{row['peak_rss_mib']} MiB |" for row in r["runs"]]
+    return lines
+
+
+TABLES = {"padding": padding_table, "collator": collator_table, "training": training_table,
+          "doctor_scale": doctor_table}
+
+
+def write_summary(folder: Path) -> Path:
+    lines = ["# Benchmark results", "",
+             "Written by `python -m benchmarks` from the JSON files next to this one; read the "
+             "ratios (variants run side by side in one run on a shared, noisy machine).", ""]
+    for name, table in TABLES.items():
+        result = _load(folder, name)
+        if result is not None:
+            lines += table(result) + [""]
+    gpu = sorted(folder.glob("gpu_check*.json"))
+    lines.append("## GPU check" if gpu else "## GPU check: not run yet (no GPU lent so far)")
+    lines += [f"- [{p.name}]({p.name})" for p in gpu]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
