@@ -19,6 +19,7 @@ with the ratio measured / estimated. ``--smoke`` runs the same code on the CPU w
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -115,7 +116,8 @@ def measure(preset: str, recipe: str, model: Path, data: Path, out: Path, steps:
     cuda = torch.cuda.is_available()
     estimate = memory.estimate(memory.read_config(str(model)), memory.Setup.from_config(cfg, gpu=cuda),
                                memory.Workload.from_budget(budget, cfg.batch_size), gpu=cuda)
-    if cuda:
+    if cuda:  # the previous run's model must be gone before this run's peak is taken
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -133,6 +135,8 @@ def measure(preset: str, recipe: str, model: Path, data: Path, out: Path, steps:
         row.update(peak_allocated=allocated, peak_reserved=reserved,
                    allocated_over_estimate=round(allocated / estimate.peak, 3),
                    reserved_over_needed=round(reserved / estimate.needed, 3))
+    gc.collect()
+    if cuda:
         torch.cuda.empty_cache()
     return row
 

@@ -92,7 +92,8 @@ class Setup:
         """The setup of ``cfg`` on a GPU (``gpu``) or on this machine's CPU."""
         quantization = cfg.quantization if cfg.quantization != "auto" else (
             "4bit" if gpu else "none")
-        return cls(quantization=quantization, compute_bytes=2 if gpu else 4,
+        compute_bytes = 2 if gpu and cfg.dtype != "fp32" else 4  # a CPU trains in float32
+        return cls(quantization=quantization, compute_bytes=compute_bytes,
                    trained=cfg.trained, lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout,
                    batch_size=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing,
                    vision_no_grad=cfg.vision_no_grad, answer_logits=cfg.answer_logits)
@@ -313,7 +314,8 @@ class Estimate:
     def fits(self, gpu: Gpu) -> str:
         """``fits``, ``tight`` (within the expected error) or ``does not fit``."""
         usable = gpu.usable_gib * GIB
-        modelled = sum(v for k, v in self.parts.items() if k not in self.exact)
+        modelled = sum(v for k, v in self.parts.items() if k not in self.exact + TRANSIENT) \
+            + max(self.parts[k] for k in TRANSIENT)  # what the peak holds
         high = self.needed + self.cal.error * modelled * (1 + self.cal.fragmentation)
         if high <= usable:
             return "fits"
@@ -359,33 +361,47 @@ def estimate(config: Any, setup: Setup, work: Workload, *, model: str = "",
                     gpu)
 
 
-#: Changes to try when a run does not fit, in the order that costs the least quality.
+#: Changes to try when a run does not fit, in the order that costs the least quality; after
+#: them, fewer visual tokens (a lower max_pixels).
 CHANGES: tuple[tuple[str, Any], ...] = (
-    ("answer_logits: true", lambda s: replace(s, answer_logits=True)),
-    ("gradient_checkpointing: true", lambda s: replace(s, gradient_checkpointing=True)),
-    ("quantization: 4bit", lambda s: replace(s, quantization="4bit")),
+    ("answer_logits: true", lambda s, w: (replace(s, answer_logits=True), w)),
+    ("gradient_checkpointing: true", lambda s, w: (replace(s, gradient_checkpointing=True), w)),
+    ("quantization: 4bit", lambda s, w: (replace(s, quantization="4bit"), w)),
+    ("batch_size: 1 with grad_accum multiplied by the old batch_size (same effective batch)",
+     lambda s, w: (replace(s, batch_size=1), _scaled(w, 1))),
 )
 
 
 def first_change(config: Any, setup: Setup, work: Workload, gpu: Gpu,
                  cal: Calibration = CALIBRATION) -> str:
-    """The one setting to change first so that the run fits ``gpu``."""
+    """The one setting to change first so that the run fits ``gpu``: the changes of
+    :data:`CHANGES`, then a lower ``max_pixels``, are applied one after the other (cheapest
+    first) until the estimate fits; the first is the answer, the others are named after it."""
+    def fits(s: Setup, w: Workload) -> bool:
+        return estimate(config, s, w, cal=cal).fits(gpu) != "does not fit"
+
+    def answer(steps: list[str]) -> str:
+        return f"set {steps[0]}" + (f" (then also {'; '.join(steps[1:])})" if steps[1:] else "")
+
+    applied: list[str] = []
     for label, change in CHANGES:
-        changed = change(setup)
-        if changed != setup and estimate(config, changed, work, cal=cal).fits(gpu) != "does not fit":
-            return f"set {label}"
-    if setup.batch_size > 1:
-        smaller = replace(setup, batch_size=1)
-        if estimate(config, smaller, _scaled(work, 1), cal=cal).fits(gpu) != "does not fit":
-            return (f"set batch_size: 1 and multiply grad_accum by {setup.batch_size} (same "
-                    "effective batch)")
+        changed = change(setup, work)
+        if changed != (setup, work):
+            (setup, work), applied = changed, [*applied, label]
+            if fits(setup, work):
+                return answer(applied)
+    for factor in (2, 4, 8):
+        if fits(setup, _fewer_visual(work, factor)):
+            return answer([*applied, f"max_pixels about {factor}x lower (the visual tokens "
+                                     "shrink with it)"])
+    return "use a larger GPU: even every change together does not fit"
+
+
+def _fewer_visual(work: Workload, factor: int) -> Workload:
+    """``work`` with about ``1/factor`` of its visual tokens (``max_pixels / factor``)."""
     per_row = work.visual_tokens / max(work.batch_size, 1)
-    for factor in (2, 4, 8):  # max_pixels / factor gives about 1/factor of the visual tokens
-        fewer = replace(work, visual_tokens=work.visual_tokens // factor,
-                        padded_length=work.padded_length - int(per_row * (1 - 1 / factor)))
-        if estimate(config, setup, fewer, cal=cal).fits(gpu) != "does not fit":
-            return f"lower max_pixels about {factor}x (the visual tokens shrink with it)"
-    return "use a larger GPU: even 8x fewer visual tokens do not fit"
+    return replace(work, visual_tokens=work.visual_tokens // factor,
+                   padded_length=work.padded_length - int(per_row * (1 - 1 / factor)))
 
 
 def _scaled(work: Workload, batch_size: int) -> Workload:
@@ -441,6 +457,9 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool,
 
     work = Workload.from_budget(budget, cfg.batch_size)
     config = read_config(model_path)
+    if getattr(config, "model_type", None) != "qwen2_5_vl":
+        return (f"Memory estimate: not available for {model_path} (model type "
+                f"{getattr(config, 'model_type', 'unknown')}; the estimate knows Qwen2.5-VL).")
     here = estimate(config, Setup.from_config(cfg, gpu=cuda), work, gpu=cuda,
                     model="the tiny stand-in" if is_tiny else str(model_path))
     blocks = [here.text(advice=advice_for(config, here)) if cuda else here.text(gpus=())]

@@ -258,10 +258,18 @@ class CourseTrainer(Trainer):
         self.lengths = lengths
         self.guard_hint = guard_hint
         self.answer_logits = answer_logits
+        if answer_logits:
+            # Keep the model's own objective: Qwen2.5-VL declares accepts_loss_kwargs = False, so
+            # each micro-batch's loss is its own token mean, divided by the accumulation steps.
+            # A compute_loss_func would otherwise switch the Trainer to one token mean over all
+            # accumulated micro-batches and devices: another weighting, other gradients.
+            self.loss_is_scaled_for_ga = self.model_accepts_loss_kwargs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.answer_logits and "labels" in inputs:
             inputs = {**inputs, "logits_to_keep": answer_positions(inputs["labels"])}
+            if not self.model_accepts_loss_kwargs:
+                num_items_in_batch = None  # (see __init__)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
@@ -715,21 +723,34 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
         save_adapter(trainer, plan.processor, cfg, plan.extra, plan.identity)
     _write_rank_report(folder, rank, world, plan.collator, result.steps)
     say(f"Trained {result.steps} steps in {result.seconds:.0f} s; adapter: {result.adapter}")
+    del trainer, model
+    _free_memory()  # a notebook goes on to load the model again for evaluation
     return result
 
 
+def _free_memory() -> None:
+    """Collect the reference cycles that keep a finished model alive (accelerate's wrapped
+    forward, the no-grad vision tower) and hand the GPU's cached blocks back."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step (micro-batches and the optimizer update included)."""
+    """Wall time from the end of one optimizer step to the end of the next: loading and
+    collating its micro-batches, forward, backward and the optimizer update."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        self._last: float | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._start)
+        now = time.perf_counter()
+        if self._last is not None:  # the first step (warm-up) has no start mark: left out
+            self.seconds.append(now - self._last)
+        self._last = now
 
 
 @dataclass
@@ -749,9 +770,10 @@ class TimeEstimate:
         low, high = min(self.measured), max(self.measured)
         return (f"time         about {_duration(self.per_step * self.steps)} for {self.steps} "
                 f"steps ({_duration(low * self.steps)} to {_duration(high * self.steps)}): "
-                f"{self.per_step:.2f} s per step, median of {len(self.measured)} random batches "
-                f"measured here after one warm-up step ({low:.2f} to {high:.2f} s); evaluation "
-                "and checkpoints come on top, length grouping makes it a little faster")
+                f"{self.per_step:.2f} s per step, the median of {len(self.measured)} steps on "
+                f"training samples in random order, measured here after one warm-up step "
+                f"({low:.2f} to {high:.2f} s); evaluation and checkpoints come on top, length "
+                "grouping makes it a little faster")
 
 
 def _duration(seconds: float) -> str:
@@ -770,24 +792,30 @@ def run_steps(plan: RunPlan) -> int:
 
 
 def time_estimate(plan: RunPlan, world: int, state: Any, steps: int = 3) -> TimeEstimate:
-    """Train ``steps + 1`` steps on random batches in a temporary folder (the first is a warm-up)
-    and extrapolate to the whole run. Nothing of the run is written or changed."""
+    """Train ``steps + 1`` steps on training samples in random order, in a temporary folder (the
+    first step is a warm-up), and extrapolate to the whole run. Nothing of the run is written
+    or changed, and the model is freed before returning (the real run loads its own)."""
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = plan.cfg.model_copy(update={
-            "output_dir": Path(tmp), "max_steps": steps + 1, "group_by_length": False,
-            "eval_steps": 10 ** 9, "save_steps": 10 ** 9, "logging_steps": 10 ** 9})
-        run_dir(cfg).mkdir(parents=True)
-        model = prepare_model(cfg, plan.model_path, plan.quantization, plan.dtype,
-                              state.local_process_index, say=lambda *a, **k: None)
-        timer = StepTimer()
-        trainer = build_trainer(cfg, model, {**plan.records, "val": []}, plan.collator,
-                                plan.processor, plan.budgets["train"].totals, plan.dtype, world,
-                                plan.extra, [timer], False, False, state.process_index)
-        trainer.train()
+    timer, trainer, model = StepTimer(), None, None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = plan.cfg.model_copy(update={
+                "output_dir": Path(tmp), "max_steps": steps + 1, "group_by_length": False,
+                "eval_steps": 10 ** 9, "save_steps": 10 ** 9, "logging_steps": 10 ** 9})
+            run_dir(cfg).mkdir(parents=True)
+            model = prepare_model(cfg, plan.model_path, plan.quantization, plan.dtype,
+                                  state.local_process_index, say=lambda *a, **k: None)
+            trainer = build_trainer(cfg, model, {**plan.records, "val": []}, plan.collator,
+                                    plan.processor, plan.budgets["train"].totals, plan.dtype,
+                                    world, plan.extra, [timer], False, False,
+                                    state.process_index)
+            fit(trainer, cfg, None, max(plan.budgets["train"].totals))
+    finally:
         plan.collator.reset_counts()
-    return TimeEstimate(run_steps(plan), timer.seconds[1:])
+        del trainer, model
+        _free_memory()
+    return TimeEstimate(run_steps(plan), timer.seconds)
 
 
 def newest_run_or_train(cfg: CourseConfig, *, prefix: str = "nb",

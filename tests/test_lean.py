@@ -85,6 +85,30 @@ def test_the_trainer_computes_the_same_loss_either_way(tiny_dir, batch, tmp_path
     assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_accumulated_gradients_are_the_same_either_way(tiny_dir, processor, tmp_path):
+    """Two micro-batches with very different answer lengths (colours, then receipt JSON), one
+    optimizer step of gradient accumulation, as the Trainer's loop does it."""
+    from transformers import TrainingArguments
+
+    collate = make_collator(processor, "train", max_pixels=12544)
+    receipts = SHAPES.parent.parent / "receipts" / "receipts.jsonl"
+    micro = [collate(load_records(SHAPES)[:2]), collate(load_records(receipts)[:2])]
+    grads = {}
+    for switch in (False, True):
+        model = _lora_model(tiny_dir)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                 remove_unused_columns=False, gradient_accumulation_steps=2)
+        trainer = CourseTrainer(model=model, args=args, answer_logits=switch)
+        trainer.current_gradient_accumulation_steps = 2  # what the training loop sets
+        count = trainer._get_num_items_in_batch(micro, torch.device("cpu"))
+        for batch in micro:
+            trainer.training_step(model, dict(batch), count)
+        grads[switch] = _grads(model)
+    assert grads[True].keys() == grads[False].keys() and grads[False]
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6)
+
+
 def test_a_frozen_vision_tower_keeps_no_activations_with_vision_no_grad(tiny_dir, batch):
     kept, grads = {}, {}
     for switch in (False, True):

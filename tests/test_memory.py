@@ -203,13 +203,14 @@ def test_verdicts_follow_the_data_and_the_settings(real_3b):
 
 def test_the_first_change_is_the_cheapest_one_that_fits(real_3b):
     t4 = GPUS[0]
-    work = Workload(1, 1800, 1280, 520)
-    no_ckpt = Setup(quantization="4bit", gradient_checkpointing=False, answer_logits=False)
-    est = estimate(real_3b, no_ckpt, work)
-    if est.fits(t4) == "does not fit":
-        advice = memory.first_change(real_3b, no_ckpt, work, t4)
-        assert advice.startswith("set answer_logits") or advice.startswith(
-            "set gradient_checkpointing")
+    work = Workload(2, 4000, 2 * 2560, 2 * 1440)
+    no_ckpt = Setup(quantization="4bit", batch_size=2, gradient_checkpointing=False,
+                    answer_logits=False)
+    assert estimate(real_3b, no_ckpt, work).fits(t4) == "does not fit"  # full logits: 3 GiB
+    advice = memory.first_change(real_3b, no_ckpt, work, t4)
+    assert advice.startswith("set answer_logits: true (then also gradient_checkpointing: true")
+    assert estimate(real_3b, replace(no_ckpt, answer_logits=True, gradient_checkpointing=True),
+                    work).fits(t4) != "does not fit"  # and that is enough
     huge = Workload(1, 17000, 16384, 616)
     assert "max_pixels" in memory.first_change(real_3b, Setup(), huge, t4)
 
@@ -267,7 +268,7 @@ def test_time_estimate_measures_steps_here_and_writes_no_run(tmp_path, monkeypat
     result = train(cfg, dry_run=True, time_steps=2)
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("time "))
-    assert "for 40 steps" in line and "median of 2 random batches" in line
+    assert "for 40 steps" in line and "median of 2 steps" in line
     assert result.trained is False and not (tmp_path / "runs" / "timed").exists()
 
 
