@@ -16,5 +16,5 @@ trap 'rm -rf "$QVL_OUTPUT_DIR"' EXIT
 
 stage "ruff" ruff check .
 stage "unit tests" python -m pytest tests -q "$@"
-stage "notebooks" python -m pytest --nbmake --nbmake-timeout=2400 notebooks -q
+stage "notebooks" python -m pytest --nbmake --nbmake-timeout=2400 notebooks -q -p tests.nbnudge
 echo "== all stages passed in $((SECONDS - start)) s"
