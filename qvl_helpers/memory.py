@@ -455,11 +455,11 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool,
     from .qwen import REAL_MODEL_ID
     from .tiny import real_3b_config
 
-    work = Workload.from_budget(budget, cfg.batch_size)
     config = read_config(model_path)
     if getattr(config, "model_type", None) != "qwen2_5_vl":
         return (f"Memory estimate: not available for {model_path} (model type "
                 f"{getattr(config, 'model_type', 'unknown')}; the estimate knows Qwen2.5-VL).")
+    work = Workload.from_budget(budget, cfg.batch_size)
     here = estimate(config, Setup.from_config(cfg, gpu=cuda), work, gpu=cuda,
                     model="the tiny stand-in" if is_tiny else str(model_path))
     blocks = [here.text(advice=advice_for(config, here)) if cuda else here.text(gpus=())]

@@ -286,3 +286,13 @@ def test_time_needs_dry_run(capsys):
 
     assert main(["train", "--time"]) == 2
     assert "--dry-run" in capsys.readouterr().err
+
+
+def test_another_model_type_gets_a_sentence_not_a_traceback(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}))
+    text = memory.report_for_run(None, str(tmp_path), None, cuda=False, is_tiny=False)
+    assert "not available" in text and "llama" in text
