@@ -28,7 +28,8 @@ def environment() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                 capture_output=True, text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                  ".", ":!benchmarks/results"],  # (results written so far)
                                  cwd=REPO, capture_output=True, text=True, check=True).stdout
         commit += " (with uncommitted changes)" if changed.strip() else ""
     except (OSError, subprocess.CalledProcessError):
