@@ -21,6 +21,7 @@ length-grouped sampler puts it first.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -111,7 +112,7 @@ class Workload:
     @classmethod
     def from_budget(cls, budget: Any, batch_size: int) -> Workload:
         """The ``batch_size`` longest samples of a :class:`~qvl_helpers.tokens.TokenBudget`."""
-        longest = budget.longest(batch_size) or []
+        longest = budget.longest(batch_size)
         return cls(batch_size, max((s.total for s in longest), default=0),
                    sum(s.visual_tokens for s in longest), sum(s.text_tokens for s in longest))
 
@@ -149,7 +150,7 @@ def _shape_of(config_json: str) -> Shape:
     import torch
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
-    config = Qwen2_5_VLConfig.from_dict(__import__("json").loads(config_json))
+    config = Qwen2_5_VLConfig.from_dict(json.loads(config_json))
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     tensors = tuple(Tensor(name, p.numel(), tuple(p.shape),
