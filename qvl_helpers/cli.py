@@ -58,6 +58,16 @@ def _image_root_note(root: Path, written_to: Path) -> str:
     return f"image paths are relative to {root}: pass --image-root {root} to later steps"
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import make_bundle
+
+    print(make_bundle(args.out, with_deps=not args.no_deps, python_version=args.python_version,
+                      force=args.force).summary())
+    print("Upload it to Colab's files, Google Drive or a Kaggle dataset; every notebook's first "
+          "cell finds it there and installs the course.")
+    return 0
+
+
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from .data.split import image_root_for_output
     from .data.writers import convert_file
@@ -296,6 +306,19 @@ def _add_setup_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser("bundle", help="the course in one archive for Colab, Kaggle or an "
+                                      "offline room (wheels included)")
+    p.add_argument("--out", default="qvl-course.zip",
+                   help="archive to write (default qvl-course.zip; the notebooks look for "
+                        "qvl-course*.zip)")
+    p.add_argument("--no-deps", action="store_true",
+                   help="only the course's own wheel: the session installs the rest from PyPI")
+    p.add_argument("--python-version", metavar="X.Y",
+                   help="download the dependencies for this Python (Colab's, e.g. 3.12) "
+                        "instead of this machine's")
+    p.add_argument("--force", action="store_true", help="replace an existing archive")
+    p.set_defaults(func=cmd_bundle)
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:

@@ -44,8 +44,23 @@ from .qwen import PIXELS_PER_TOKEN, REAL_MODEL_ID, TOKEN_SIDE
 
 TINY = "tiny"
 CONFIG_FILE = "course.yaml"
-#: Where the course's own files live (the repository, or the unpacked course bundle).
-COURSE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _course_root() -> Path:
+    """Where the course's own files live: the repository (an editable install), else the
+    unpacked ``qvl bundle`` archive that the current folder is in (a wheel installed by the
+    notebooks' first cell on Colab/Kaggle, which moves into ``qvl-course/notebooks`` first)."""
+    source = Path(__file__).resolve().parent.parent
+    if (source / "configs").is_dir():
+        return source
+    here = Path.cwd().resolve()
+    for folder in [here, *here.parents]:
+        if (folder / "configs").is_dir() and (folder / CONFIG_FILE).is_file():
+            return folder
+    return source
+
+
+COURSE_ROOT = _course_root()
 PRESETS_DIR = COURSE_ROOT / "configs"        # hardware presets
 SAMPLES_DIR = COURSE_ROOT / "data_samples"   # the bundled datasets
 ENV_PREFIX = "QVL_"
@@ -56,6 +71,12 @@ OTHER_VARIABLES = {
     "QVL_CONFIG": "the course.yaml to use",
     "QVL_DEBUG": "1 shows tracebacks instead of one-line errors",
     "QVL_COURSE_REPO": "the course's git URL for the Colab/Kaggle setup cell",
+    "QVL_HOSTED": "makes the setup cell act as on Colab/Kaggle (its tests)",
+    "QVL_VARIANT": "the Docker image's variant (gpu, or cpu: the tiny model)",
+    "QVL_LAB_IP": "the address JupyterLab listens on in the Docker image",
+    "QVL_LAB_PORT": "the port JupyterLab listens on in the Docker image",
+    "QVL_SESSION_ROOT": "where the setup cell unpacks the course (default /content or "
+                        "/kaggle/working)",
     "QVL_VENV": "the virtual environment the set-up scripts use",
     "QVL_KILL_DURING_SAVE_AT_STEP": "fault injection for the resume tests",
 }

@@ -353,7 +353,7 @@ def observe_in_fresh_process(folder: Path, records: list[Record],
                                     fix="read the message: out of memory means closing other "
                                         "programs (or running on the CPU); otherwise export "
                                         "again, and report it with QVL_DEBUG=1 if it repeats.")
-        return torch.load(Path(tmp) / "observed.pt")
+        return torch.load(Path(tmp) / "observed.pt", weights_only=True)
 
 
 def _fresh_process_main(folder: str, tmp: str) -> None:

@@ -173,6 +173,30 @@ def _load_error(path: str | Path, what: str, exc: Exception) -> ModelError:
     return ModelError(f"cannot load the {what} ({first}).", file=str(path), fix=fix + ".")
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def refuse_pickled_weights(path: str | Path) -> None:
+    """Refuse a local model folder whose weights are only pickled files (``pytorch_model.bin``
+    and the like): unpickling can run any code the file's author wrote. Hub ids are left to
+    ``from_pretrained(use_safetensors=True)``, which refuses them the same way.
+
+    Raises:
+        ModelError: the folder has pickled weights and no ``*.safetensors`` file.
+    """
+    folder = Path(str(path))
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern))
+    if pickled:
+        raise ModelError(f"the weights are pickled ({', '.join(pickled[:3])}) and the course "
+                         "loads only safetensors: unpickling a file can run code hidden in it.",
+                         file=folder,
+                         fix="use a safetensors copy of the model (every Qwen2.5-VL release has "
+                             "one), or, for weights you trust, convert them once with "
+                             "`model.save_pretrained(folder)`, which writes safetensors.")
+
+
 def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
                device_map: Any = None) -> Any:
     """Load Qwen2.5-VL for LoRA training.
@@ -202,9 +226,11 @@ def load_model(path: str, quantization: str = "4bit", dtype: Any = None,
         raise ConfigError(f"quantization must be 4bit, 8bit or none, not {quantization!r}.")
     if device_map is not None:
         kwargs["device_map"] = device_map
+    refuse_pickled_weights(path)
     try:
         with quiet_loading():
-            return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+            # safetensors only: a pickled .bin checkpoint can run code while it loads.
+            return AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(path, "model", exc) from None
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rewrite constraints.txt from the current .venv after an upgrade that the tests passed with.
+# Rewrite constraints.txt (and hosted-constraints.txt) from the current .venv after an upgrade that the tests passed with.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 {
@@ -9,3 +9,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     "$ROOT/.venv/bin/python" -m pip freeze --exclude-editable | grep -v '^qvl-helpers' | sort -f
 } > "$ROOT/constraints.txt"
 echo "wrote $ROOT/constraints.txt"
+# What Colab/Kaggle sessions pin (the course's own packages, never the platform's PyTorch).
+"$ROOT/.venv/bin/python" -c "from qvl_helpers.bundle import write_hosted_constraints as w; print('wrote', w())"

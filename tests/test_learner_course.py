@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from nbclient import NotebookClient
 from qvl_helpers.images import file_hash
 
 REPO = Path(__file__).resolve().parent.parent
+SECRET = "hf_" + secrets.token_hex(17)  # shaped like a Hugging Face token, never a real one
 NOTEBOOKS = REPO / "notebooks"
 
 
@@ -39,6 +41,7 @@ def learner_env(tmp_path: Path) -> dict[str, str]:
         f"model: {model}\ndata: my_data/{FILE_NAME}\noutput_dir: outputs\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "QVL_OUTPUT_DIR"}
     env["QVL_CONFIG"] = str(tmp_path / "course.yaml")
+    env["HF_TOKEN"] = SECRET  # a learner who is logged in: it must never show (security.md)
     assert data.is_file()
     return env
 
@@ -84,6 +87,7 @@ def _execute(name: str, env: dict[str, str]) -> str:
             texts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
     text = "\n".join(texts)
     assert_quiet(name, text)
+    assert SECRET not in text, f"{name} shows the HF_TOKEN"
     return text
 
 
@@ -129,3 +133,6 @@ def test_notebooks_00_to_05_use_the_learners_data_and_stay_quiet(tmp_path: Path,
     assert f"exporting run: {trained}" in fifth
     assert "Verified in a fresh process on 4 held-out samples" in fifth
     assert "not uploading (PUSH = False)" in fifth
+    leaked = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()
+              and SECRET.encode() in p.read_bytes()]
+    assert leaked == [], "the HF_TOKEN was written into outputs/"

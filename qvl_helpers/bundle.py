@@ -1,0 +1,198 @@
+"""``qvl bundle``: the whole course in one archive for Colab, Kaggle and offline rooms.
+
+The archive holds one folder, ``qvl-course/``: the notebooks, presets, sample data, settings,
+the tested-versions files and ``wheels/`` (the package's own wheel plus, unless ``--no-deps``,
+every dependency it needs except PyTorch). Every notebook's first cell
+(:mod:`qvl_helpers.setup_cell`) finds it and installs it, offline if the wheels suffice.
+
+Hosted platforms bring their own PyTorch, CUDA and scientific stack. The hosted install pins only
+the packages that decide how the course behaves (``hosted-constraints.txt``: transformers, PEFT,
+bitsandbytes and the rest of the direct dependencies), keeps the platform's PyTorch family
+untouched, and accepts the platform's versions of generic packages (numpy, Pillow, ...) wherever
+they satisfy the package's own ranges.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from .errors import QVLError
+from .outputs import claim_output
+
+#: What the archive carries besides the wheels (relative to the course's root).
+CONTENTS = ("notebooks", "configs", "data_samples", "course.yaml", "constraints.txt",
+            "hosted-constraints.txt", "README.md", "README.zh.md")
+#: The platform's: never installed, replaced or pinned by the hosted install.
+PLATFORM = ("torch", "torchvision", "torchaudio", "triton")
+PLATFORM_PREFIXES = ("nvidia-", "cuda-")
+#: Direct dependencies left to the platform's versions on hosted sessions (any version in the
+#: package's own range works; pinning them would replace packages the platform relies on).
+HOSTED_FREE = ("numpy", "pillow", "pyyaml", "tqdm", "packaging")
+#: What a hosted session installs: the library plus the notebooks' widgets and plots
+#: (JupyterLab itself is the platform's).
+HOSTED_REQUIREMENT = "qvl-helpers[hosted]"
+TOP = "qvl-course"
+
+
+class BundleError(QVLError):
+    """The archive cannot be made (no course checkout, pip failed)."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    files: int
+    wheels: list[str]
+    size: int
+
+    def summary(self) -> str:
+        return (f"wrote {self.path} ({self.size / 1e6:.1f} MB: {self.files} course files, "
+                f"{len(self.wheels)} wheels)")
+
+
+def is_platform(name: str) -> bool:
+    name = canonicalize_name(name)
+    return name in PLATFORM or name.startswith(PLATFORM_PREFIXES)
+
+
+def course_root() -> Path:
+    """The course checkout this package runs from (an editable install's source folder)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "course.yaml").is_file() or not (root / "pyproject.toml").is_file():
+        raise BundleError(f"qvl bundle needs the course's source folder; {root} is not one "
+                          "(the package is installed from a wheel).",
+                          fix="run it from a checkout of the course, after `bash scripts/lab.sh` "
+                              "or `pip install -e .` there.")
+    return root
+
+
+def read_pins(constraints: Path) -> dict[str, str]:
+    """``name -> version`` from a ``name==version`` file (comments and blanks skipped)."""
+    pins = {}
+    for line in constraints.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            pins[canonicalize_name(req.name)] = str(req.specifier).removeprefix("==")
+    return pins
+
+
+def direct_dependencies(dist: str = "qvl-helpers") -> list[str]:
+    """The package's own (non-extra) dependencies, by canonical name."""
+    reqs = [Requirement(r) for r in metadata.requires(dist) or []]
+    return sorted({canonicalize_name(r.name) for r in reqs
+                   if r.marker is None or "extra" not in str(r.marker)})
+
+
+def hosted_constraints(pins: dict[str, str], direct: list[str]) -> str:
+    """The text of ``hosted-constraints.txt``: tested versions of the direct dependencies that
+    decide the course's behaviour, never the platform's own packages."""
+    kept = [n for n in direct if not is_platform(n) and n not in HOSTED_FREE and n in pins]
+    for extra in ("safetensors",):  # reads and writes every weight file; not a direct dependency
+        if extra in pins and extra not in kept:
+            kept.append(extra)
+    lines = [f"{n}=={pins[n]}" for n in sorted(kept)]
+    return ("# Tested versions pinned on Colab/Kaggle (qvl_helpers.bundle.hosted_constraints); "
+            "the platform's PyTorch and\n# generic packages stay as they are. Regenerate with "
+            "`bash scripts/freeze.sh`.\n" + "\n".join(lines) + "\n")
+
+
+def closure(requirement: str, pins: dict[str, str]) -> list[str]:
+    """``name==version`` for everything ``requirement`` needs on this machine's Python, at the
+    tested versions, without descending into the platform's packages (PyTorch and CUDA)."""
+    env = default_environment()
+    seen: dict[str, str] = {}
+    todo = [Requirement(requirement)]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name == "qvl-helpers":
+            requires, extras = metadata.requires("qvl-helpers") or [], set(req.extras)
+        elif is_platform(name) or name in seen:
+            continue
+        else:
+            if name not in pins:
+                raise BundleError(f"{name} is needed but not in constraints.txt.",
+                                  fix="reinstall with `bash scripts/env.sh`, then run "
+                                      "`bash scripts/freeze.sh` if you upgraded on purpose.")
+            seen[name] = pins[name]
+            requires, extras = metadata.requires(name) or [], set(req.extras)
+        for text in requires:
+            sub = Requirement(text)
+            if sub.marker is None or any(sub.marker.evaluate({**env, "extra": e})
+                                         for e in extras or {""}):
+                todo.append(sub)
+    return sorted(f"{n}=={v}" for n, v in seen.items())
+
+
+def _pip(args: list[str], what: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = " / ".join(done.stderr.strip().splitlines()[-3:])
+        raise BundleError(f"{what} failed: {tail[:600]}",
+                          fix="check the network (pip needs the package index), then try again.")
+
+
+def collect_wheels(root: Path, wheels: Path, with_deps: bool,
+                   python_version: str | None) -> None:
+    """The package's wheel and (``with_deps``) every dependency's, into ``wheels``."""
+    _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(root)],
+         "building the course's wheel")
+    if not with_deps:
+        return
+    pins = read_pins(root / "constraints.txt")
+    reqs = wheels.parent / "requirements.txt"
+    reqs.write_text("\n".join(closure(HOSTED_REQUIREMENT, pins)) + "\n", encoding="utf-8")
+    target = []
+    if python_version:
+        target = ["--python-version", python_version, "--implementation", "cp", "--platform",
+                  "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+                  "--platform", "manylinux2014_x86_64", "--platform", "any"]
+    _pip(["download", "--quiet", "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
+          "-r", str(reqs), *target], "downloading the dependencies' wheels")
+
+
+def make_bundle(out: str | Path, *, with_deps: bool = True, python_version: str | None = None,
+                force: bool = False) -> Bundle:
+    """Write the course archive to ``out`` (never over an existing file unless ``force``).
+
+    Raises:
+        BundleError: not run from a course checkout, or pip could not build or download.
+        OutputExistsError: ``out`` exists and ``force`` is False.
+    """
+    root = course_root()
+    out = claim_output(out, force=force)
+    files = [p for name in CONTENTS if (root / name).exists()
+             for p in ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*")))
+             if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
+    with tempfile.TemporaryDirectory() as tmp:
+        wheels = Path(tmp) / "wheels"
+        collect_wheels(root, wheels, with_deps, python_version)
+        built = sorted(wheels.glob("*.whl"))
+        partial = out.with_name(f".{out.name}.partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+            for path in files:
+                z.write(path, f"{TOP}/{path.relative_to(root)}")
+            for wheel in built:  # already compressed
+                z.write(wheel, f"{TOP}/wheels/{wheel.name}", compress_type=zipfile.ZIP_STORED)
+        partial.replace(out)
+    return Bundle(out, len(files), [w.name for w in built], out.stat().st_size)
+
+
+def write_hosted_constraints(root: Path | None = None) -> Path:
+    """Regenerate ``hosted-constraints.txt`` from ``constraints.txt`` (scripts/freeze.sh)."""
+    root = root or course_root()
+    text = hosted_constraints(read_pins(root / "constraints.txt"), direct_dependencies())
+    path = root / "hosted-constraints.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
