@@ -59,31 +59,33 @@ choose_base() {
     cp /etc/ssl/certs/ca-certificates.crt "$root/usr/local/share/ca-certificates/host.crt"
     cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$root/etc/pip.conf"
-    cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/" 2> /dev/null || true
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then  # this machine's mirrors, with updates
+        cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
+        rm -f "$root/etc/apt/sources.list"
+    fi
     rm -rf "$root"/var/cache/apt/archives/*.deb
     tar -C "$root" -c . | docker import - "$LOCAL_BASE" > /dev/null
 }
 
-# Where this machine's pip has a local mirror (file:// index, as on the course's CI machines),
-# serve it to the build on loopback so that PyTorch's 5 GB come from disk, not the network.
+# Where this machine's pip has local mirrors (file:// indexes, as on the course's CI machines),
+# serve them to the build on loopback so that PyTorch's 5 GB come from disk, not the network.
 serve_local_mirror() {
     mirror_args=()
-    local url dir
+    local dirs=() url top urls=""
     for url in $(pip config get global.extra-index-url 2> /dev/null || true); do
-        dir="${url#file://}"
-        [ "$url" != "$dir" ] && [ -d "$dir" ] || continue
-        dir="$(dirname "$dir")"  # .../simple -> its parent, which holds the files the index links
-        python3 -m http.server --bind 127.0.0.1 18899 --directory "$dir" > "$work/mirror.log" 2>&1 &
-        mirror_pid=$!
-        sleep 1
-        mirror_args=(--build-arg "PIP_EXTRA_INDEX_URL=http://127.0.0.1:18899/simple")
-        echo "using the local package mirror in $dir"
-        return
+        [[ "$url" == file://* ]] && [ -d "${url#file://}" ] && dirs+=("${url#file://}")
     done
+    [ "${#dirs[@]}" -gt 0 ] || return 0
+    top="$(python3 -c 'import os, sys; print(os.path.commonpath([os.path.dirname(d.rstrip("/")) for d in sys.argv[1:]]))' "${dirs[@]}")"
+    python3 -m http.server --bind 127.0.0.1 18899 --directory "$top" > "$work/mirror.log" 2>&1 &
+    mirror_pid=$!
+    for url in "${dirs[@]}"; do urls+="http://127.0.0.1:18899/${url#"$top"/} "; done
+    mirror_args=(--build-arg "PIP_EXTRA_INDEX_URL=${urls% }")
+    echo "using the local package mirrors under $top: ${urls% }"
 }
 
 build() {
-    DOCKER_BUILDKIT=0 docker build --network host -q -f docker/Dockerfile -t "$IMAGE" \
+    DOCKER_BUILDKIT=0 docker build --network host --force-rm -q -f docker/Dockerfile -t "$IMAGE" \
         --build-arg "BASE=$base" "${mirror_args[@]}" . > "$work/build.log" 2>&1 \
         || { tail -40 "$work/build.log" >&2; exit 1; }
     echo "image $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
@@ -97,7 +99,7 @@ in_container() {
 check_notebooks() {
     in_container bash -c 'test "$(id -u)" != 0 || { echo "runs as root" >&2; exit 1; }
         qvl env
-        python -m pytest -q --nbmake --nbmake-timeout=2400 notebooks -p tests.nbnudge'
+        python -m pytest -q --nbmake --nbmake-timeout=2400 notebooks -p tests.nbnudge --durations=0'
 }
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }

@@ -26,6 +26,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from .env import load_tested_versions
 from .errors import QVLError
 from .outputs import claim_output
 
@@ -74,17 +75,6 @@ def course_root() -> Path:
                           fix="run it from a checkout of the course, after `bash scripts/lab.sh` "
                               "or `pip install -e .` there.")
     return root
-
-
-def read_pins(constraints: Path) -> dict[str, str]:
-    """``name -> version`` from a ``name==version`` file (comments and blanks skipped)."""
-    pins = {}
-    for line in constraints.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            req = Requirement(line)
-            pins[canonicalize_name(req.name)] = str(req.specifier).removeprefix("==")
-    return pins
 
 
 def direct_dependencies(dist: str = "qvl-helpers") -> list[str]:
@@ -150,7 +140,7 @@ def collect_wheels(root: Path, wheels: Path, with_deps: bool,
          "building the course's wheel")
     if not with_deps:
         return
-    pins = read_pins(root / "constraints.txt")
+    pins = load_tested_versions(root / "constraints.txt")
     reqs = wheels.parent / "requirements.txt"
     reqs.write_text("\n".join(closure(HOSTED_REQUIREMENT, pins)) + "\n", encoding="utf-8")
     target = []
@@ -192,7 +182,7 @@ def make_bundle(out: str | Path, *, with_deps: bool = True, python_version: str 
 def write_hosted_constraints(root: Path | None = None) -> Path:
     """Regenerate ``hosted-constraints.txt`` from ``constraints.txt`` (scripts/freeze.sh)."""
     root = root or course_root()
-    text = hosted_constraints(read_pins(root / "constraints.txt"), direct_dependencies())
+    text = hosted_constraints(load_tested_versions(root / "constraints.txt"), direct_dependencies())
     path = root / "hosted-constraints.txt"
     path.write_text(text, encoding="utf-8")
     return path

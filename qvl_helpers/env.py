@@ -104,7 +104,8 @@ class EnvReport:
 
 def load_tested_versions(path: Path = CONSTRAINTS_FILE) -> dict[str, str]:
     """``name -> version`` from the committed constraints file (empty when it is absent, e.g.
-    when the package was installed without the repository). packaging parses the pins."""
+    when the package was installed without the repository), for this Python: a pin whose
+    environment marker does not hold here is skipped. packaging parses the pins."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
@@ -114,11 +115,12 @@ def load_tested_versions(path: Path = CONSTRAINTS_FILE) -> dict[str, str]:
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
         try:
-            pins = [s.version for s in Requirement(line).specifier if s.operator == "=="]
+            req = Requirement(line)
         except InvalidRequirement:
             continue  # blank lines and pip options
-        if pins:
-            versions[canonicalize_name(Requirement(line).name)] = pins[0]
+        pins = [s.version for s in req.specifier if s.operator == "=="]
+        if pins and (req.marker is None or req.marker.evaluate()):
+            versions[canonicalize_name(req.name)] = pins[0]
     return versions
 
 

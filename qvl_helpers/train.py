@@ -556,6 +556,20 @@ def prepare_model(cfg: CourseConfig, model_path: str, quantization: str, dtype: 
     return model
 
 
+def one_device_per_process(args: Any, world: int, say: Any = print) -> None:
+    """Train on one GPU per process. A single process that sees several GPUs (Kaggle's 2 × T4,
+    a notebook on a multi-GPU server) would otherwise make the Trainer multiply the batch by
+    the number of GPUs and wrap a 16-bit model in ``nn.DataParallel``, while a 4-bit model stays
+    on one GPU with the multiplied batch. Several GPUs are used by one process each, under
+    ``accelerate launch`` (the Trainer itself sets ``_n_gpu = 1`` the same way for a model
+    spread over several GPUs)."""
+    if world == 1 and args.n_gpu > 1:
+        say(f"{args.n_gpu} GPUs are visible; this process trains on the first one. To train on "
+            f"all of them, from a terminal: accelerate launch --num_processes {args.n_gpu} "
+            "-m qvl_helpers.cli train --config PRESET (configs/README.md).")
+        args._n_gpu = 1
+
+
 def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[Record]],
                   collator: Collator, processor: Any, lengths: list[int], dtype: torch.dtype,
                   world: int, extra: dict[str, Any], callbacks: Sequence[TrainerCallback],
@@ -578,6 +592,7 @@ def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[Record]
         prediction_loss_only=True,  # evaluation keeps only the loss, never every batch's logits
         dataloader_num_workers=0, report_to="none", disable_tqdm=not verbose or rank != 0,
     )  # gradient checkpointing is enabled by add_lora (non-reentrant), not by the Trainer
+    one_device_per_process(args, world)
     run_files = RunFilesCallback(folder, processor, cfg, extra, live=live_plot)
     trainer = CourseTrainer(
         model=model, args=args, train_dataset=RecordDataset(records["train"]),

@@ -5,9 +5,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${QVL_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-    echo "error: the course needs Python 3.10 or newer ($PY is $("$PY" --version 2>&1))." >&2
-    echo "Fix: install Python 3.10+ and run again with PYTHON=/path/to/python3." >&2
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: the course needs Python 3.11 or newer ($PY is $("$PY" --version 2>&1))." >&2
+    echo "Fix: install Python 3.11+ and run again with PYTHON=/path/to/python3." >&2
     exit 2
 fi
 if [ ! -x "$VENV/bin/python" ]; then

@@ -24,6 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from qvl_helpers import bundle, setup_cell
+from qvl_helpers.env import load_tested_versions
 from qvl_helpers.errors import OutputExistsError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,8 +70,24 @@ def test_the_cell_does_nothing_outside_colab_and_kaggle(tmp_path: Path) -> None:
     assert done.stdout.strip() == str(tmp_path)  # no install, no chdir
 
 
+def test_an_installed_course_is_reused_and_outputs_kept_on_kaggle(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    course = tmp_path / "qvl-course"
+    (course / "notebooks").mkdir(parents=True)
+    (course / "course.yaml").write_text("model: tiny\n", encoding="utf-8")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.setenv("QVL_SESSION_ROOT", str(tmp_path))
+    monkeypatch.delenv("QVL_OUTPUT_DIR", raising=False)
+    monkeypatch.setattr(setup_cell, "KEEP_OUTPUTS", True)
+    monkeypatch.setattr(setup_cell, "install_course", lambda *a: pytest.fail("reinstalled"))
+    monkeypatch.chdir(tmp_path)  # restored after the test
+    setup_cell.setup_hosted()
+    assert Path.cwd() == course / "notebooks"
+    assert os.environ["QVL_OUTPUT_DIR"] == str(tmp_path / "qvl-outputs")  # Kaggle's output folder
+
+
 def test_hosted_pins_are_the_course_packages_never_the_platforms() -> None:
-    pins = bundle.read_pins(REPO / "constraints.txt")
+    pins = load_tested_versions(REPO / "constraints.txt")
     text = bundle.hosted_constraints(pins, bundle.direct_dependencies())
     assert (REPO / "hosted-constraints.txt").read_text(encoding="utf-8") == text, \
         "hosted-constraints.txt is stale: run bash scripts/freeze.sh"
@@ -84,7 +101,7 @@ def test_hosted_pins_are_the_course_packages_never_the_platforms() -> None:
 
 def test_the_offline_wheel_set_skips_the_platforms_pytorch() -> None:
     needed = bundle.closure(bundle.HOSTED_REQUIREMENT,
-                            bundle.read_pins(REPO / "constraints.txt"))
+                            load_tested_versions(REPO / "constraints.txt"))
     names = {canonicalize_name(Requirement(r).name) for r in needed}
     assert {"transformers", "peft", "ipywidgets", "matplotlib", "numpy"} <= names
     assert not [n for n in names if bundle.is_platform(n)]

@@ -249,3 +249,29 @@ def test_8bit_path_trains(tiny_dir: Path) -> None:
     assert torch.isfinite(loss)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.grad is not None for p in lora_b)
+
+
+class _Args:
+    """What one_device_per_process reads of TrainingArguments (n_gpu is computed from the
+    visible GPUs; none are visible here)."""
+
+    def __init__(self, gpus: int) -> None:
+        self._n_gpu = gpus
+
+    @property
+    def n_gpu(self) -> int:
+        return self._n_gpu
+
+
+def test_one_process_seeing_two_gpus_trains_on_one_and_says_how_to_use_both() -> None:
+    from qvl_helpers.train import one_device_per_process
+
+    said: list[str] = []
+    args = _Args(2)  # a notebook on Kaggle's 2 x T4
+    one_device_per_process(args, world=1, say=said.append)
+    assert args.n_gpu == 1  # no batch x 2 on one GPU, no DataParallel
+    assert said and "accelerate launch --num_processes 2" in said[0]
+    for gpus, world in ((1, 1), (1, 2)):  # one GPU, or one process per GPU: left alone
+        args, said = _Args(gpus), []
+        one_device_per_process(args, world=world, say=said.append)
+        assert args.n_gpu == gpus and said == []
