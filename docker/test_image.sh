@@ -141,7 +141,14 @@ check_service() {
     [ "$(http_code "http://127.0.0.1:$PORT/api/contents/notebooks")" = 403 ] || exit 1
     [ "$(http_code -H "Authorization: token $token" "http://127.0.0.1:$PORT/api/contents/notebooks")" = 200 ] || exit 1
     echo "generated token printed once and required"
-    [ "$(docker inspect -f '{{.State.Health.Status}}' "$c")" != unhealthy ] || exit 1
+    local health
+    for _ in $(seq 60); do  # the first check runs 15 s after the start
+        health="$(docker inspect -f '{{.State.Health.Status}}' "$c")"
+        [ "$health" = starting ] || break
+        sleep 2
+    done
+    echo "health check: $health"
+    [ "$health" = healthy ] || exit 1
 }
 
 stage "docker daemon" ensure_docker

@@ -1,8 +1,8 @@
 """``qvl bundle``: the whole course in one archive for Colab, Kaggle and offline rooms.
 
 The archive holds one folder, ``qvl-course/``: the notebooks, presets, sample data, settings,
-the tested-versions files and ``wheels/`` (the package's own wheel plus, unless ``--no-deps``,
-every dependency it needs except PyTorch). Every notebook's first cell
+the docs, the tested-versions files and ``wheels/`` (the package's own wheel plus, unless
+``--no-deps``, every dependency it needs except PyTorch). Every notebook's first cell
 (:mod:`qvl_helpers.setup_cell`) finds it and installs it, offline if the wheels suffice.
 
 Hosted platforms bring their own PyTorch, CUDA and scientific stack. The hosted install pins only
@@ -14,6 +14,7 @@ they satisfy the package's own ranges.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from .outputs import claim_output
 
 #: What the archive carries besides the wheels (relative to the course's root).
 CONTENTS = ("notebooks", "configs", "data_samples", "course.yaml", "constraints.txt",
-            "hosted-constraints.txt", "README.md", "README.zh.md")
+            "hosted-constraints.txt", "README.md", "README.zh.md", "docs")
 #: The platform's: never installed, replaced or pinned by the hosted install.
 PLATFORM = ("torch", "torchvision", "torchaudio", "triton")
 PLATFORM_PREFIXES = ("nvidia-", "cuda-")
@@ -97,10 +98,25 @@ def hosted_constraints(pins: dict[str, str], direct: list[str]) -> str:
             "`bash scripts/freeze.sh`.\n" + "\n".join(lines) + "\n")
 
 
-def closure(requirement: str, pins: dict[str, str]) -> list[str]:
-    """``name==version`` for everything ``requirement`` needs on this machine's Python, at the
-    tested versions, without descending into the platform's packages (PyTorch and CUDA)."""
-    env = default_environment()
+def target_environment(python_version: str | None = None) -> dict[str, str]:
+    """Marker values of a hosted session: Linux on x86_64 with ``python_version`` (default: this
+    machine's Python), whatever machine makes the archive."""
+    env = dict(default_environment())
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = python_version or here
+    env.update(sys_platform="linux", platform_system="Linux", os_name="posix",
+               platform_machine="x86_64", python_version=version,
+               python_full_version=env["python_full_version"] if version == here
+               else f"{version}.0")
+    return env
+
+
+def closure(requirement: str, pins: dict[str, str],
+            env: dict[str, str] | None = None) -> list[str]:
+    """``name==version`` for everything ``requirement`` needs in ``env`` (default: a hosted
+    session with this Python), at the tested versions, without descending into the platform's
+    packages (PyTorch and CUDA)."""
+    env = env or target_environment()
     seen: dict[str, str] = {}
     todo = [Requirement(requirement)]
     while todo:
@@ -133,21 +149,33 @@ def _pip(args: list[str], what: str) -> None:
                           fix="check the network (pip needs the package index), then try again.")
 
 
+def build_wheel(root: Path, wheels: Path) -> None:
+    """The package's wheel, built from a clean copy of its sources (a ``build/`` folder left in
+    the checkout would otherwise bring back deleted modules)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, tmp)
+        shutil.copytree(root / "qvl_helpers", Path(tmp) / "qvl_helpers",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), tmp],
+             "building the course's wheel")
+
+
 def collect_wheels(root: Path, wheels: Path, with_deps: bool,
                    python_version: str | None) -> None:
-    """The package's wheel and (``with_deps``) every dependency's, into ``wheels``."""
-    _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(root)],
-         "building the course's wheel")
+    """The package's wheel and (``with_deps``) every dependency's, into ``wheels``: the
+    dependencies for Linux x86_64 (what Colab and Kaggle run) and ``python_version``."""
+    build_wheel(root, wheels)
     if not with_deps:
         return
+    env = target_environment(python_version)
     pins = load_tested_versions(root / "constraints.txt")
     reqs = wheels.parent / "requirements.txt"
-    reqs.write_text("\n".join(closure(HOSTED_REQUIREMENT, pins)) + "\n", encoding="utf-8")
-    target = []
-    if python_version:
-        target = ["--python-version", python_version, "--implementation", "cp", "--platform",
-                  "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-                  "--platform", "manylinux2014_x86_64", "--platform", "any"]
+    reqs.write_text("\n".join(closure(HOSTED_REQUIREMENT, pins, env)) + "\n", encoding="utf-8")
+    target = ["--python-version", env["python_version"], "--implementation", "cp",
+              *[arg for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+                                "manylinux2014_x86_64", "linux_x86_64", "any")
+                for arg in ("--platform", tag)]]
     _pip(["download", "--quiet", "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
           "-r", str(reqs), *target], "downloading the dependencies' wheels")
 

@@ -51,7 +51,7 @@ def _course_root() -> Path:
     unpacked ``qvl bundle`` archive that the current folder is in (a wheel installed by the
     notebooks' first cell on Colab/Kaggle, which moves into ``qvl-course/notebooks`` first)."""
     source = Path(__file__).resolve().parent.parent
-    if (source / "configs").is_dir():
+    if (source / "configs").is_dir() and (source / CONFIG_FILE).is_file():
         return source
     here = Path.cwd().resolve()
     for folder in [here, *here.parents]:

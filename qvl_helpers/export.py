@@ -368,7 +368,7 @@ def _fresh_process_main(folder: str, tmp: str) -> None:
     processor = AutoProcessor.from_pretrained(folder)
     with quiet_loading():
         model = AutoModelForImageTextToText.from_pretrained(
-            folder, dtype="auto", attn_implementation=how["attention"])
+            folder, dtype="auto", attn_implementation=how["attention"], use_safetensors=True)
     model.to(how["device"]).eval()
     size = processor.image_processor.size
     seen = observe(model, processor, records, size["shortest_edge"], size["longest_edge"],

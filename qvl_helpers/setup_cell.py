@@ -1,16 +1,17 @@
 # Setup. On Colab or Kaggle this cell installs the course; anywhere else it does nothing
 # (locally, `bash scripts/lab.sh` or the Docker image has already installed the tested versions).
 # It looks for the course in this order: already installed in this session; the archive made by
-# `qvl bundle` (uploaded to the session, in Google Drive, or attached as a Kaggle dataset); the
-# git URL in COURSE_REPO. It never replaces the platform's own PyTorch.
+# `qvl bundle` (uploaded to the session, in Google Drive, or attached as a Kaggle dataset, which
+# Kaggle unpacks); the git URL in COURSE_REPO. It never replaces the platform's own PyTorch.
 import importlib.util
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 COURSE_REPO = os.environ.get("QVL_COURSE_REPO", "")  # or paste the course's git URL here
-KEEP_OUTPUTS = False  # True: runs and checkpoints go to Google Drive / Kaggle's output folder
+KEEP_OUTPUTS = False  # True: runs go to Google Drive (Colab), or /kaggle/working (Kaggle)
 ARCHIVE = "qvl-course*.zip"
 SEARCHED = ["/content", "/content/drive/MyDrive", "/kaggle/input", "/kaggle/working"]
 
@@ -25,10 +26,13 @@ def session_root() -> Path:
                 ("/kaggle/working" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else "/content"))
 
 
-def find_archive(places: list[str]) -> Path | None:
-    """The newest course archive in the session's upload folder, Drive or Kaggle's datasets."""
+def find_course(places: list[str]) -> Path | None:
+    """The newest course archive, or an unpacked course (Kaggle unpacks uploaded datasets), in
+    the session's folder, Google Drive or Kaggle's inputs, up to three folders deep."""
     found = [p for place in places if Path(place).is_dir()
-             for p in [*Path(place).glob(ARCHIVE), *Path(place).glob("*/" + ARCHIVE)]]
+             for depth in ("", "*/", "*/*/", "*/*/*/")
+             for p in [*Path(place).glob(depth + ARCHIVE),
+                       *(c.parent for c in Path(place).glob(depth + "qvl-course/course.yaml"))]]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -36,26 +40,54 @@ def pip(*args: str) -> bool:
     return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode == 0
 
 
+def platform_pins(course: Path) -> list[str]:
+    """Constraints: the course's tested packages, and the platform's PyTorch as it is."""
+    keep = course / "platform-constraints.txt"
+    keep.write_text("".join(f"{name}=={metadata.version(name)}\n" for name in
+                            ("torch", "torchvision") if importlib.util.find_spec(name)))
+    return ["-c", str(course / "hosted-constraints.txt"), "-c", str(keep)]
+
+
+def unpack(found: Path, course: Path) -> None:
+    print(f"Installing the course from {found}")
+    if found.suffix == ".zip":
+        import zipfile
+
+        with zipfile.ZipFile(found) as z:
+            z.extractall(course.parent)
+    elif found.resolve() != course.resolve():  # an unpacked dataset (read-only): copy it
+        import shutil
+
+        shutil.copytree(found, course, dirs_exist_ok=True, copy_function=shutil.copyfile)
+        for path in [course, *course.rglob("*")]:  # writable, whatever the input's modes were
+            path.chmod(path.stat().st_mode | 0o200)
+
+
 def install_course(home: Path, places: list[str]) -> Path:
     """Put the course in ``home`` and install its package; return the course folder."""
     course = home / "qvl-course"
-    archive = find_archive(places)
-    if archive is not None:
-        import zipfile
+    found = find_course(places)
+    if found is None and "google.colab" in sys.modules:  # a zip in Drive: mount it and look
+        from google.colab import drive
 
-        print(f"Installing the course from {archive}")
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(home)
-        wheels = course / "wheels"
-        pins = ["-c", str(course / "hosted-constraints.txt")]
+        drive.mount("/content/drive")
+        found = find_course(places)
+    if found is not None:
+        unpack(found, course)
+        wheels = sorted((course / "wheels").glob("qvl_helpers-*.whl"))
+        if not wheels:
+            raise SystemExit(f"{found} holds no wheels/qvl_helpers-*.whl: make the archive "
+                             "with `qvl bundle` and upload that.")
+        wheel = wheels[-1]  # the archive's own wheel, never a package of that name from PyPI
+        wanted = ["--find-links", str(course / "wheels"), f"{wheel}[hosted]",
+                  *platform_pins(course)]
         # Offline first (the archive carries the wheels), then with the package index.
-        wanted = ["--find-links", str(wheels), "qvl-helpers[hosted]", *pins]
         if not pip("--no-index", *wanted) and not pip(*wanted):
             raise SystemExit("Installing the course from the archive failed (see above).")
     elif COURSE_REPO:
         print(f"Installing the course from {COURSE_REPO}")
         subprocess.run(["git", "clone", "--depth", "1", COURSE_REPO, str(course)], check=True)
-        if not pip(f"{course}[hosted]", "-c", str(course / "hosted-constraints.txt")):
+        if not pip(f"{course}[hosted]", *platform_pins(course)):
             raise SystemExit("Installing the course from git failed (see above).")
     else:
         raise SystemExit(
@@ -70,10 +102,11 @@ def install_course(home: Path, places: list[str]) -> Path:
 def setup_hosted() -> None:
     home = session_root()
     course = home / "qvl-course"
-    if importlib.util.find_spec("qvl_helpers") is None or not (course / "course.yaml").is_file():
-        course = install_course(home, [str(home), *SEARCHED])
-    os.chdir(course / "notebooks")  # the notebooks find course.yaml one folder up
-    if KEEP_OUTPUTS:
+    if not Path("../course.yaml").is_file():  # not yet inside the course's notebooks folder
+        if importlib.util.find_spec("qvl_helpers") is None or not (course / "course.yaml").is_file():
+            course = install_course(home, [str(home), *SEARCHED])
+        os.chdir(course / "notebooks")  # the notebooks find course.yaml one folder up
+    if KEEP_OUTPUTS:  # on every run of the cell, so that turning it on later works too
         if "google.colab" in sys.modules:
             from google.colab import drive
 
@@ -83,5 +116,5 @@ def setup_hosted() -> None:
         print(f"Runs and checkpoints go to {os.environ['QVL_OUTPUT_DIR']}")
 
 
-if __name__ == "__main__" and on_hosted() and not Path("../course.yaml").is_file():
+if __name__ == "__main__" and on_hosted():
     setup_hosted()

@@ -43,12 +43,39 @@ def test_the_newest_archive_is_found_in_any_searched_place(tmp_path: Path) -> No
     dataset.mkdir(parents=True)
     old = upload / "qvl-course.zip"
     old.write_bytes(b"old")
-    new = dataset / "qvl-course (1).zip"  # a Kaggle dataset: one folder deeper
+    new = dataset / "qvl-course (1).zip"  # a dataset: one folder deeper
     new.write_bytes(b"new")
     os.utime(old, (1, 1))
     (upload / "other.zip").write_bytes(b"not the course")
-    assert setup_cell.find_archive([str(upload), str(tmp_path / "kaggle")]) == new
-    assert setup_cell.find_archive([str(tmp_path / "missing")]) is None
+    assert setup_cell.find_course([str(upload), str(tmp_path / "kaggle")]) == new
+    assert setup_cell.find_course([str(tmp_path / "missing")]) is None
+
+
+def test_a_kaggle_dataset_unpacked_by_kaggle_is_copied_and_installed(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """Kaggle unpacks an uploaded zip: /kaggle/input/<dataset>/qvl-course/... (read-only)."""
+    unpacked = tmp_path / "input" / "my-course" / "qvl-course"
+    (unpacked / "wheels").mkdir(parents=True)
+    (unpacked / "course.yaml").write_text("model: auto\n", encoding="utf-8")
+    (unpacked / "wheels" / "qvl_helpers-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
+    for path in [*unpacked.rglob("*"), unpacked]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(setup_cell, "pip", lambda *args: calls.append(args) or True)
+    home = tmp_path / "working"
+    home.mkdir()
+    try:
+        course = setup_cell.install_course(home, [str(tmp_path / "input")])
+    finally:
+        for path in [unpacked, *unpacked.rglob("*")]:
+            path.chmod(0o755)
+    assert course == home / "qvl-course" and (course / "course.yaml").is_file()
+    (course / "outputs").mkdir()  # the copy is writable
+    (args,) = calls
+    assert "--no-index" in args  # offline first
+    assert f"{course / 'wheels' / 'qvl_helpers-0.1.0-py3-none-any.whl'}[hosted]" in args
+    pins = (course / "platform-constraints.txt").read_text(encoding="utf-8")
+    assert f"torch=={metadata.version('torch')}" in pins  # the platform's PyTorch stays
 
 
 def test_without_archive_or_repo_the_cell_names_the_three_ways(tmp_path: Path,
@@ -77,7 +104,8 @@ def test_an_installed_course_is_reused_and_outputs_kept_on_kaggle(tmp_path: Path
     (course / "course.yaml").write_text("model: tiny\n", encoding="utf-8")
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
     monkeypatch.setenv("QVL_SESSION_ROOT", str(tmp_path))
-    monkeypatch.delenv("QVL_OUTPUT_DIR", raising=False)
+    monkeypatch.setenv("QVL_OUTPUT_DIR", "unset after the test")
+    monkeypatch.delenv("QVL_OUTPUT_DIR")
     monkeypatch.setattr(setup_cell, "KEEP_OUTPUTS", True)
     monkeypatch.setattr(setup_cell, "install_course", lambda *a: pytest.fail("reinstalled"))
     monkeypatch.chdir(tmp_path)  # restored after the test
@@ -106,6 +134,14 @@ def test_the_offline_wheel_set_skips_the_platforms_pytorch() -> None:
     assert {"transformers", "peft", "ipywidgets", "matplotlib", "numpy"} <= names
     assert not [n for n in names if bundle.is_platform(n)]
     assert "jupyterlab" not in names  # the platform's own
+
+
+def test_the_wheels_are_for_a_hosted_linux_python_whatever_makes_the_archive() -> None:
+    env = bundle.target_environment("3.12")  # e.g. made on a Mac for Colab's Python
+    assert (env["sys_platform"], env["platform_machine"], env["python_version"]) == (
+        "linux", "x86_64", "3.12")
+    assert env["python_full_version"].startswith("3.12.")
+    assert bundle.target_environment()["python_version"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def test_an_existing_archive_is_never_replaced_without_force(tmp_path: Path) -> None:

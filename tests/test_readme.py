@@ -21,14 +21,14 @@ def commands(path: Path) -> list[str]:
 
 
 def hardware_rows(path: Path) -> list[list[str]]:
-    """The numbers and preset of each row of the hardware table (its last three cells): the
+    """dtype, weights, numbers and preset of each row of the hardware table (its last five cells): the
     rows whose last cell names a preset file."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         preset = re.fullmatch(r"`(\w+)`", cells[-1])
         if line.startswith("| ") and preset and (REPO / "configs" / f"{preset[1]}.yaml").is_file():
-            rows.append(cells[-3:])
+            rows.append(cells[-5:])
     return rows
 
 

@@ -31,6 +31,9 @@ UNSAFE = {
 SECRET_NAME = re.compile(r"(?i)^(token|secret|password|api_?key|hf_token|jupyter_token|"
                          r"access_token|auth_token)$")
 SECRET_VAR = re.compile(r"(?i)(TOKEN|SECRET|PASSWORD|API_?KEY)")
+#: A JupyterLab launch without a token, or on every interface of the host.
+AUTH_OFF = re.compile(r"token\s*=\s*(''|\"\"|\s|$)|disable_check_xsrf|password_required=False|"
+                      r"(--ip|ServerApp\.ip)[= ]['\"]?0\.0\.0\.0", flags=re.M)
 HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 
 
@@ -161,10 +164,14 @@ def test_the_docker_service_is_loopback_only_with_a_token() -> None:
     assert users and users[-1] not in ("root", "0", "0:0")
 
 
+@pytest.mark.parametrize("bad", ["jupyter lab --ServerApp.token=''", "jupyter lab --IdentityProvider.token=",
+                                 "jupyter lab --ServerApp.ip=0.0.0.0", "jupyter lab --ip 0.0.0.0"])
+def test_the_launcher_scan_catches_authentication_turned_off(bad: str) -> None:
+    assert AUTH_OFF.search(bad)
+
+
 def test_no_launcher_turns_authentication_off() -> None:
-    off = re.compile(r"token\s*=\s*(''|\"\")|disable_check_xsrf|password_required=False|"
-                     r"--ip[= ]0\.0\.0\.0")
     for path in [REPO / "scripts" / "lab.sh", REPO / "docker" / "start_lab.sh"]:
         code = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
                          if not line.lstrip().startswith("#"))
-        assert not off.search(code), path.name
+        assert not AUTH_OFF.search(code), path.name
