@@ -44,6 +44,10 @@ HOSTED_FREE = ("numpy", "pillow", "pyyaml", "tqdm", "packaging")
 #: (JupyterLab itself is the platform's).
 HOSTED_REQUIREMENT = "qvl-helpers[hosted]"
 TOP = "qvl-course"
+#: Wheel platform tags a hosted session runs: Linux x86_64 with glibc up to 2.35 (Ubuntu 22.04,
+#: Colab's and Kaggle's base). pip needs each tag named: manylinux_2_28 does not imply 2_24.
+HOSTED_PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(17, 36)),
+                    "manylinux2014_x86_64", "linux_x86_64", "any")
 
 
 class BundleError(QVLError):
@@ -173,9 +177,7 @@ def collect_wheels(root: Path, wheels: Path, with_deps: bool,
     reqs = wheels.parent / "requirements.txt"
     reqs.write_text("\n".join(closure(HOSTED_REQUIREMENT, pins, env)) + "\n", encoding="utf-8")
     target = ["--python-version", env["python_version"], "--implementation", "cp",
-              *[arg for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-                                "manylinux2014_x86_64", "linux_x86_64", "any")
-                for arg in ("--platform", tag)]]
+              *[arg for tag in HOSTED_PLATFORMS for arg in ("--platform", tag)]]
     _pip(["download", "--quiet", "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
           "-r", str(reqs), *target], "downloading the dependencies' wheels")
 
