@@ -10,6 +10,15 @@ REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "data_samples" / "shapes"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The kernel nudge of the notebook stage (nbnudge.py) for the tests that execute notebooks
+    themselves with nbclient (test_learner_course, test_hosted): the same stranded request
+    froze test_learner_course in notebook 01 under load."""
+    from nbnudge import pytest_configure as nudge
+
+    nudge(config)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def test_course_yaml(tmp_path_factory: pytest.TempPathFactory):
     """The tests' own course.yaml (the tiny model on the bundled shapes task), through

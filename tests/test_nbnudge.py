@@ -13,7 +13,8 @@ class FakeKernelClient:
     def __init__(self) -> None:
         self.requests = 0
 
-    def kernel_info(self) -> str:
+    def execute(self, code: str, silent: bool = False, store_history: bool = True) -> str:
+        assert code == "" and silent and not store_history  # invisible in the notebook
         self.requests += 1
         return f"msg-{self.requests}"
 
