@@ -30,7 +30,8 @@ ensure_docker() {
     if docker info > /dev/null 2>&1; then return; fi
     if ! command -v dockerd > /dev/null; then
         [ "$(id -u)" = 0 ] || { echo "error: no Docker daemon, and installing one needs root." >&2; exit 2; }
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io > "$work/apt.log" 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io > "$work/apt.log" 2>&1 \
+            || { tail -20 "$work/apt.log" >&2; exit 2; }
     fi
     # No bridge or iptables: this stage builds and runs with --network host.
     nohup dockerd --iptables=false --bridge=none > /var/log/qvl-dockerd.log 2>&1 &
