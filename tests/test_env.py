@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from qvl_helpers.cli import main
 from qvl_helpers.env import (
     FAIL,
     OK,
@@ -35,12 +36,14 @@ def test_cli_json_on_this_cpu_machine() -> None:
     assert statuses["bitsandbytes 4-bit"] == OK
 
 
-def test_text_report_has_one_status_per_line() -> None:
-    done = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "env"], capture_output=True,
-                          text=True, cwd=REPO)
-    checks = done.stdout.split("\n\n")[0].splitlines()
+def test_text_report_has_one_status_per_line(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(REPO)
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    checks = out.split("\n\n")[0].splitlines()
     assert checks and all(line.startswith(("[OK] ", "[WARN] ", "[FAIL] ")) for line in checks)
-    assert "Recommended setup for this machine:" in done.stdout
+    assert "Recommended setup for this machine:" in out
 
 
 def test_installed_versions_are_the_tested_ones() -> None:
