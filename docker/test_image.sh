@@ -31,7 +31,7 @@ ensure_docker() {
     if ! command -v dockerd > /dev/null; then
         [ "$(id -u)" = 0 ] || { echo "error: no Docker daemon, and installing one needs root." >&2; exit 2; }
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io > "$work/apt.log" 2>&1 \
-            || { tail -20 "$work/apt.log" >&2; exit 2; }
+            || { echo "error: installing docker.io failed:" >&2; tail -20 "$work/apt.log" >&2; exit 2; }
     fi
     # No bridge or iptables: this stage builds and runs with --network host.
     nohup dockerd --iptables=false --bridge=none > /var/log/qvl-dockerd.log 2>&1 &
@@ -51,8 +51,10 @@ choose_base() {
     fi
     base="$LOCAL_BASE"
     if docker image inspect "$LOCAL_BASE" > /dev/null 2>&1; then return; fi
-    command -v debootstrap > /dev/null \
-        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap > "$work/apt.log" 2>&1
+    if ! command -v debootstrap > /dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap > "$work/apt.log" 2>&1 \
+            || { echo "error: installing debootstrap failed:" >&2; tail -20 "$work/apt.log" >&2; exit 2; }
+    fi
     local root="$work/rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$root" http://deb.debian.org/debian > "$work/debootstrap.log" \

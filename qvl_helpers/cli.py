@@ -331,18 +331,19 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting (repeatable), e.g. --set lr=1e-4")
         p.set_defaults(func=func)
-    p.add_argument("--resume", action="store_true",
-                   help="continue the same run from its newest intact checkpoint (refused if "
-                        "its data, model or training settings changed)")
-    p.add_argument("--force", action="store_true",
-                   help="where the run would be refused (it exists, finished, or changed), "
-                        "start a new run under a free name instead (never in place)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check everything (settings, data, lengths, LoRA layers, resume) and "
-                        "print the plan without training (the data splits are prepared)")
-    p.add_argument("--time", action="store_true",
-                   help="with --dry-run: time a few training steps here (the model is loaded; "
-                        "nothing is saved) and estimate how long the run takes")
+    train = p  # the loop's last parser: these switches are for `qvl train` only
+    switches = {
+        "--resume": "continue the same run from its newest intact checkpoint (refused if its "
+                    "data, model or training settings changed)",
+        "--force": "where the run would be refused (it exists, finished, or changed), start a "
+                   "new run under a free name instead (never in place)",
+        "--dry-run": "check everything (settings, data, lengths, LoRA layers, resume) and print "
+                     "the plan without training (the data splits are prepared)",
+        "--time": "with --dry-run: time a few training steps here (the model is loaded; nothing "
+                  "is saved) and estimate how long the run takes",
+    }
+    for flag, text in switches.items():
+        train.add_argument(flag, action="store_true", help=text)
 
     _add_eval_command(sub)
     _add_use_commands(sub)
