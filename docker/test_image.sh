@@ -102,7 +102,7 @@ in_container() {
 check_notebooks() {
     in_container bash -c 'test "$(id -u)" != 0 || { echo "runs as root" >&2; exit 1; }
         qvl env
-        python -m pytest -q --nbmake --nbmake-timeout=2400 notebooks -p tests.nbnudge --durations=0'
+        python -m pytest -q --nbmake --nbmake-timeout=2400 notebooks -p tests.nbpoll --durations=0'
 }
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }

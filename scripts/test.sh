@@ -16,6 +16,6 @@ trap 'rm -rf "$QVL_OUTPUT_DIR"' EXIT
 
 stage "ruff" ruff check .
 stage "unit tests" python -m pytest tests -q "$@"
-stage "notebooks" python -m pytest --nbmake --nbmake-timeout=2400 notebooks -q -p tests.nbnudge \
+stage "notebooks" python -m pytest --nbmake --nbmake-timeout=2400 notebooks -q -p tests.nbpoll \
     --durations=0  # each notebook's time (docs/workshop.md quotes them)
 echo "== all stages passed in $((SECONDS - start)) s"

@@ -11,12 +11,12 @@ SHAPES = REPO / "data_samples" / "shapes"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The kernel nudge of the notebook stage (nbnudge.py) for the tests that execute notebooks
-    themselves with nbclient (test_learner_course, test_hosted): the same stranded request
-    froze test_learner_course in notebook 01 under load."""
-    from nbnudge import pytest_configure as nudge
+    """The notebook stage's sliced waits (nbpoll.py) for the tests that execute notebooks
+    themselves with nbclient (test_learner_course, test_hosted): the same lost wake-up froze
+    test_learner_course in notebook 01 under load."""
+    from nbpoll import pytest_configure as poll_in_slices
 
-    nudge(config)
+    poll_in_slices(config)
 
 
 @pytest.fixture(scope="session", autouse=True)

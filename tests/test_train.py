@@ -18,7 +18,7 @@ from limits import HANG_GUARD_S
 
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
-from qvl_helpers.model import add_lora, load_model
+from qvl_helpers.model import add_lora, load_adapter, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = str(REPO / "configs" / "tiny_cpu.yaml")
@@ -162,11 +162,10 @@ def test_sigkill_while_saving_then_resume(tmp_path: Path) -> None:
 
 
 def _assert_loadable(adapter: Path) -> None:
-    from peft import PeftModel
-
+    """The adapter loads onto its base, every saved weight in place (``load_adapter`` checks)."""
     config = json.loads((adapter / "adapter_config.json").read_text())
     base = load_model(config["base_model_name_or_path"], "none")
-    model = PeftModel.from_pretrained(base, str(adapter))
+    model = load_adapter(base, adapter)
     assert any("lora_" in n for n, _ in model.named_parameters())
 
 
