@@ -16,7 +16,16 @@ from .doctor import CODES, CheckReport, Problem, check_file
 from .layouts import FORMATS
 from .prepare import PreparedData, prepare_data
 from .readers import DataFileError, detect_file_format, read_records, record_error
-from .records import Record, answers_of, image_parts, images_of
+from .records import (
+    Record,
+    Turn,
+    answers_of,
+    image_parts,
+    images_of,
+    scored_turn,
+    system_text,
+    turns_of,
+)
 from .split import SPLIT_INFO, default_image_root, read_split_info, split_file
 from .writers import write_jsonl
 
@@ -62,4 +71,5 @@ def load_records(path: str | Path, image_root: str | Path | None = None,
 __all__ = ["CODES", "FORMATS", "SPLIT_INFO", "CheckReport", "DataFileError", "PreparedData",
            "Problem", "answers_of", "check_file", "default_image_root", "detect_file_format",
            "image_parts", "images_of", "load_records", "prepare_data", "read_records",
-           "read_split_info", "split_file", "write_jsonl"]
+           "read_split_info", "scored_turn", "split_file", "system_text", "turns_of",
+           "Turn", "write_jsonl"]

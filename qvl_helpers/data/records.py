@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from ..qwen import SPECIAL_TOKENS
@@ -81,6 +82,54 @@ def texts_of(message: dict[str, Any]) -> str:
 def answers_of(record: Record) -> list[str]:
     """The assistant answers of a record, in order."""
     return [texts_of(m) for m in record["messages"] if m["role"] == "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One question and its answer in a conversation, whatever the record's shape.
+
+    ``question`` is the user message's text parts joined in order (images removed wherever they
+    stood), ``images`` the image paths of that user message in order (empty for a text-only
+    turn), ``answer`` the assistant's text, ``number`` the 1-based position of the turn.
+    """
+
+    number: int
+    question: str
+    images: tuple[str, ...]
+    answer: str
+
+
+def system_text(record: Record | dict[str, Any]) -> str | None:
+    """The text of the record's system message, or ``None`` when it has none."""
+    messages = record["messages"]
+    return texts_of(messages[0]) if messages and messages[0]["role"] == "system" else None
+
+
+def turns_of(record: Record | dict[str, Any]) -> list[Turn]:
+    """Every (user, assistant) pair of a validated record, in order: the one way notebooks and
+    reports read a record's questions, images and answers (never ``content[0]``)."""
+    turns: list[Turn] = []
+    pending: dict[str, Any] | None = None
+    for message in record["messages"]:
+        if message["role"] == "user":
+            pending = message
+        elif message["role"] == "assistant" and pending is not None:
+            parts = parts_of(pending)
+            question = " ".join(p["text"].strip() for p in parts
+                                if p["type"] == "text" and p["text"].strip())
+            images = tuple(p["image"] for p in parts if p["type"] == "image")
+            turns.append(Turn(len(turns) + 1, question, images, texts_of(message)))
+            pending = None
+    return turns
+
+
+def scored_turn(record: Record | dict[str, Any]) -> Turn:
+    """The turn that evaluation generates and scores: the last one (earlier turns, with their
+    images, are the conversation it continues)."""
+    turns = turns_of(record)
+    if not turns:
+        raise ValueError(f"record {record.get('id')!r} has no question with an answer")
+    return turns[-1]
 
 
 def normalise(record: dict[str, Any]) -> dict[str, Any]:
