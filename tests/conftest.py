@@ -17,6 +17,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from nbpoll import pytest_configure as poll_in_slices
 
     poll_in_slices(config)
+    config.addinivalue_line("markers", "notebooks: executes the notebooks (the notebook stage "
+                                       "of scripts/test.sh, on the learner's hard shapes)")
 
 
 @pytest.fixture(scope="session", autouse=True)

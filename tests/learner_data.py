@@ -49,3 +49,66 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     nothing was changed, removed or added."""
     return {p.relative_to(folder).as_posix(): p.read_bytes()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+HARD_FILE_NAME = "我的数据.json"
+#: The English colour names of the Chinese answers, for the second turn of a conversation.
+ENGLISH = {chinese: english for english, chinese in COLOURS.items() if english != "gray"}
+
+
+def _colour(record: dict) -> str:
+    return record["messages"][1]["content"][0]["text"]
+
+
+def make_hard_dataset(folder: Path, n: int = 40) -> Path:
+    """Write ``n`` records in the LLaVA / Qwen-official layout (a JSON array, ``from:
+    human/gpt``, ``<image>`` placeholders) with every shape the readers accept and notebooks must
+    handle: the question before ``<image>`` in one sample in three, one question in four in
+    English, two images in one sample in seven (the answer is about the second), a second,
+    text-only turn in one sample in five (the colour again, in English), Chinese answers and a
+    Chinese file name. Returns the annotation file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "图片").mkdir(exist_ok=True)
+    bundled = [json.loads(line) for line in
+               (SHAPES / "shapes.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = []
+    for i in range(n):
+        first, second = bundled[i], bundled[n + i]
+        images = [first] + ([second] if i % 7 == 6 else [])
+        names = []
+        for record in images:
+            name = f"图片/{record['id']}.png"
+            shutil.copy(SHAPES / record["messages"][0]["content"][0]["image"], folder / name)
+            names.append(name)
+        colour = COLOURS[_colour(images[-1])]
+        question = ("What colour is the shape?" if i % 4 == 3 else "图中形状是什么颜色？")
+        if len(images) == 2:
+            question = ("What colour is the shape in the second picture?" if i % 4 == 3
+                        else "第二张图中的形状是什么颜色？")
+        tags = "<image>" * len(images)
+        value = f"{question}\n{tags}" if i % 3 == 1 else f"{tags}\n{question}"
+        turns = [{"from": "human", "value": value}, {"from": "gpt", "value": colour}]
+        if i % 5 == 0 and len(images) == 1:
+            turns += [{"from": "human", "value": "请用英文再说一遍。"},
+                      {"from": "gpt", "value": ENGLISH[colour]}]
+        records.append({"id": f"样本-{i:02d}", "image": names if len(names) > 1 else names[0],
+                        "conversations": turns})
+    path = folder / HARD_FILE_NAME
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def write_learner_course(folder: Path) -> Path:
+    """A learner's course folder: the hard dataset in ``my_data/`` and a ``course.yaml`` that
+    points at it (the tiny stand-in, outputs in ``outputs/``). Returns the ``course.yaml``."""
+    data = make_hard_dataset(folder / "my_data")
+    config = folder / "course.yaml"
+    config.write_text(f"model: auto\ndata: my_data/{data.name}\noutput_dir: outputs\n",
+                      encoding="utf-8")
+    return config
+
+
+if __name__ == "__main__":  # python tests/learner_data.py FOLDER: what scripts/test.sh runs
+    import sys
+
+    print(write_learner_course(Path(sys.argv[1])))

@@ -1,10 +1,11 @@
 """The learner's own data goes all the way through: with ``data:`` in ``course.yaml`` pointing at
-a small dataset in the seed guide's layout (Chinese text, images in ``pics/``), ``qvl train
---config configs/tiny_cpu.yaml`` trains on it and notebooks 01-05 use it. The executed notebooks
-(00-05) carry no deprecation noise and no frozen progress bar.
+a small dataset of their own, ``qvl train --config configs/tiny_cpu.yaml`` trains on it (the seed
+guide's layout) and notebooks 00-05 run on it (the LLaVA layout with every hard shape: image
+after the question, two images, a second turn, Chinese). The executed notebooks carry no
+deprecation noise, no frozen progress bar and no HF_TOKEN.
 
-Slow: one real tiny training run and six notebooks executed in a kernel (nbclient, the engine
-nbmake uses), a few minutes on a 2-core CPU.
+The notebook tests (marker ``notebooks``) are the notebook stage of ``scripts/test.sh``: the only
+place the suite executes notebooks (nbclient, the engine nbmake uses). Slow: minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from learner_data import FILE_NAME, make_seed_dataset
+from learner_data import FILE_NAME, HARD_FILE_NAME, make_seed_dataset, write_learner_course
 from limits import HANG_GUARD_S
 from nbclient import NotebookClient
 
@@ -102,37 +103,60 @@ def assert_quiet(name: str, text: str) -> None:
     assert not found, f"{name} shows {found[:3]}"
 
 
+#: The notebooks in course order, each run after the ones before it in one learner's folder.
+ORDER = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def hard_course(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A learner's folder with the hard record shapes (LLaVA layout, image after the question,
+    two images, a second turn, Chinese) and the environment the notebooks run in; each
+    notebook's text output is kept in ``outputs`` for the notebooks after it."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("learner")
+    config = write_learner_course(folder)
+    if torch.cuda.is_available():  # the shipped course.yaml's auto would pick the 3B
+        config.write_text(config.read_text(encoding="utf-8").replace("model: auto",
+                                                                     "model: tiny"))
+    env = {k: v for k, v in os.environ.items() if k != "QVL_OUTPUT_DIR"}
+    env["QVL_CONFIG"] = str(config)
+    env["HF_TOKEN"] = SECRET  # a learner who is logged in: it must never show (security.md)
+    return {"folder": folder, "env": env, "data": folder / "my_data" / HARD_FILE_NAME,
+            "outputs": {}}
+
+
 @pytest.mark.slow
-def test_notebooks_00_to_05_use_the_learners_data_and_stay_quiet(tmp_path: Path,
-                                                  learner_env: dict[str, str]) -> None:
-    data = tmp_path / "my_data" / FILE_NAME
-    _execute("00_environment_check.ipynb", learner_env)
-    first = _execute("01_data_formatting.ipynb", learner_env)
-    assert f"annotation file: {data}" in first and "layout:          seed" in first
-    assert "train   32 records, leakage found: False" in first
-    (prepared,) = (tmp_path / "outputs" / "data").iterdir()
-    assert prepared.name.startswith(FILE_NAME.removesuffix(".jsonl"))
-    second = _execute("02_processor_and_tokens.ipynb", learner_env)
-    assert "Using the splits of " + FILE_NAME in second
-    assert "32 samples; tokens per sample" in second  # the budget of the learner's train split
-    third = _execute("03_qlora_training.ipynb", learner_env)
-    assert f"data          {data}" in third
-    runs = sorted((tmp_path / "outputs" / "runs").glob("nb03-*"))
-    assert runs and all((run / "run.json").is_file() for run in runs)
-    for run in runs:
-        _runs_on(run, data)
-    assert f"test split: {prepared / 'test.jsonl'}" in third
-    fourth = _execute("04_evaluation.ipynb", learner_env)  # evaluates notebook 03's run
-    (trained,) = [r for r in runs if not r.name.endswith("-demo")]  # not the resume demo
-    assert f"evaluating run: {trained}" in fourth
-    assert f"held-out split:  {prepared / 'test.jsonl'} (4 samples)" in fourth
-    assert "task:            short" in fourth
-    assert "只回答以下之一" in fourth  # the task prompt speaks the learner's language
-    assert "only 4 samples: every interval is wide" in fourth
-    fifth = _execute("05_merge_and_export.ipynb", learner_env)  # merges notebook 03's run
-    assert f"exporting run: {trained}" in fifth
-    assert "Verified in a fresh process on 4 held-out samples" in fifth
-    assert "not uploading (PUSH = False)" in fifth
-    leaked = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()
-              and SECRET.encode() in p.read_bytes()]
-    assert leaked == [], "the HF_TOKEN was written into outputs/"
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", ORDER)
+def test_each_notebook_runs_on_the_learners_hard_shapes(name: str,
+                                                         hard_course: dict[str, object]) -> None:
+    """The notebook stage of scripts/test.sh: every notebook, in order, top to bottom on the
+    learner's data with the hard shapes, quiet (no deprecation noise, no frozen bar, no
+    HF_TOKEN), and saying that it used the learner's data."""
+    folder, data = hard_course["folder"], hard_course["data"]
+    text = _execute(name, hard_course["env"])
+    hard_course["outputs"][name] = text
+    assert "Traceback" not in text
+    outputs = folder / "outputs"
+    if name.startswith("01"):
+        assert f"annotation file: {data}" in text and "layout:          official" in text
+        (prepared,) = (outputs / "data").iterdir()
+        assert prepared.name.startswith(HARD_FILE_NAME.removesuffix(".json"))
+    if name.startswith("03"):
+        assert f"data          {data}" in text
+        runs = sorted((outputs / "runs").glob("nb03-*"))
+        assert runs and all((run / "run.json").is_file() for run in runs)
+        for run in runs:
+            _runs_on(run, data)
+    if name.startswith("04"):
+        (trained,) = [r for r in (outputs / "runs").glob("nb03-*")
+                      if not r.name.endswith("-demo")]  # not the resume demo
+        assert f"evaluating run: {trained}" in text
+        assert "task:            short" in text
+    if name.startswith("05"):
+        assert "Verified in a fresh process on" in text
+        assert "not uploading (PUSH = False)" in text
+        leaked = [p for p in outputs.rglob("*") if p.is_file()
+                  and SECRET.encode() in p.read_bytes()]
+        assert leaked == [], "the HF_TOKEN was written into outputs/"
