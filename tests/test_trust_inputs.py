@@ -226,6 +226,19 @@ def test_the_learners_records_never_fall_back_to_bundled_data(course) -> None:
     assert [r["id"] for r in course_records(load_config())][:2] == ["s0", "s1"]
 
 
+def test_notebook_01_shows_only_records_it_got_from_the_course_helper() -> None:
+    """A cell that failed leaves a stale variable behind; a cell that shows the learner's
+    samples therefore asks the helper again, which refuses when their data is wrong."""
+    nb = json.loads((REPO / "notebooks" / "01_data_formatting.ipynb").read_text("utf-8"))
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    shows = [c for c in code if "sample_browser(" in c or "sample_grid(" in c]
+    assert shows and all("course_records(cfg)" in c for c in shows), shows
+    # a bare data_file/image_root (not prepared.image_root, not the image_root= keyword)
+    uses = re.compile(r"(?<![.\w])(data_file|image_root)\b(?!=)")
+    learner_cells = [c for c in code if uses.search(c)]
+    assert len(learner_cells) >= 3 and all("course_data(cfg)" in c for c in learner_cells)
+
+
 # ---------------------------------------------------------------------------- 2. images
 
 
