@@ -17,11 +17,27 @@ HELP = ("Ask about the image; '/image PATH' switches the image; an empty line, '
 
 
 def ask(image: str | Path, question: str) -> Record:
-    """A one-turn record: the image, the question, and an empty answer slot to generate."""
+    """A one-turn record: the image, the question, and an empty answer slot to generate.
+
+    The image gets the data doctor's check (:func:`~qvl_helpers.images.check_image`).
+
+    Raises:
+        DatasetError: the image is missing, not a local file, or one the doctor refuses.
+    """
+    from .images import ImageProblem, check_image, not_a_local_path, shorten
+
+    fix = "pass another image (--image FILE, or /image FILE while chatting)."
+    problem = not_a_local_path(str(image))
+    if problem is not None:
+        raise DatasetError(f"{problem.code}: {problem.message}.", fix=fix)
     path = Path(image).expanduser().resolve()
     if not path.is_file():
-        raise DatasetError("the image does not exist.", file=image,
+        raise DatasetError("the image does not exist.", file=shorten(str(image)),
                            fix="check the path (relative paths start at the current folder).")
+    try:
+        check_image(path)
+    except ImageProblem as exc:
+        raise DatasetError(f"{exc.code}: {exc.message}.", fix=fix) from None
     return {"id": "chat", "messages": [
         {"role": "user", "content": [image_part(str(path)), text_part(question)]},
         {"role": "assistant", "content": [text_part("")]}]}

@@ -107,7 +107,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     cfg = load_config()
     if args.data is None:  # the data course.yaml names, with its image root
+        from .config import check_path_settings
+
         args.data = cfg.data or _no_data(cfg)
+        check_path_settings(cfg, ("data",) if args.image_root else ("data", "image_root"))
         args.image_root = args.image_root or cfg.image_root
         print(f"checking {args.data} (data: in {cfg.origin('data')})")
     if args.json:
@@ -491,15 +494,34 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_samples)
 
 
+def command_parser(parser: argparse.ArgumentParser, names: Sequence[str]
+                   ) -> argparse.ArgumentParser:
+    """The sub-parser of the command ``names`` (``["data", "check"]``)."""
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``qvl`` with ``argv`` (default: the process arguments); return the exit status."""
+    from .fixes import running
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
         return int(exc.code or 0)
+    names = [n for n in (args.command, getattr(args, "data_command", None)) if n]
+    command = "qvl " + " ".join(names)
+    flags = {o for a in command_parser(parser, names)._actions for o in a.option_strings}
+    with running(command, flags):  # fixes name this command's flags (see fixes.py)
+        return _run(args, command)
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    """Run the parsed command; every failure becomes one line on stderr and an exit status."""
     func: Callable[[argparse.Namespace], int] = args.func
-    command = "qvl " + " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
     if os.environ.get("QVL_DEBUG") == "1":
         return func(args)
     try:
@@ -536,7 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def describe_os_error(exc: OSError) -> str:
     """A file-system error as what, where and the fix."""
-    where = exc.filename or "a file"
+    from .images import shorten
+
+    where = shorten(str(exc.filename)) if exc.filename else "a file"
     if exc.errno == errno.ENOSPC:
         return (f"the disk is full (while writing {where}). Fix: free space or choose another "
                 "output_dir; finished checkpoints are kept, and a run continues with --resume.")

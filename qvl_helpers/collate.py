@@ -31,7 +31,7 @@ from PIL import Image
 
 from .data.records import Message, Record, image_parts
 from .errors import ConfigError, DatasetError
-from .images import load_rgb
+from .images import load_rgb, shorten, size_problem
 
 IGNORE_INDEX = -100
 
@@ -41,15 +41,20 @@ def _images(record: Record, messages: list[Message],
     """The images of ``messages`` as the model sees them; one that cannot be decoded (changed or
     damaged since the data was checked) is an error naming the sample and the file."""
     images = []
+    fix = ("run `qvl data check` on the data, then fix or replace the image; training resumes "
+           "from the last checkpoint (`qvl train --resume`).")
     for part in image_parts({"messages": messages}):
         try:
-            images.append(load_rgb(part["image"]))
+            image = load_rgb(part["image"])
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DatasetError(f"image {part['image']} cannot be read ({type(exc).__name__}: "
-                               f"{exc}).", sample_id=record.get("id"),
-                               fix="run `qvl data check` on the data, then fix or replace the "
-                                   "image; training resumes from the last checkpoint with "
-                                   "--resume.") from None
+            raise DatasetError(f"unreadable_image: {shorten(part['image'])} cannot be read "
+                               f"({type(exc).__name__}: {exc}).", sample_id=record.get("id"),
+                               fix=fix) from None
+        problem = size_problem(image.width, image.height, part["image"])  # the doctor's rule
+        if problem is not None:
+            raise DatasetError(f"{problem.code}: {problem.message}.", sample_id=record.get("id"),
+                               fix=fix)
+        images.append(image)
     return [transform(i) for i in images] if transform else images
 
 

@@ -561,3 +561,49 @@ def model_banner(choice: ModelChoice) -> str:
     width = max(len(line) for line in lines)
     border = "+" + "-" * (width + 2) + "+"
     return "\n".join([border, *[f"| {line.ljust(width)} |" for line in lines], border])
+
+
+def check_path_settings(cfg: CourseConfig, keys: Iterable[str] = ("data", "image_root",
+                                                                  "output_dir")) -> None:
+    """Refuse a path setting that cannot work, once, naming the key, where it was set, the path
+    and the fix: ``data`` must be a file, ``image_root`` an existing folder (when set), and
+    ``output_dir``/``cache_dir`` folders when they exist (they are created otherwise).
+
+    Raises:
+        ConfigError: located at the value's origin (course.yaml line, ``QVL_*`` or ``--set``).
+    """
+    from .fixes import current
+
+    for key in keys:
+        value = getattr(cfg, key)
+        if value is None:
+            if key == "data":
+                raise cfg.error("data", "no data file is configured.",
+                                fix=_path_fix(cfg, key, "annotation file", current()))
+            continue
+        path = Path(value)
+        want_file = key == "data"
+        if want_file and path.is_file() or not want_file and path.is_dir():
+            continue
+        if key in ("output_dir", "cache_dir") and not path.exists():
+            continue
+        what = "annotation file" if want_file else "folder"
+        if path.exists():
+            state = "is a folder, not a file" if want_file else "is a file, not a folder"
+        else:
+            state = "does not exist"
+        raise cfg.error(key, f"{key} is {path}, which {state}.",
+                        fix=_path_fix(cfg, key, what, current()))
+
+
+def _path_fix(cfg: CourseConfig, key: str, what: str, entry: Any) -> str:
+    """Where to correct ``key``: the variable or ``--set`` that gave it, else course.yaml."""
+    origin = cfg.origin(key)
+    if origin.label == "environment":
+        return f"correct {origin.name} to an existing {what}, or unset it."
+    if origin.label == "--set":
+        return f"correct --set {key}=... to an existing {what}."
+    fix = f"set {key}: in course.yaml to an existing {what}"
+    if entry is not None and "--set" in entry.flags:
+        fix += f" (or pass --set {key}=...)"
+    return fix + "."

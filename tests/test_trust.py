@@ -179,7 +179,7 @@ def test_a_damaged_image_is_found_before_training(learner: Learner,
     victim = learner.data.parent / "pics" / "图片_007.png"
     victim.write_bytes(victim.read_bytes()[:60])  # truncated after the splits were made
     code, _, err = learner.train()
-    one_clear_error(err, code, 1, "unreadable_image", "样本-7", "split")
+    one_clear_error(err, code, 1, "unreadable_image", "样本-7", "train.jsonl")
 
 
 def test_the_collator_names_the_sample_of_an_unreadable_image(tmp_path: Path,
@@ -551,7 +551,7 @@ def test_an_unexpected_error_is_one_line_unless_debugging(learner: Learner,
         main(["train", "--config", PRESET])
 
 
-@pytest.mark.parametrize(("size", "code"), [((6000, 20), "extreme_aspect_ratio"),
+@pytest.mark.parametrize(("size", "code"), [((6000, 28), "extreme_aspect_ratio"),
                                             ((8000, 8000), "image_too_large")])
 def test_tokens_refuses_what_the_doctor_refuses(learner: Learner, size: tuple[int, int],
                                                 code: str) -> None:

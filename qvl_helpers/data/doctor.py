@@ -21,15 +21,16 @@ from typing import Any
 from ..errors import count
 from ..images import (
     DEFAULT_PIXEL_CAP,
-    MIN_SIDE,
     PLAIN_MODES,
     ImageInfo,
     ImageProblem,
+    check_image,
     file_hash,
-    inspect_image,
+    missing_message,
+    require_image_root,
     resolve_confined,
+    shorten,
 )
-from ..qwen import MAX_ASPECT
 from ..tokens import sample_length
 from .readers import RawRecord, read_records
 from .records import images_of
@@ -116,7 +117,7 @@ class _ImageCache:
 
     def _inspect(self, path: Path) -> ImageInfo | ImageProblem:
         try:
-            return inspect_image(path, self.pixel_cap)
+            return check_image(path, self.pixel_cap)
         except ImageProblem as problem:
             return problem
 
@@ -128,15 +129,10 @@ class _ImageCache:
             return None
 
 
-def _image_findings(info: ImageInfo, shown: str) -> list[tuple[str, str]]:
+def _image_warnings(info: ImageInfo, shown: str) -> list[tuple[str, str]]:
+    """What the course converts in a usable image (the errors are :func:`check_image`'s)."""
     found = []
-    w, h = info.width, info.height
-    if min(w, h) < MIN_SIDE:
-        found.append(("image_too_small", f"{shown} is {w}x{h} px; each side needs at least "
-                      f"{MIN_SIDE} px (one visual token): use a larger image or drop the sample"))
-    elif max(w, h) / min(w, h) > MAX_ASPECT:
-        found.append(("extreme_aspect_ratio", f"{shown} is {w}x{h} px, aspect ratio over "
-                      f"{MAX_ASPECT}: the processor refuses it; crop or pad it"))
+    shown = shorten(shown)
     if info.mode not in PLAIN_MODES or info.frames > 1:
         what = f"mode {info.mode}" + (f", {info.frames} frames" if info.frames > 1 else "")
         found.append(("image_mode", f"{shown} has {what}; training and inference use it as RGB "
@@ -199,14 +195,11 @@ def _check_images(record: dict[str, Any], root: Path, cache: _ImageCache
         if isinstance(info, ImageProblem):
             message = info.message
             if info.code == "missing_image":
-                message = f"{text} not found under {root}; fix the path or pass --image-root"
+                message = missing_message(text, root)
             findings.append((info.code, message))
             images_ok = False
             continue
-        found = _image_findings(info, text)
-        findings += found
-        images_ok &= not any(code in ("image_too_small", "extreme_aspect_ratio")
-                             for code, _ in found)
+        findings += _image_warnings(info, text)
         sizes.append(info.oriented_size)
     return findings, resolved, sizes, images_ok
 
@@ -278,10 +271,16 @@ def check_file(path: str | Path, *, image_root: str | Path | None = None, fmt: s
     reported as ``too_long``.
 
     Raises:
-        DataFileError: the file cannot be read at all (missing, a folder, UTF-16).
+        DataFileError: the file cannot be read at all (missing, a folder, UTF-16), or the image
+            root folder does not exist (one error, instead of one per image).
     """
     path = Path(path)
-    root = Path(image_root) if image_root is not None else default_image_root(path)[0]
+    if image_root is not None:
+        root, why = Path(image_root), "the image root given"
+    else:
+        root, why = default_image_root(path)
+    if path.exists():
+        require_image_root(root, why)
     report = CheckReport(str(path), image_root=str(root))
     cache = _ImageCache(pixel_cap)
     raws: Iterable[RawRecord] = read_records(path, fmt)

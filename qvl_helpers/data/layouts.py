@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .records import Finding, image_part, split_placeholders, text_part
+from .records import VIDEO_MESSAGE, Finding, image_part, split_placeholders, text_part
 
 FORMATS = ("seed", "official", "sharegpt", "messages", "csv")
 #: Role names of the other layouts, mapped to the canonical ones.
@@ -113,14 +113,41 @@ def _turns_from(obj: dict, key: str, role_key: str, text_key: str) -> tuple[list
     return out, []
 
 
+VIDEO_KEYS = ("video", "videos")
+
+
+def _holds_video(value: Any) -> bool:
+    """A ``<video>`` placeholder in a turn's text, or a ``{"type": "video…"}`` content part."""
+    if isinstance(value, str):
+        return "<video>" in value
+    if isinstance(value, list):
+        return any(_holds_video(v) for v in value)
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if isinstance(kind, str) and kind.startswith("video"):
+            return True
+        return any(_holds_video(value.get(k)) for k in ("value", "content", "text"))
+    return False
+
+
+def video_finding(obj: dict[str, Any]) -> Finding | None:
+    """The one finding for a record with video, in any layout (the course trains on images)."""
+    listed = any(obj.get(key) not in (None, "", []) for key in VIDEO_KEYS)
+    turns = obj.get("messages", obj.get("conversations"))
+    if listed or _holds_video(turns):
+        return ("missing_field", VIDEO_MESSAGE)
+    return None
+
+
 def to_canonical(obj: Any, fmt: str) -> tuple[list[dict] | None, list[Finding]]:
     """Canonical messages of one input record in layout ``fmt`` (None plus findings if it
     cannot be converted)."""
     if not isinstance(obj, dict):
         return None, [("missing_field", "a record must be a JSON object")]
+    video = video_finding(obj)
+    if video is not None:
+        return None, [video]
     if fmt in ("seed", "official"):
-        if "video" in obj:
-            return None, [("missing_field", "video samples are not supported by this course")]
         turns, found = _turns_from(obj, "conversations", "from", "value")
         images = _as_list(obj.get("image", obj.get("images")))
     elif fmt == "sharegpt":

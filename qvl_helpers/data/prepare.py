@@ -25,8 +25,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import CourseConfig
-from ..errors import ConfigError, DatasetError, count
+from ..config import CourseConfig, check_path_settings
+from ..errors import DatasetError, count
 from ..images import file_hash
 from ..outputs import ensure_folder, write_json
 from .doctor import check_file
@@ -56,11 +56,33 @@ class PreparedData:
 
 
 def source_image_root(cfg: CourseConfig) -> Path:
-    """The image root of the learner's own annotation file."""
-    if cfg.data is None:
-        raise ConfigError("no data file is configured.", file=cfg.source or "course.yaml",
-                          fix="set data: to your annotation file in course.yaml.")
+    """The image root of the learner's own annotation file (``data`` and ``image_root``
+    checked: see :func:`~qvl_helpers.config.check_path_settings`)."""
+    check_path_settings(cfg, ("data", "image_root"))
     return Path(cfg.image_root) if cfg.image_root else Path(cfg.data).parent
+
+
+def course_data(cfg: CourseConfig) -> tuple[Path, Path]:
+    """The learner's annotation file and its image root, as course.yaml names them, checked.
+
+    Notebooks call this in every cell that uses the learner's data, so that a cell never works
+    on a value left behind by an earlier cell (or by the bundled examples) after the learner's
+    settings changed.
+
+    Raises:
+        ConfigError: ``data`` or ``image_root`` is unset, missing or the wrong kind of path.
+    """
+    root = source_image_root(cfg)
+    return Path(cfg.data), root
+
+
+def course_records(cfg: CourseConfig) -> list:
+    """The learner's records (see :func:`course_data`), image paths resolved and checked as
+    :func:`~qvl_helpers.data.load_records` does; refuses instead of showing other data."""
+    from . import load_records
+
+    data, root = course_data(cfg)
+    return load_records(data, image_root=root)
 
 
 def dataset_key(data: Path, image_root: Path, val: float, test: float, seed: int,
@@ -101,11 +123,8 @@ def prepare_data(cfg: CourseConfig, *, val: float = 0.1, test: float = 0.1,
         DatasetError: the data has errors (the message points to the report), or holds no record.
     """
     say = print if verbose else (lambda *a, **k: None)
-    root = source_image_root(cfg)
-    data = Path(cfg.data)
-    if not data.is_file():
-        raise cfg.error("data", f"the data file {data} does not exist.",
-                        fix="set data: in course.yaml to your annotation file.")
+    check_path_settings(cfg, ("data", "image_root", "output_dir"))
+    data, root = course_data(cfg)
     digest = file_hash(data)
     folder = Path(cfg.output_dir) / "data" / dataset_key(data, root, val, test, cfg.seed, digest)
     if (folder / SPLIT_INFO).is_file():
@@ -158,5 +177,5 @@ def _prepared(folder: Path, built: bool) -> PreparedData:
                         warnings=split_warnings(counts, info.get("val", 0), info.get("test", 0)))
 
 
-__all__ = ["SPLITS", "PreparedData", "dataset_key", "prepare_data", "source_image_root",
-           "split_warnings"]
+__all__ = ["SPLITS", "PreparedData", "course_data", "course_records", "dataset_key",
+           "prepare_data", "source_image_root", "split_warnings"]

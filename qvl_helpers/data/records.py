@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from ..images import VIDEO_MESSAGE
 from ..qwen import SPECIAL_TOKENS
 
 ROLES = ("system", "user", "assistant")
@@ -162,6 +163,9 @@ def _shape_findings(messages: Any) -> list[Finding]:
             if kind == "text" and isinstance(part.get("text"), str):
                 continue
             if kind == "image" and isinstance(part.get("image"), str) and part["image"].strip():
+                continue
+            if isinstance(kind, str) and kind.startswith("video"):
+                found.append(("missing_field", VIDEO_MESSAGE))
                 continue
             found.append(("missing_field", f"message {i}, part {j} must be "
                           "{'type': 'text', 'text': STR} or {'type': 'image', 'image': PATH}"))

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DatasetError, OutputExistsError, count
-from ..images import ImageProblem, file_hash, resolve_confined
+from ..images import (
+    ImageProblem,
+    file_hash,
+    missing_message,
+    path_exists,
+    require_image_root,
+    resolve_confined,
+)
 from ..outputs import read_json, refuse_inputs
 from .readers import read_records, record_error
 from .records import Record, images_of
@@ -119,6 +126,8 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
     """
     path, out_dir = Path(path), Path(out_dir)
     root = Path(image_root) if image_root is not None else path.parent
+    if path.exists():
+        require_image_root(root)
     files = {name: out_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
     for target in files.values():
         refuse_inputs(target, [path])
@@ -133,9 +142,13 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
         digests = []
         for text in images_of(raw.record):
             try:
-                digests.append(file_hash(resolve_confined(text, root)))
+                resolved = resolve_confined(text, root)
+                if not path_exists(resolved):
+                    raise ImageProblem("missing_image", missing_message(text, root))
+                digests.append(file_hash(resolved))
             except (ImageProblem, OSError) as exc:
-                raise DatasetError(f"image {text}: {exc}", file=path, line=raw.line,
+                why = exc.message if isinstance(exc, ImageProblem) else f"{text}: {exc}"
+                raise DatasetError(f"image {why}.", file=path, line=raw.line,
                                    sample_id=raw.record["id"],
                                    fix="run `qvl data check` and fix the data before "
                                        "splitting.") from None

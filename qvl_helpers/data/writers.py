@@ -95,13 +95,17 @@ def convert_file(src: str | Path, out: str | Path, *, fmt: str = "auto",
 
     Raises:
         ConfigError: ``out`` is the input file (even with ``overwrite``).
+        DataFileError: the image root does not exist.
         OutputExistsError: ``out`` exists and ``overwrite`` is False.
     """
+    from ..images import require_image_root
     from ..outputs import claim_output, write_text
 
     src, out = Path(src), Path(out)
-    claim_output(out, inputs=[src], force=overwrite)
     root = Path(image_root) if image_root is not None else src.parent
+    if src.exists():
+        require_image_root(root)
+    claim_output(out, inputs=[src], force=overwrite)
     good, failed = [], []
     for raw in read_records(src, fmt):
         if raw.record is None:

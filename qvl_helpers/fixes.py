@@ -1,0 +1,67 @@
+"""How the learner changes a setting in the entry point they are running.
+
+A fix is only true if the learner can do it where they are: ``qvl data check`` has
+``--image-root``, ``qvl train`` has only ``course.yaml`` and ``--set``, a notebook has only
+``course.yaml``. The command line records the running command and its parser's options
+(:func:`running`); messages ask :func:`how_to_set` instead of naming a flag themselves. A context
+variable (``contextvars``) carries it, so code deep in the data readers needs no extra argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """The running ``qvl`` command and the option strings its parser accepts."""
+
+    command: str
+    flags: frozenset[str]
+
+
+_RUNNING: ContextVar[EntryPoint | None] = ContextVar("qvl_entry_point", default=None)
+
+
+@contextmanager
+def running(command: str, flags: Iterable[str]) -> Iterator[EntryPoint]:
+    """Within this block, fixes are written for ``command`` (which accepts ``flags``)."""
+    entry = EntryPoint(command, frozenset(flags))
+    token = _RUNNING.set(entry)
+    try:
+        yield entry
+    finally:
+        _RUNNING.reset(token)
+
+
+def current() -> EntryPoint | None:
+    """The running command (None: Python code or a notebook, configured by course.yaml)."""
+    return _RUNNING.get()
+
+
+def how_to_set(key: str, value: str = "DIR") -> str | None:
+    """How to give ``key`` another value here: the command's own flag, else course.yaml (and
+    ``--set`` where the command has it); None for a command that has neither (e.g. ``qvl chat``
+    reads no course.yaml path)."""
+    entry = current()
+    yaml = f"set {key}: in course.yaml"
+    if entry is None:
+        return yaml
+    flag = "--" + key.replace("_", "-")
+    if flag in entry.flags:
+        return f"pass {flag} {value}"
+    if "--set" in entry.flags:
+        return f"{yaml} (or pass --set {key}={value})"
+    return None
+
+
+def image_root_fix() -> str:
+    """The fix for image paths that do not match their root, valid for the running command."""
+    hint = how_to_set("image_root")
+    if hint is None:
+        return ("write the image paths relative to the data file's folder (or use a prepared "
+                "split, which records its image root)")
+    return f"fix the paths, or {hint} to the folder they are relative to"
