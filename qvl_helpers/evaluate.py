@@ -4,7 +4,8 @@ A *system* is a way of answering the split's questions:
 
 - ``base``: the base model as it is;
 - ``prompt``: the base model with a task prompt (``eval_prompt`` in ``course.yaml``, or one
-  derived from the references that states the answer format): did fine-tuning beat a good prompt?
+  derived from the training answers to the scored question that states the answer format, see
+  :func:`prompt_examples`): did fine-tuning beat a good prompt?
 - ``tuned``: the base model with the run's LoRA adapter;
 - ``NAME-blank``: any of them with every image replaced by a white one of the same size. A
   fine-tuned model that still scores well without images learned to guess from the text.
@@ -14,8 +15,12 @@ The model is loaded once; base systems run with the adapter switched off (PEFT's
 image limits the run was trained with and ``max_new_tokens`` from the longest reference.
 Metrics come from :mod:`qvl_helpers.metrics` (by task), each with a bootstrap interval; each
 comparison is a paired bootstrap interval of the difference, and a system is only called better
-when that interval excludes zero. Before any model loads, the split is checked against the run's
-training split for shared images (by content) and identical samples.
+when that interval excludes zero (and, for right/wrong scores, the exact McNemar test agrees);
+each comparison carries its status and reason (:func:`qvl_helpers.metrics.judge`), which the
+notebooks and :func:`format_report` show as they are. Evaluation scores each sample's last turn
+(:func:`~qvl_helpers.data.records.scored_turn`); the turns before it are the conversation.
+Before any model loads, the split is checked against the run's training split for shared
+images (by content) and identical samples.
 
 Outputs (``outputs/eval/NAME/``): ``report.json`` (everything above, with versions, timings and
 the data's hash), ``predictions-SYSTEM.jsonl`` per system, and ``gallery.html``
@@ -38,14 +43,14 @@ import numpy as np
 import yaml
 
 from . import metrics as M
-from .data.records import Record, answers_of, image_parts, text_part
+from .data.records import Record, Turn, image_parts, scored_turn, text_part, turns_of
 from .errors import ConfigError, DatasetError, count
 from .runs import RUN_CONFIG
 
 BASE_SYSTEMS = ("base", "prompt", "tuned")
 ABLATIONS = ("blank",)
 REPORT, GALLERY = "report.json", "gallery.html"
-SMALL_N = 30  # below this many samples, every interval is wide: the report says so
+SMALL_N = M.SMALL_N  # below this many samples, every interval is wide: the report says so
 
 
 def predictions_file(system: str) -> str:
@@ -124,18 +129,62 @@ def task_prompt(task: str, references: Sequence[str]) -> str:
     return "用一两句话描述这张图片。" if chinese else "Describe the image in one or two sentences."
 
 
-def prompt_examples(request: EvalRequest, references: Sequence[str],
-                    trained: Sequence[Record] | None = None) -> list[str]:
-    """The answers the derived task prompt describes: the training split's (a prompt built from
-    the test answers would leak them into the baseline), else the evaluated ones. ``trained``:
-    the training records when already loaded."""
+def prompt_examples(scored: Turn, trained: Sequence[Record] | None,
+                    evaluated: Sequence[Record] = ()) -> list[str]:
+    """The answers the derived task prompt describes for a sample whose scored turn is
+    ``scored``, so that a conversation's 2nd question is not offered the 1st question's answers.
+
+    The pool is every turn of the training records (a prompt built from the test answers would
+    leak them into the baseline), else the scored turns of the ``evaluated`` records. From it:
+    the answers to the same question (text compared after
+    :func:`~qvl_helpers.metrics.normalise_text`); failing that, the answers of turns at the same
+    position (``scored.number``: 2nd turns ask what 2nd turns ask); failing that, every answer
+    of the last turns in the pool."""
+    if trained:
+        pool = [t for r in trained for t in turns_of(r)]
+        last = [scored_turn(r) for r in trained]
+    else:
+        pool = last = [scored_turn(r) for r in evaluated]
+    question = M.normalise_text(scored.question)
+    return ([t.answer for t in pool if M.normalise_text(t.question) == question] or
+            [t.answer for t in pool if t.number == scored.number] or
+            [t.answer for t in last])
+
+
+def task_prompts(request: EvalRequest, task: str, records: Sequence[Record],
+                 trained: Sequence[Record] | None = None) -> list[str]:
+    """The ``prompt`` system's system prompt for each record: ``request.prompt`` (``eval_prompt``)
+    for every one, else :func:`task_prompt` of :func:`prompt_examples` for its scored turn.
+    ``trained``: the training records when already loaded (else read from
+    ``request.train_split`` when it exists)."""
+    if request.prompt:
+        return [request.prompt] * len(records)
     from .data import load_records
 
     if trained is None and request.train_split is not None and \
             Path(request.train_split).is_file():
         trained = load_records(request.train_split)
-    answers = [answers_of(r)[-1] for r in trained or []]
-    return answers or list(references)
+    made: dict[tuple[str, int], str] = {}
+    prompts = []
+    for record in records:
+        turn = scored_turn(record)
+        key = (M.normalise_text(turn.question), turn.number)
+        if key not in made:
+            made[key] = task_prompt(task, prompt_examples(turn, trained, records))
+        prompts.append(made[key])
+    return prompts
+
+
+def prompt_summary(records: Sequence[Record], prompts: Sequence[str]) -> list[dict[str, Any]]:
+    """Each distinct prompt with the scored question it was made for (the first one) and how
+    many samples get it: what the report records and the notebook shows."""
+    found: dict[str, dict[str, Any]] = {}
+    for record, prompt in zip(records, prompts, strict=True):
+        turn = scored_turn(record)
+        entry = found.setdefault(prompt, {"prompt": prompt, "question": turn.question,
+                                          "turn": turn.number, "samples": 0})
+        entry["samples"] += 1
+    return list(found.values())
 
 
 def with_system_prompt(record: Record, prompt: str) -> Record:
@@ -339,25 +388,19 @@ def comparison_pairs(systems: Sequence[System]) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare(scores: Scores, systems: Sequence[System], n: int, seed: int) -> tuple[list, list]:
-    """The comparisons of the headline metric (paired intervals and verdicts) and the warnings
-    a reader of the numbers needs."""
+def compare(scores: Scores, systems: Sequence[System], n: int, seed: int, *,
+            resamples: int = M.RESAMPLES) -> tuple[list, list]:
+    """The comparisons of the headline metric (each a :class:`~qvl_helpers.metrics.Judgement`
+    as a dict: interval, status, reason, verdict, samples needed) and the warnings a reader of
+    the numbers needs. Every sentence comes from :mod:`qvl_helpers.metrics`."""
     headline = scores.metrics[0]
     comparisons, warnings = [], []
     for first, second in comparison_pairs(systems):
         a, b = scores.values[first][headline.name], scores.values[second][headline.name]
-        diff = M.paired_difference(headline, a, b, seed=seed)
-        clear = M.is_clear(headline, diff, a, b)
-        needed = None if clear else M.samples_needed(diff, n)
-        comparisons.append({"first": first, "second": second, "metric": headline.name,
-                            "difference": diff.as_dict(), "clear": clear,
-                            "better": M.first_is_better(headline, diff) if clear else None,
-                            "verdict": M.verdict(headline, first, second, diff, n, clear),
-                            "samples_needed": needed})
-        if needed:
-            warnings.append(f"{first} vs {second}: a difference of {diff.value:+.3f} cannot be "
-                            f"told from noise with n={n}; about {needed} samples would give an "
-                            "80% chance of telling a true difference that size.")
+        judged = M.judge(headline, first, second, a, b, resamples=resamples, seed=seed)
+        comparisons.append(judged.as_dict())
+        if judged.warning:
+            warnings.append(judged.warning)
     for system, values in scores.values.items():
         hits = values[headline.name]
         if not headline.counts and set(np.unique(hits)) <= {0.0, 1.0} and \
@@ -366,9 +409,9 @@ def compare(scores: Scores, systems: Sequence[System], n: int, seed: int) -> tup
                             f"interval has no width; the true rate can still be "
                             f"{'as low as' if hits[0] else 'as high as'} about "
                             f"{1 - 3 / n if hits[0] else 3 / n:.3f} (the rule of three, n={n}).")
-    if n < SMALL_N:
-        warnings.insert(0, f"only {n} samples: every interval is wide. Treat differences smaller "
-                           "than the intervals as unknown, and add test data if you can.")
+    small = M.small_test_warning(n)
+    if small:
+        warnings.insert(0, small)
     return comparisons, warnings
 
 
@@ -434,14 +477,14 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
         raise DatasetError("there are no samples to evaluate: a score of nothing would mean "
                            "nothing.", file=request.data, fix="evaluate a file with samples (add "
                                                               "data if the test split is empty).")
-    references = [answers_of(r)[-1] for r in records]
+    references = [scored_turn(r).answer for r in records]
     task, why = M.resolve_task(request.task, references, [r["id"] for r in records])
     scores = Scores(M.metrics_for(task, request.metrics))
     # The training split, read once: for the leakage check and the derived task prompt.
     trained = load_records(request.train_split) if request.train_split is not None else None
     overlap = check_overlap(records, request.data, request.train_split, request.allow_overlap,
                             trained)
-    prompt = request.prompt or task_prompt(task, prompt_examples(request, references, trained))
+    prompts = task_prompts(request, task, records, trained)
 
     model_path = ensure_model(choose_model(request.model, "--model"))
     net, processor = load_for_eval(model_path, request.adapter, request.quantization)
@@ -451,13 +494,15 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
     answers, timings = {}, {}
     for system in systems:
         start = time.perf_counter()
-        answers[system.name] = _answer(net, processor, records, system, prompt, budget,
+        answers[system.name] = _answer(net, processor, records, system, prompts, budget,
                                        request.batch_size, lo, hi,
                                        adapter_loaded=request.adapter is not None)
         timings[system.name] = time.perf_counter() - start
         scores.add(system.name, answers[system.name], references, [r["id"] for r in records])
     report = _report(request, systems, scores, references, answers, timings, {
-        "task": task, "task_reason": why, "prompt": prompt, "overlap": overlap,
+        "task": task, "task_reason": why, "overlap": overlap,
+        "prompt": prompts[0] if len(set(prompts)) == 1 else None,
+        "prompts": prompt_summary(records, prompts),
         "min_pixels": lo, "max_pixels": hi, "max_new_tokens": budget})
     _write_outputs(request, report, records, scores, answers, references)
     return report
@@ -481,9 +526,11 @@ def _claim_outputs(request: EvalRequest, systems: Sequence[System]) -> None:
                 stale.unlink()
 
 
-def _answer(model: Any, processor: Any, records: Sequence[Record], system: System, prompt: str,
-            budget: int, batch_size: int, lo: int, hi: int, *, adapter_loaded: bool) -> list[str]:
-    asked = [with_system_prompt(r, prompt) for r in records] if system.prompt else list(records)
+def _answer(model: Any, processor: Any, records: Sequence[Record], system: System,
+            prompts: Sequence[str], budget: int, batch_size: int, lo: int, hi: int, *,
+            adapter_loaded: bool) -> list[str]:
+    asked = [with_system_prompt(r, p) for r, p in zip(records, prompts, strict=True)] \
+        if system.prompt else list(records)
     # Base systems run with the LoRA layers switched off (PEFT's context manager): the same
     # loaded weights, no reload.
     switch = model.disable_adapter() if adapter_loaded and not system.adapter else nullcontext()

@@ -1,7 +1,9 @@
 """The failure gallery of an evaluation: every sample with each system's answer, worst first.
 
 ``gallery.html`` is one self-contained page (thumbnails embedded as data URIs, no server, no
-network): image, question, reference, and each system's answer coloured by its score. It opens
+network): image, question, reference, and each system's answer coloured by its score. A
+multi-turn sample shows the conversation its scored (last) question continues: each earlier turn
+with its images, question and answer, then the scored question, marked as such. It opens
 sorted by how wrong the lead system (the fine-tuned one) is, and a reader can sort and filter by
 any system and metric. :func:`gallery_table` is the same table without scripts, for a notebook.
 Every text from the data is HTML-escaped: a learner's data must never become markup.
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .data.records import Record, image_parts, texts_of
+from .data.records import Record, scored_turn, turns_of
 
 THUMB_SIDE = 160
 MAX_ROWS = 1000  # a page with more thumbnails than this is too slow to open; the rest are listed
@@ -29,9 +31,8 @@ def lead_system(report: dict[str, Any]) -> str:
 
 
 def question_of(record: Record) -> str:
-    """The text of the last user turn (the question the answer was generated for)."""
-    users = [texts_of(m) for m in record["messages"] if m["role"] == "user"]
-    return users[-1] if users else ""
+    """The scored question: the one the answer was generated for (the last turn's)."""
+    return scored_turn(record).question
 
 
 def _predictions(out_dir: Path, report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -44,16 +45,22 @@ def _predictions(out_dir: Path, report: dict[str, Any]) -> dict[str, list[dict[s
 
 def gallery_rows(report: dict[str, Any], records: Sequence[Record],
                  out_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per sample (id, images, question, reference, and per system its answer and
-    metrics), worst first for the lead system's headline metric."""
+    """One row per sample, worst first for the lead system's headline metric: id, the scored
+    turn's ``images``, ``question`` and ``turn`` number, the ``earlier`` turns it continues
+    (each ``{"turn", "question", "images", "answer"}``), the reference, and per system its
+    answer and metrics."""
     predictions = _predictions(Path(out_dir), report)
     headline, lead = report["headline"], lead_system(report)
     rows = []
     for i, record in enumerate(records):
         answers = {s: {"prediction": p[i]["prediction"], "metrics": p[i]["metrics"]}
                    for s, p in predictions.items()}
-        rows.append({"id": record["id"], "images": [p["image"] for p in image_parts(record)],
-                     "question": question_of(record),
+        *earlier, scored = turns_of(record)
+        rows.append({"id": record["id"], "images": list(scored.images),
+                     "question": scored.question, "turn": scored.number,
+                     "earlier": [{"turn": t.number, "question": t.question,
+                                  "images": list(t.images), "answer": t.answer}
+                                 for t in earlier],
                      "reference": predictions[lead][i]["reference"], "answers": answers})
     sign = -1 if headline in report.get("lower_is_better", []) else 1
     rows.sort(key=lambda r: sign * r["answers"][lead]["metrics"][headline])
@@ -86,17 +93,34 @@ def _row_html(row: dict[str, Any], systems: Sequence[str], headline: str,
                      f"<pre>{html.escape(answer) or '<i>(empty)</i>'}</pre>"
                      f"<small>{html.escape(shown)}</small></td>")
     pictures = "".join(_thumb(p) for p in row["images"])
+    if not pictures and any(t["images"] for t in row.get("earlier", ())):
+        pictures = "<i>(the images are in the earlier turns)</i>"
     return (f"<tr data-scores='{html.escape(json.dumps(scores))}'><td>{pictures}<br>"
             f"<small>{html.escape(row['id'])}</small></td>"
-            f"<td><pre>{html.escape(row['question'])}</pre></td>"
+            f"<td>{_conversation_html(row)}</td>"
             f"<td><pre>{html.escape(row['reference'])}</pre></td>{''.join(cells)}</tr>")
+
+
+def _conversation_html(row: dict[str, Any]) -> str:
+    """The question cell: the earlier turns (images, question, answer), then the scored
+    question, marked as the one answered here when there are earlier turns."""
+    earlier = row.get("earlier") or []
+    if not earlier:
+        return f"<pre>{html.escape(row['question'])}</pre>"
+    turns = "".join(
+        f"<div class='turn'><small>turn {t['turn']}</small>"
+        f"{''.join(_thumb(p) for p in t['images'])}<pre>{html.escape(t['question'])}</pre>"
+        f"<pre class='answer'>→ {html.escape(t['answer'])}</pre></div>" for t in earlier)
+    return (f"{turns}<div class='scored'><small><b>scored question (turn {row['turn']})</b>"
+            f"</small><pre>{html.escape(row['question'])}</pre></div>")
 
 
 STYLE = """<style>
 body{font-family:system-ui,sans-serif;margin:1em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:left}
 pre{white-space:pre-wrap;margin:0;max-width:28em;font-family:inherit}img{display:block}
-small{color:#555}</style>"""
+small{color:#555}.turn{color:#555;border-left:3px solid #ddd;padding-left:4px;margin-bottom:4px}
+.scored{border-left:3px solid #36c;padding-left:4px}</style>"""
 
 SCRIPT = """<script>
 const body = document.querySelector('tbody'), rows = [...body.rows];

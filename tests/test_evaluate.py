@@ -298,4 +298,4 @@ def test_a_small_split_is_said_to_be_small(tmp_path: Path, model_folder: Path,
                                            stub: FakeModel) -> None:
     data = subset(SHAPES / "shapes.jsonl", tmp_path / "test.jsonl", 0, 6)
     report = E.evaluate(request(tmp_path, data, systems="prompt,tuned"))
-    assert report["warnings"][0].startswith("only 6 samples: every interval is wide")
+    assert report["warnings"][0].startswith("the test split has only 6 sample(s)")

@@ -154,6 +154,7 @@ def test_each_notebook_runs_on_the_learners_hard_shapes(name: str,
                       if not r.name.endswith("-demo")]  # not the resume demo
         assert f"evaluating run: {trained}" in text
         assert "task:            short" in text
+        assert text.count("the test split has only") == 1  # one place says it
     if name.startswith("05"):
         assert "Verified in a fresh process on" in text
         assert "not uploading (PUSH = False)" in text

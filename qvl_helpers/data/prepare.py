@@ -28,6 +28,7 @@ from pathlib import Path
 from ..config import CourseConfig, check_path_settings
 from ..errors import DatasetError, count
 from ..images import file_hash
+from ..metrics import small_test_warning
 from ..outputs import ensure_folder, write_json
 from .doctor import check_file
 from .split import SPLIT_INFO, split_file
@@ -104,10 +105,8 @@ def split_warnings(counts: dict[str, int], val: float, test: float) -> list[str]
     if test > 0 and counts.get("test", 0) == 0:
         out.append(f"the test split is empty ({count(total, 'record')} in all): nothing is held "
                    "out, so the fine-tune cannot be evaluated. Add data (a few dozen samples at least).")
-    elif 0 < counts.get("test", 0) < 30:
-        n = counts["test"]
-        out.append(f"the test split has only {n} sample(s): one answer moves a score by "
-                   f"{100 / n:.0f} points, so treat scores as rough. More data makes them firmer.")
+    elif small := small_test_warning(counts.get("test", 0)):  # the evaluation's own sentence
+        out.append(small)
     return out
 
 
