@@ -3,6 +3,7 @@ position), and course errors shown as their one line instead of a stack."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,67 @@ def test_side_by_side_asks_a_sample_in_its_conversation(tmp_path: Path) -> None:
     record, _ = chat.asked[-1]
     assert images_of(record) == images_of(s["two images"])
     assert scored_turn(record).question == "Which is blue?"
+
+
+# --------------------------------------------------------------------------- course errors
+
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture
+def shell() -> Any:
+    """An in-process IPython shell, as a notebook's kernel runs cells."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.clear_instance()
+    yield InteractiveShell.instance()
+    InteractiveShell.clear_instance()
+
+
+def _opening(shell: Any, notebook: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fresh kernel's first import of the package, then the notebook's setup and config cells."""
+    from nbcheck import load, source
+
+    assert shell.run_cell("import importlib, qvl_helpers\nimportlib.reload(qvl_helpers)").success
+    for cell in load(notebook)["cells"][1:3]:
+        assert shell.run_cell(source(cell)).success
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_course_error_shows_as_its_line_in_every_notebook(
+        notebook: Path, shell: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qvl_helpers.errors import TRACEBACK_HINT
+
+    _opening(shell, notebook, capsys)
+    bad = tmp_path / "course.yaml"
+    bad.write_text("model: tiny\nnum_epoch: 3\n", encoding="utf-8")
+    result = shell.run_cell(f"load_config({str(bad)!r})")
+    out = capsys.readouterr()
+    shown = (out.out + out.err).strip().splitlines()
+    assert not result.success  # "Run all" still stops at the failing cell
+    assert len(shown) == 2, shown
+    assert shown[0].startswith(f"error: {bad}:2: ") and "num_epoch" in shown[0]
+    assert "Fix: " in shown[0] and shown[1] == TRACEBACK_HINT
+    assert shell.run_cell("%tb").success  # the stack is still there for whoever asks
+    stack = capsys.readouterr().out
+    assert "Traceback" in stack and "ConfigError" in stack and "load_config" in stack
+
+
+def test_other_errors_keep_their_traceback(shell: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    _opening(shell, NOTEBOOKS[0], capsys)
+    result = shell.run_cell("def broken():\n    return {}['missing']\nbroken()")
+    out = capsys.readouterr()
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", out.out + out.err)  # without the colours
+    assert not result.success
+    assert "Traceback" in shown and "KeyError" in shown
+    assert "return {}['missing']" in shown  # the line that failed, in its stack
+
+
+def test_a_handler_the_learner_set_is_left_alone(shell: Any) -> None:
+    from qvl_helpers.errors import show_in_notebooks
+
+    shell.set_custom_exc((ZeroDivisionError,), lambda *a, **k: None)
+    assert show_in_notebooks(shell) is False
+    assert shell.custom_exceptions == (ZeroDivisionError,)
