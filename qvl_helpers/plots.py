@@ -24,12 +24,51 @@ CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans Mono CJK SC", "WenQuanYi Zen Hei", "
 _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
+def _known_cjk_fonts() -> list[str]:
+    """The CJK fonts of :data:`CJK_FONTS` in matplotlib's font list, in that order."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in CJK_FONTS if name in installed]
+
+
+def refresh_font_list() -> list[str]:
+    """Add the system's font files that matplotlib's font list lacks, and save the list.
+
+    matplotlib reads its font list from a cache (``fontlist-*.json`` under its cache folder)
+    built the first time it ran, so a font installed afterwards (``apt-get install
+    fonts-noto-cjk``, then a kernel restart) stays unknown to it. Each missing file is added to
+    the running font manager (the one every figure uses) and the cache is written again, so the
+    next process finds it at once. Returns the files added."""
+    from pathlib import Path
+
+    import matplotlib
+
+    manager = font_manager.fontManager
+    known = {f.fname for f in manager.ttflist}
+    added = []
+    for path in sorted(font_manager.findSystemFonts()):
+        if path in known:
+            continue
+        try:
+            manager.addfont(path)
+        except (OSError, RuntimeError, ValueError):  # a file FreeType cannot read: skipped
+            continue
+        added.append(path)
+    if added:
+        cache = Path(matplotlib.get_cachedir(),
+                     f"fontlist-v{font_manager.FontManager.__version__}.json")
+        font_manager.json_dump(manager, cache)
+    return added
+
+
 @cache
 def text_fonts() -> list[str]:
     """A monospace font plus the first installed CJK font as fallback, so that Chinese text
-    renders where such a font exists (the HTML sample browser shows it everywhere)."""
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return ["DejaVu Sans Mono", *[name for name in CJK_FONTS if name in installed][:1]]
+    renders where such a font exists (the HTML sample browser shows it everywhere). A CJK font
+    installed after matplotlib built its font cache is found too (:func:`refresh_font_list`)."""
+    found = _known_cjk_fonts()
+    if not found and refresh_font_list():
+        found = _known_cjk_fonts()
+    return ["DejaVu Sans Mono", *found[:1]]
 
 
 def fonts_for(text: str) -> list[str]:
