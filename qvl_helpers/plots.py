@@ -267,6 +267,48 @@ def loss_curves(log: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
+#: The validation loss within this factor of the training loss (or this close in absolute
+#: terms, for losses near zero) is no gap worth a word; a validation loss this far above its
+#: own lowest point has risen.
+GAP_RATIO, GAP_ABSOLUTE, RISE = 1.5, 0.05, 1.2
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}×" if ratio < 10 else f"{ratio:.0f}×"
+
+
+def loss_gap(log: Sequence[dict[str, Any]]) -> str:
+    """What the gap between the training and the validation loss of a run means, in one
+    sentence made from its numbers (the log :func:`loss_curves` draws): no gap, a gap, over-
+    fitting (validation rising again), or no validation loss to compare with."""
+    train = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e]
+    if not train:
+        return "No training loss has been logged yet: there is nothing to compare."
+    if not val:
+        return (f"No validation loss was logged (no validation split, or the run ended at step "
+                f"{train[-1][0]} before its first evaluation): the training loss "
+                f"({train[-1][1]:.4f}) alone cannot tell learning the task from memorising the "
+                "training samples; judge it on held-out data (notebook 04).")
+    step, v = val[-1]
+    t = min(train, key=lambda e: (abs(e[0] - step), -e[0]))[1]  # logged nearest that step
+    best_step, best = min(val, key=lambda e: e[1])
+    if v <= t * GAP_RATIO or v - t <= GAP_ABSOLUTE:
+        return (f"No gap to worry about: at step {step} the validation loss {v:.4f} is close to "
+                f"the training loss {t:.4f}, so what the model learned carries over to samples "
+                "it never saw.")
+    times = _times(v / t) if t > 0 else "far above"
+    if v > best * RISE and best_step < step:
+        return (f"Over-fitting: at step {step} the validation loss {v:.4f} is {times} the "
+                f"training loss {t:.4f}, and it has risen since its lowest, {best:.4f} at step "
+                f"{best_step}: the model is memorising its training samples. Train fewer epochs "
+                "(or steps), lower lr, or add data.")
+    return (f"A gap: at step {step} the validation loss {v:.4f} is {times} the training loss "
+            f"{t:.4f} (not rising again yet): the model fits its training samples much better "
+            "than new ones. Held-out evaluation (notebook 04) tells whether it learned the task; "
+            "more data, or fewer epochs, narrow the gap.")
+
+
 def metric_bars(report: dict[str, Any], metric: str | None = None) -> Figure:
     """One bar per evaluated system for ``metric`` (default: the report's headline) with its 95%
     bootstrap interval as error bars, and the most-common-answer rate as a dashed line where the

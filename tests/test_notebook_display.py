@@ -246,3 +246,37 @@ def test_a_handler_the_learner_set_is_left_alone(shell: Any) -> None:
     shell.set_custom_exc((ZeroDivisionError,), lambda *a, **k: None)
     assert show_in_notebooks(shell) is False
     assert shell.custom_exceptions == (ZeroDivisionError,)
+
+
+# --------------------------------------------------------------------------- one number, one place
+
+
+def _code(notebook: str) -> str:
+    from nbcheck import load, source
+
+    cells = load(NOTEBOOKS[0].parent / notebook)["cells"]
+    return "\n".join(source(c) for c in cells if c["cell_type"] == "code")
+
+
+def _markdown(notebook: str) -> str:
+    from nbcheck import load, source
+
+    cells = load(NOTEBOOKS[0].parent / notebook)["cells"]
+    return "\n".join(source(c) for c in cells if c["cell_type"] == "markdown")
+
+
+def test_the_3b_weights_in_00_and_03_are_one_figure() -> None:
+    """00 prints the preset estimates, 03 the weights on their own: both from
+    memory.real_3b_weights, and 03's prose states no figure of its own."""
+    from qvl_helpers import memory
+
+    assert "memory.preset_estimates(" in _code("00_environment_check.ipynb")
+    assert "weights_text(" in _code("03_qlora_training.ipynb")
+    estimates = memory.preset_estimates()
+    shown = memory.weights_text(["4bit", "none"]).splitlines()
+    for preset, est in estimates.items():
+        figure = memory.human(memory.real_3b_weights(est.setup.quantization))
+        assert f"weights{' ' * 25}{figure:>10}  (exact)" in est.text(), preset
+        four_bit = est.setup.quantization == "4bit"
+        assert any(figure in line for line in shown if ("NF4" in line) == four_bit), preset
+    assert not re.search(r"\d(\.\d+)?\s*Gi?B of weights", _markdown("03_qlora_training.ipynb"))

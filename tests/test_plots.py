@@ -88,3 +88,61 @@ def test_without_any_cjk_font_the_note_comes_once(
     assert note.count("no CJK font is installed") == 1 and "fonts-noto-cjk" in note
     assert plots.fonts_for("plain English") == ["DejaVu Sans Mono"]
     assert capsys.readouterr().out == ""
+
+
+# --------------------------------------------------------------------------- the loss gap
+
+
+def _log(train: list[float], val: list[float], every: int = 10, val_every: int = 30) -> list[dict]:
+    """A train_log.jsonl as the Trainer writes it: training losses every ``every`` steps and
+    validation losses every ``val_every``."""
+    log = [{"step": every * (i + 1), "loss": x} for i, x in enumerate(train)]
+    log += [{"step": val_every * (i + 1), "eval_loss": x} for i, x in enumerate(val)]
+    return sorted(log, key=lambda e: e["step"])
+
+
+@pytest.mark.parametrize("train_loss", [2.0, 0.6, 0.05, 0.004])
+@pytest.mark.parametrize("factor", [0.8, 1.0, 1.3, 1.49])
+def test_no_gap_when_validation_follows_training(train_loss: float, factor: float) -> None:
+    log = _log([3.0, 1.0, train_loss], [train_loss * factor])
+    said = plots.loss_gap(log)
+    assert said.startswith("No gap")
+    assert f"validation loss {train_loss * factor:.4f}" in said
+    assert f"training loss {train_loss:.4f}" in said and "step 30" in said
+
+
+@pytest.mark.parametrize("train_loss,val_loss", [(0.005, 1.26), (0.3, 0.9), (1.0, 4.0)])
+def test_a_gap_not_rising_says_so_with_its_numbers(train_loss: float, val_loss: float) -> None:
+    """The learner's run: training 0.005, one validation point 1.26."""
+    said = plots.loss_gap(_log([2.0, 0.5, train_loss], [val_loss]))
+    assert said.startswith("A gap:")
+    ratio = val_loss / train_loss
+    assert (f"{ratio:.1f}×" if ratio < 10 else f"{ratio:.0f}×") in said
+    assert f"{val_loss:.4f}" in said and f"{train_loss:.4f}" in said
+
+
+@pytest.mark.parametrize("lowest_at", [1, 2, 3])
+def test_over_fitting_when_validation_rises_from_its_lowest(lowest_at: int) -> None:
+    val = [1.5, 1.2, 1.0, 1.1][:lowest_at] + [0.6] + [0.9, 1.3]
+    train = [2.0 / (i + 1) ** 2 for i in range(3 * len(val))]
+    said = plots.loss_gap(_log(train, val))
+    assert said.startswith("Over-fitting:")
+    assert f"lowest, 0.6000 at step {30 * (lowest_at + 1)}" in said
+    assert f"validation loss {val[-1]:.4f}" in said and f"training loss {train[-1]:.4f}" in said
+
+
+def test_a_rise_within_the_noise_is_no_over_fitting() -> None:
+    said = plots.loss_gap(_log([2.0, 1.0, 0.1, 0.05, 0.04, 0.03], [0.50, 0.55]))
+    assert said.startswith("A gap:")
+
+
+def test_validation_missing_or_nothing_logged() -> None:
+    said = plots.loss_gap(_log([2.0, 1.0, 0.5], []))
+    assert said.startswith("No validation loss was logged") and "step 30" in said
+    assert "0.5000" in said
+    assert plots.loss_gap([]).startswith("No training loss")
+
+
+def test_the_training_loss_compared_is_the_one_logged_nearest_the_evaluation() -> None:
+    log = _log([2.0, 1.0, 0.5, 0.1, 0.01, 0.001], [0.45], val_every=30)
+    assert "training loss 0.5000" in plots.loss_gap(log)  # step 30's, not the last one
