@@ -19,6 +19,9 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .config import CourseConfig, ModelChoice, ensure_model, load_config, model_banner  # noqa: E402
 from .errors import ConfigError, DatasetError, ModelError, QVLError  # noqa: E402
+from .errors import show_in_notebooks as _show_in_notebooks  # noqa: E402
+
+_show_in_notebooks()  # in a notebook, a course error shows as its one line, not a stack
 
 __version__ = "0.1.0"
 

@@ -1,12 +1,18 @@
 """Error types of the course: one per domain, each naming where the problem is and how to fix it.
 
 The command line turns a :class:`QVLError` into one readable line and exit status 1 (the input has
-problems) instead of a traceback; notebooks show the same message.
+problems) instead of a traceback; in a notebook (any IPython shell) importing the package makes
+the kernel show the same line instead of the stack (:func:`show_in_notebooks`).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
+
+#: Under a course error in a notebook: where the stack went, for whoever wants it.
+TRACEBACK_HINT = "(the course's message; run %tb in a new cell to see where it was raised)"
 
 
 class QVLError(Exception):
@@ -81,3 +87,36 @@ class DatasetError(QVLError):
 def count(n: int, noun: str, plural: str | None = None) -> str:
     """``1 record``, ``2 records``: numbers in messages read as English."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def notebook_message(exc: QVLError) -> str:
+    """What a notebook shows for a course error: its one line, then :data:`TRACEBACK_HINT`."""
+    return f"error: {exc}\n{TRACEBACK_HINT}"
+
+
+def _show_one_line(shell: Any, etype: type, value: BaseException, tb: Any,
+                   tb_offset: int | None = None) -> list[str]:
+    """IPython's custom exception handler for :class:`QVLError`: the message, not the stack
+    (kept for ``%tb``, which reads ``sys.last_traceback``)."""
+    sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb
+    if sys.version_info >= (3, 12):
+        sys.last_exc = value
+    print(notebook_message(value), file=sys.stderr)
+    return []
+
+
+def show_in_notebooks(shell: Any = None) -> bool:
+    """In an IPython shell (a notebook's kernel), show a :class:`QVLError` as its one line.
+
+    Called when the package is imported; does nothing outside IPython (and never imports it), or
+    where something else already handles exceptions in the shell. Returns whether it is on."""
+    if shell is None:
+        if "IPython" not in sys.modules:  # not running under IPython
+            return False
+        shell = sys.modules["IPython"].get_ipython()
+        if shell is None:
+            return False
+    if shell.custom_exceptions not in ((), (QVLError,)):
+        return False  # someone else's handler: theirs wins
+    shell.set_custom_exc((QVLError,), _show_one_line)
+    return True

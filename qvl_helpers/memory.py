@@ -496,6 +496,23 @@ def preset_estimates(image: tuple[int, int] = (1280, 960),
     return out
 
 
+def real_3b_weights(quantization: str, compute_bytes: int = 2) -> int:
+    """Bytes of the real 3B's weights as they sit in memory while training with
+    ``quantization``: the ``weights`` part of every estimate of the 3B (:func:`estimate`)."""
+    from .tiny import real_3b_config
+
+    return weight_bytes(model_shape(real_3b_config()),
+                        Setup(quantization=quantization, compute_bytes=compute_bytes))
+
+
+def weights_text(quantizations: Sequence[str] = ("4bit", "none")) -> str:
+    """One line per quantization: the real 3B's weights in training memory (the figure the
+    memory estimates show), so that prose never has to state it."""
+    names = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "16-bit (bf16)"}
+    return "\n".join(f"Qwen2.5-VL-3B weights while training, {names.get(q, q):<14}"
+                     f"{human(real_3b_weights(q)):>10} (exact)" for q in quantizations)
+
+
 def preset_table(estimates: dict[str, Estimate]) -> str:
     """The estimates of :func:`preset_estimates` as one line per preset, a verdict per GPU."""
     lines = [f"{'preset':<12}{'batch x tokens':>16}{'needed':>11}  "

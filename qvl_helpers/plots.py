@@ -24,12 +24,51 @@ CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans Mono CJK SC", "WenQuanYi Zen Hei", "
 _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
+def _known_cjk_fonts() -> list[str]:
+    """The CJK fonts of :data:`CJK_FONTS` in matplotlib's font list, in that order."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in CJK_FONTS if name in installed]
+
+
+def refresh_font_list() -> list[str]:
+    """Add the system's font files that matplotlib's font list lacks, and save the list.
+
+    matplotlib reads its font list from a cache (``fontlist-*.json`` under its cache folder)
+    built the first time it ran, so a font installed afterwards (``apt-get install
+    fonts-noto-cjk``, then a kernel restart) stays unknown to it. Each missing file is added to
+    the running font manager (the one every figure uses) and the cache is written again, so the
+    next process finds it at once. Returns the files added."""
+    from pathlib import Path
+
+    import matplotlib
+
+    manager = font_manager.fontManager
+    known = {f.fname for f in manager.ttflist}
+    added = []
+    for path in sorted(font_manager.findSystemFonts()):
+        if path in known:
+            continue
+        try:
+            manager.addfont(path)
+        except (OSError, RuntimeError, ValueError):  # a file FreeType cannot read: skipped
+            continue
+        added.append(path)
+    if added:
+        cache = Path(matplotlib.get_cachedir(),
+                     f"fontlist-v{font_manager.FontManager.__version__}.json")
+        font_manager.json_dump(manager, cache)
+    return added
+
+
 @cache
 def text_fonts() -> list[str]:
     """A monospace font plus the first installed CJK font as fallback, so that Chinese text
-    renders where such a font exists (the HTML sample browser shows it everywhere)."""
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return ["DejaVu Sans Mono", *[name for name in CJK_FONTS if name in installed][:1]]
+    renders where such a font exists (the HTML sample browser shows it everywhere). A CJK font
+    installed after matplotlib built its font cache is found too (:func:`refresh_font_list`)."""
+    found = _known_cjk_fonts()
+    if not found and refresh_font_list():
+        found = _known_cjk_fonts()
+    return ["DejaVu Sans Mono", *found[:1]]
 
 
 def fonts_for(text: str) -> list[str]:
@@ -226,6 +265,48 @@ def loss_curves(log: Sequence[dict[str, Any]]) -> Figure:
     ax.set_title("Loss (log scale)")
     fig.tight_layout()
     return fig
+
+
+#: The validation loss within this factor of the training loss (or this close in absolute
+#: terms, for losses near zero) is no gap worth a word; a validation loss this far above its
+#: own lowest point has risen.
+GAP_RATIO, GAP_ABSOLUTE, RISE = 1.5, 0.05, 1.2
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}×" if ratio < 10 else f"{ratio:.0f}×"
+
+
+def loss_gap(log: Sequence[dict[str, Any]]) -> str:
+    """What the gap between the training and the validation loss of a run means, in one
+    sentence made from its numbers (the log :func:`loss_curves` draws): no gap, a gap, over-
+    fitting (validation rising again), or no validation loss to compare with."""
+    train = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e]
+    if not train:
+        return "No training loss has been logged yet: there is nothing to compare."
+    if not val:
+        return (f"No validation loss was logged (no validation split, or the run ended at step "
+                f"{train[-1][0]} before its first evaluation): the training loss "
+                f"({train[-1][1]:.4f}) alone cannot tell learning the task from memorising the "
+                "training samples; judge it on held-out data (notebook 04).")
+    step, v = val[-1]
+    t = min(train, key=lambda e: (abs(e[0] - step), -e[0]))[1]  # logged nearest that step
+    best_step, best = min(val, key=lambda e: e[1])
+    if v <= t * GAP_RATIO or v - t <= GAP_ABSOLUTE:
+        return (f"No gap to worry about: at step {step} the validation loss {v:.4f} is close to "
+                f"the training loss {t:.4f}, so what the model learned carries over to samples "
+                "it never saw.")
+    times = _times(v / t) if t > 0 else "far above"
+    if v > best * RISE and best_step < step:
+        return (f"Over-fitting: at step {step} the validation loss {v:.4f} is {times} the "
+                f"training loss {t:.4f}, and it has risen since its lowest, {best:.4f} at step "
+                f"{best_step}: the model is memorising its training samples. Train fewer epochs "
+                "(or steps), lower lr, or add data.")
+    return (f"A gap: at step {step} the validation loss {v:.4f} is {times} the training loss "
+            f"{t:.4f} (not rising again yet): the model fits its training samples much better "
+            "than new ones. Held-out evaluation (notebook 04) tells whether it learned the task; "
+            "more data, or fewer epochs, narrow the gap.")
 
 
 def metric_bars(report: dict[str, Any], metric: str | None = None) -> Figure:

@@ -39,6 +39,7 @@ from .collate import IGNORE_INDEX, Collator, make_collator
 from .config import CourseConfig, ensure_model
 from .data.records import Record
 from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
+from .errors import count as _count
 from .memory import report_for_run
 from .outputs import OutputFolderError, ensure_folder, write_json
 from .qwen import tokens_in
@@ -318,6 +319,34 @@ class TrainResult:
     train_loss: float | None
     seconds: float
     trained: bool = True  # False: a dry run, or a finished run that --resume left alone
+    start_step: int = 0   # the checkpoint's step this process resumed from (0: the start)
+
+    @property
+    def steps_trained(self) -> int:
+        """Optimizer steps this process trained (``steps`` counts the whole run)."""
+        return self.steps - self.start_step
+
+    def summary(self) -> str:
+        """The sentence a finished training says, in the terminal and in notebooks."""
+        resumed = (f" (resumed from step {self.start_step}; the run is at step {self.steps})"
+                   if self.start_step else "")
+        loss = (f"; average training loss over them {self.train_loss:.4f}"
+                if self.train_loss is not None else "")
+        return (f"Trained {_count(self.steps_trained, 'step')}{resumed} in {self.seconds:.0f} s"
+                f"{loss}; adapter: {self.adapter}")
+
+
+#: A loss plot needs points: at least this many training-loss and validation-loss entries where
+#: the run has the steps for them (logging_steps / eval_steps are lowered, never raised).
+LOSS_POINTS, VAL_POINTS = 20, 8
+
+
+def log_every(total_steps: int, logging_steps: int, eval_steps: int) -> tuple[int, int]:
+    """``(logging_steps, eval_steps)`` for a run of ``total_steps``: the configured ones, made
+    more frequent where the run is too short for them to draw a curve (a 24-step run logged
+    every 10 steps shows three points, and evaluated every 50 none)."""
+    return (min(logging_steps, max(1, total_steps // LOSS_POINTS)),
+            min(eval_steps, max(1, total_steps // VAL_POINTS)))
 
 
 def _renamed(cfg: CourseConfig, say: Any, why: str) -> CourseConfig:
@@ -573,18 +602,21 @@ def one_device_per_process(args: Any, world: int, say: Any = print) -> None:
 def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[Record]],
                   collator: Collator, processor: Any, lengths: list[int], dtype: torch.dtype,
                   world: int, extra: dict[str, Any], callbacks: Sequence[TrainerCallback],
-                  live_plot: bool, verbose: bool, rank: int) -> CourseTrainer:
-    """The Trainer with the course's arguments, datasets, guards and run-files callback."""
+                  live_plot: bool, verbose: bool, rank: int,
+                  every: tuple[int, int] | None = None) -> CourseTrainer:
+    """The Trainer with the course's arguments, datasets, guards and run-files callback;
+    ``every``: ``(logging_steps, eval_steps)`` when not the config's (:func:`log_every`)."""
     cuda = torch.cuda.is_available()
+    logging_steps, eval_steps = every or (cfg.logging_steps, cfg.eval_steps)
     folder, val = run_dir(cfg), records["val"]
     args = TrainingArguments(
         output_dir=str(folder), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
         lr_scheduler_type="cosine", warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=logging_steps,
         logging_first_step=True, eval_strategy="steps" if val else "no",
-        eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        eval_steps=eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
         use_cpu=not cuda, ddp_backend=None if cuda else ("gloo" if world > 1 else None),
@@ -729,15 +761,17 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
                           state.local_process_index, say)
     lengths = plan.budgets["train"].totals
     trainer = build_trainer(cfg, model, plan.records, plan.collator, plan.processor, lengths,
-                            plan.dtype, world, plan.extra, callbacks, live_plot, verbose, rank)
+                            plan.dtype, world, plan.extra, callbacks, live_plot, verbose, rank,
+                            every=log_every(run_steps(plan), cfg.logging_steps, cfg.eval_steps))
     start = time.time()
     output = fit(trainer, cfg, plan.resume_from, max(lengths))
     result = TrainResult(folder, folder / ADAPTER, trainer.state.global_step,
-                         _finite(output.training_loss if output else None), time.time() - start)
+                         _finite(output.training_loss if output else None), time.time() - start,
+                         start_step=plan.resume_from.step if plan.resume_from else 0)
     if trainer.is_world_process_zero():
         save_adapter(trainer, plan.processor, cfg, plan.extra, plan.identity)
     _write_rank_report(folder, rank, world, plan.collator, result.steps)
-    say(f"Trained {result.steps} steps in {result.seconds:.0f} s; adapter: {result.adapter}")
+    say(result.summary())
     del trainer, model
     _free_memory()  # a notebook goes on to load the model again for evaluation
     return result

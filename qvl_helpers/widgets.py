@@ -65,44 +65,65 @@ def sample_browser(records: Sequence[Record]) -> Any:
     return w.VBox([slider, out])
 
 
-def side_by_side(chat: Any, images: Sequence[str], question: str = "") -> Any:
-    """Pick a bundled image (or upload one), ask a question, and see the base model's and the
-    fine-tuned model's answers next to each other (``chat``: a
-    :class:`~qvl_helpers.chat.Chat` with an adapter, switched off for the base answer)."""
+def side_by_side(chat: Any, items: Sequence[str | Record], question: str = "") -> Any:
+    """Pick a held-out sample or an image (or upload one), ask a question, and see the base
+    model's and the fine-tuned model's answers next to each other (``chat``: a
+    :class:`~qvl_helpers.chat.Chat` with an adapter, switched off for the base answer).
+
+    A sample (a record) is asked in its conversation: its scored turn's question (editable),
+    with all its images and earlier turns; an image path is asked on its own."""
     import tempfile
 
     import ipywidgets as w
     from IPython.display import HTML, Image, display
 
+    from .chat import with_question
+    from .data.records import images_of, scored_turn
+
     if not getattr(chat, "has_adapter", False):
         raise ValueError("side_by_side needs a Chat with an adapter (the base answer is the "
                          "same model with the adapter switched off).")
     uploads = Path(tempfile.mkdtemp(prefix="qvl-uploads-"))
-    picker = w.Dropdown(options=list(images), description="image")
+    options = [(str(item), str(item)) if isinstance(item, (str, Path)) else
+               (f"{item['id']}: {scored_turn(item).question[:40]}", item) for item in items]
+    picker = w.Dropdown(options=options, description="sample")
     upload = w.FileUpload(accept="image/*", multiple=False, description="or upload")
     asked = w.Text(value=question, description="question", layout=w.Layout(width="60%"))
     button, out = w.Button(description="Ask both"), w.Output()
 
-    def chosen() -> str:
+    def preset(_: Any = None) -> None:  # a sample brings its own question
+        if isinstance(picker.value, dict):
+            asked.value = scored_turn(picker.value).question
+
+    def chosen() -> str | Record:
         if upload.value:  # ipywidgets 8: a tuple of dicts with name and content
             item = upload.value[0]
             path = uploads / Path(item["name"]).name
             path.write_bytes(bytes(item["content"]))
             upload.value = ()  # used once; the dropdown chooses again afterwards
-            picker.options = [*picker.options, str(path)]
+            picker.options = [*picker.options, (str(path), str(path))]
             picker.value = str(path)
-        return str(picker.value)
+        return picker.value
+
+    def answers(item: str | Record) -> tuple[list[str], str, str]:
+        if isinstance(item, dict):
+            record = with_question(item, asked.value)
+            return (images_of(record), chat.answer_record(record, adapter=False),
+                    chat.answer_record(record))
+        return [item], chat.answer(item, asked.value, adapter=False), chat.answer(item, asked.value)
 
     def ask(_: Any = None) -> None:
         out.clear_output(wait=True)
         with out:
-            image = chosen()
-            display(Image(data=thumbnail(image, 320)))
-            base = chat.answer(image, asked.value, adapter=False)
-            tuned = chat.answer(image, asked.value)
+            images, base, tuned = answers(chosen())
+            for image in images:
+                display(Image(data=thumbnail(image, 320)))
             display(HTML("<table><tr><th>base model</th><th>fine-tuned</th></tr><tr>"
                          f"<td><pre>{html.escape(base)}</pre></td>"
                          f"<td><pre>{html.escape(tuned)}</pre></td></tr></table>"))
 
+    picker.observe(preset, names="value")
+    if not question:
+        preset()
     button.on_click(ask)
     return w.VBox([w.HBox([picker, upload]), asked, button, out])

@@ -5,6 +5,7 @@ Kept apart from the tests so that the tests can also prove each rule catches a b
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -23,6 +24,55 @@ def load(path: Path) -> dict:
 def source(cell: dict) -> str:
     src = cell.get("source", "")
     return "".join(src) if isinstance(src, list) else src
+
+
+RECORD_KEYS = ("messages", "content")
+PART_KEYS = ("content", "text", "image", "role")
+
+
+def _key(node: ast.AST) -> object:
+    """The constant a subscript indexes with (``None`` when it is not a constant)."""
+    return node.slice.value if isinstance(node, ast.Subscript) and isinstance(
+        node.slice, ast.Constant) else None
+
+
+def positional_access(code: str) -> list[str]:
+    """Places where a code cell unpacks a record by position: ``x["messages"][0]``,
+    ``x["content"][1]`` (any index or slice), or ``x[0]["content"]`` (a message or part taken
+    by its number). Records come in many shapes (image after the question, several images,
+    several turns, a system message); notebooks read them through the package's turn view."""
+    # IPython syntax: shell lines and cell magics go; a line magic keeps the code it times.
+    lines = [re.sub(r"^\s*%\w+\s*", "", line) for line in code.splitlines()
+             if not line.lstrip().startswith(("!", "%%"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return [m.group(0) for m in re.finditer(
+            r"\[[\"'](?:messages|content)[\"']\]\s*\[|\[\s*-?\d+\s*\]\s*\[[\"']content[\"']\]",
+            code)]
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Subscript) or not isinstance(node.value, ast.Subscript):
+            continue
+        outer, inner = _key(node), _key(node.value)
+        by_number = inner in RECORD_KEYS and not isinstance(outer, str)  # x["messages"][0]
+        numbered = outer in PART_KEYS and isinstance(inner, int)  # x[0]["content"]
+        if by_number or numbered:
+            found.append(ast.unparse(node))
+    # x["messages"][0]["content"][1] is one place, not four: keep the longest of each chain.
+    return [f for f in found if not any(g != f and g.startswith(f) for g in found)]
+
+
+def record_problems(path: Path) -> list[str]:
+    """Code cells of one notebook that read a record by position (empty list: none do)."""
+    found = []
+    for i, cell in enumerate(load(path).get("cells", [])):
+        places = positional_access(source(cell)) if cell.get("cell_type") == "code" else []
+        if places:
+            found.append(f"{path.name}: cell {i} reads a record by position "
+                         f"({', '.join(dict.fromkeys(places))}); use the package's turn view "
+                         "(scored_turn, turns_of, images_of, collate.prompt_messages)")
+    return found
 
 
 def problems(path: Path, reference_setup: str | None = None) -> list[str]:

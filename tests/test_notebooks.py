@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from nbcheck import load, problems, source
+from nbcheck import load, positional_access, problems, record_problems, source
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 REFERENCE = NOTEBOOKS[0]
@@ -27,6 +27,46 @@ def test_there_are_notebooks() -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_clean(path: Path) -> None:
     assert problems(path, _setup(REFERENCE)) == []
+
+
+#: Notebooks other worktrees are fixing; strict, so the entry must go once the fix lands.
+POSITIONAL_KNOWN = {"02_processor_and_tokens.ipynb": "cell 4 takes receipts[0]'s first part as "
+                                                     "its image (02 is another engineer's)"}
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=POSITIONAL_KNOWN[p.name]))
+    if p.name in POSITIONAL_KNOWN else p for p in NOTEBOOKS], ids=lambda p: p.name)
+def test_notebook_reads_records_through_the_package(path: Path) -> None:
+    assert record_problems(path) == []
+
+
+@pytest.mark.parametrize("code", [
+    'image = sample["messages"][0]["content"][0]["image"]',
+    "q = s['messages'][0]['content'][1]['text']",
+    'answer = record["messages"][-1]',
+    'first = msgs[0]["content"]',
+    'parts = m["content"][1:]',
+    '%time x = r["messages"][1]',
+    'x = r["messages"][1]\n!ls',
+])
+def test_positional_rule_fires_on_a_planted_cell(tmp_path: Path, code: str) -> None:
+    assert positional_access(code)
+    nb = copy.deepcopy(load(REFERENCE))
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [],
+                        "execution_count": None, "source": code})
+    found = record_problems(_write(tmp_path, "00_x.ipynb", nb))
+    assert len(found) == 1 and f"cell {len(nb['cells']) - 1} reads a record by position" in found[0]
+
+
+@pytest.mark.parametrize("code", [
+    'record = records[0]\nturn = scored_turn(record)',
+    'text = processor.apply_chat_template(receipts[0]["messages"], tokenize=False)',
+    'for m in record["messages"]:\n    print(m["role"])',
+    'cfg["model"]["name"]',
+])
+def test_positional_rule_leaves_the_turn_view_alone(code: str) -> None:
+    assert positional_access(code) == []
 
 
 def _write(tmp_path: Path, name: str, nb: dict) -> Path:

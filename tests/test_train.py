@@ -139,6 +139,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyP
                "--resume", env=outputs(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Resuming from" in done.stdout
+    assert "Trained 40 steps (resumed from step 40; the run is at step 80)" in done.stdout
     assert _steps(run) == 80
     _assert_loadable(run / "adapter")
 
@@ -274,3 +275,69 @@ def test_one_process_seeing_two_gpus_trains_on_one_and_says_how_to_use_both() ->
         args, said = _Args(gpus), []
         one_device_per_process(args, world=world, say=said.append)
         assert args.n_gpu == gpus and said == []
+
+
+# --------------------------------------------------------------------------- what a run says
+
+
+@pytest.mark.parametrize("start,steps,loss", [(0, 60, 0.5), (20, 60, 0.1234), (59, 60, None)])
+def test_the_summary_counts_the_steps_this_process_trained(start: int, steps: int,
+                                                           loss: float | None) -> None:
+    from qvl_helpers.train import TrainResult
+
+    said = TrainResult(Path("r"), Path("r/adapter"), steps, loss, 4.6, start_step=start).summary()
+    n = steps - start
+    assert said.startswith(f"Trained {n} step{'s' if n != 1 else ''}")
+    assert (f"(resumed from step {start}; the run is at step {steps})" in said) == bool(start)
+    assert " in 5 s" in said and said.endswith("adapter: r/adapter")
+    if loss is None:
+        assert "loss" not in said
+    else:
+        assert f"average training loss over them {loss:.4f}" in said
+
+
+@pytest.mark.parametrize("total", [1, 7, 24, 60, 256, 5000])
+def test_logging_is_dense_enough_for_a_curve(total: int) -> None:
+    from qvl_helpers.train import LOSS_POINTS, VAL_POINTS, log_every
+
+    logging, evaluation = log_every(total, 10, 50)
+    assert 1 <= logging <= 10 and 1 <= evaluation <= 50
+    assert total // logging >= min(total, LOSS_POINTS) or logging == 10
+    assert total // evaluation >= min(total, VAL_POINTS) or evaluation == 50
+    assert log_every(total, 10 ** 9, 10 ** 9)[0] == max(1, total // LOSS_POINTS)
+
+
+def test_a_resumed_run_says_how_many_steps_it_trained(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path) -> None:
+    """train() after resuming from checkpoint-20 of a 60-step run: 40 steps trained here; the
+    trainer logs densely enough for a curve. (Model, Trainer and planning stubbed.)"""
+    from types import SimpleNamespace
+
+    import qvl_helpers.train as train_module
+    from qvl_helpers.config import load_config
+    from qvl_helpers.runs import ResumePoint
+
+    cfg = load_config(output_dir=tmp_path, max_steps=60)
+    plan = SimpleNamespace(
+        cfg=cfg, model_path="m", quantization="none", dtype=torch.float32, extra={
+            "resolved": {"world_size": 1}}, records={"train": [], "val": []}, collator=None,
+        processor=None, budgets={"train": SimpleNamespace(totals=[10, 20])}, identity={},
+        resume_from=ResumePoint(tmp_path / "checkpoint-20"))
+    built: dict = {}
+
+    def fake_trainer(*args, every=None, **kwargs):
+        built["every"] = every
+        return SimpleNamespace(state=SimpleNamespace(global_step=60),
+                               is_world_process_zero=lambda: False)
+
+    monkeypatch.setattr(train_module, "plan_and_check", lambda *a, **k: plan)
+    monkeypatch.setattr(train_module, "open_run_folder", lambda *a, **k: None)
+    monkeypatch.setattr(train_module, "prepare_model", lambda *a, **k: object())
+    monkeypatch.setattr(train_module, "build_trainer", fake_trainer)
+    monkeypatch.setattr(train_module, "fit", lambda *a: SimpleNamespace(training_loss=0.25))
+    monkeypatch.setattr(train_module, "_write_rank_report", lambda *a: None)
+    result = train_module.train(cfg, resume=True)
+    assert (result.steps, result.steps_trained, result.start_step) == (60, 40, 20)
+    assert "Trained 40 steps (resumed from step 20; the run is at step 60)" in capsys.readouterr().out
+    assert built["every"] == (3, 7)  # 60 steps: a training loss every 3, validation every 7
