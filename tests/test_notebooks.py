@@ -29,14 +29,7 @@ def test_notebook_is_clean(path: Path) -> None:
     assert problems(path, _setup(REFERENCE)) == []
 
 
-#: Notebooks other worktrees are fixing; strict, so the entry must go once the fix lands.
-POSITIONAL_KNOWN = {"02_processor_and_tokens.ipynb": "cell 4 takes receipts[0]'s first part as "
-                                                     "its image (02 is another engineer's)"}
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=POSITIONAL_KNOWN[p.name]))
-    if p.name in POSITIONAL_KNOWN else p for p in NOTEBOOKS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_reads_records_through_the_package(path: Path) -> None:
     assert record_problems(path) == []
 
