@@ -405,10 +405,7 @@ def compare(scores: Scores, systems: Sequence[System], n: int, seed: int, *,
         hits = values[headline.name]
         if not headline.counts and set(np.unique(hits)) <= {0.0, 1.0} and \
                 len(set(hits)) == 1:  # all right or all wrong: no resample can vary it
-            warnings.append(f"{system} scored {hits[0]:.0f} on every sample, so its bootstrap "
-                            f"interval has no width; the true rate can still be "
-                            f"{'as low as' if hits[0] else 'as high as'} about "
-                            f"{1 - 3 / n if hits[0] else 3 / n:.3f} (the rule of three, n={n}).")
+            warnings.append(M.constant_score_warning(system, bool(hits[0]), n))
     small = M.small_test_warning(n)
     if small:
         warnings.insert(0, small)

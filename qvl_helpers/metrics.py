@@ -545,6 +545,17 @@ def small_test_warning(n: int) -> str | None:
             "the intervals as unknown, and add test data if you can.")
 
 
+def constant_score_warning(system: str, all_right: bool, n: int) -> str:
+    """The sentence for a system that scored the same on every one of ``n`` right/wrong samples:
+    its bootstrap interval has no width, so give the exact one-sided 95% bound instead (the rate
+    ``p`` at which ``n`` identical results have a 5% chance: ``(1 - p) ** n = 0.05``; the "rule of
+    three", 3/n, approximates it for large n only and passes 1 below n = 3)."""
+    bound = 0.05 ** (1 / n)
+    edge = f"as low as {bound:.3f}" if all_right else f"as high as {1 - bound:.3f}"
+    return (f"{system} scored {int(all_right)} on every sample, so its bootstrap interval has no "
+            f"width; with n={n} the true rate can still be {edge} (exact one-sided 95% bound).")
+
+
 def uses_exact_test(metric: Metric, a: np.ndarray, b: np.ndarray) -> bool:
     """Whether a comparison is of right/wrong scores (every value 0 or 1, not pooled counts):
     those are judged by the exact McNemar test as well as the bootstrap interval."""

@@ -210,6 +210,23 @@ def assert_not_the_value_in_use(steps: list[str], settings: dict[str, Any]) -> N
         assert "more lora_dropout" not in text, text
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 13, 40, 100, 500])
+@pytest.mark.parametrize("all_right", [True, False])
+def test_a_constant_score_states_the_bound_its_n_allows(n: int, all_right: bool) -> None:
+    """All right (or all wrong) on n samples: the bound the sentence names is the rate at which
+    that outcome still has a 5% chance, inside (0, 1) for every n (the rule of three's 3/n
+    passes 1 below n = 3 and overstates the bound at small n)."""
+    text = M.constant_score_warning("tuned", all_right, n)
+    bound = float(re.search(r"as (?:low|high) as (\d\.\d{3})", text).group(1))
+    lo, hi = 0.0, 1.0  # bisect for the true rate at which n alike results have a 5% chance
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        chance = mid ** n if all_right else (1 - mid) ** n
+        lo, hi = (mid, hi) if (chance < 0.05) == all_right else (lo, mid)
+    assert 0 < bound < 1 and abs(bound - lo) <= 0.0005  # the sentence rounds to 3 decimals
+    assert f"n={n}" in text and ("as low as" in text) == all_right
+
+
 def test_advice_never_says_about_as_well_of_a_difference_the_interval_shows(cases: list) -> None:
     rng = np.random.default_rng(5)
     checked = 0
