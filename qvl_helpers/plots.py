@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from functools import cache
@@ -89,25 +90,76 @@ def _no_cjk_font_hint() -> None:
     warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
 
 
-def conversation_text(record: Record, width: int = 38, limit: int = 6) -> str:
-    """A short text rendering of a record's turns ("[image]" for each image part)."""
-    lines = []
-    for message in record["messages"][:limit]:
+def _cells(text: str) -> int:
+    """Columns ``text`` takes in a monospace font: two for each wide (CJK) character."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def wrap_cells(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` columns (:func:`_cells`): words are kept whole
+    where they fit, Chinese may break between any two characters (as it is typeset)."""
+    lines, line = [], ""
+    for token in re.findall(rf"{_CJK.pattern}|[^\s\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff"
+                            rf"\uff00-\uffef]+|\s+", text):
+        if token.isspace():
+            line += " " if line else ""
+            continue
+        while _cells(token) > width:  # a word longer than a line: cut it
+            cut = max(1, max(i for i in range(len(token) + 1)
+                             if _cells(line + token[:i]) <= width))
+            lines.append(line + token[:cut])
+            line, token = "", token[cut:]
+        if _cells(line + token) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += token
+    return [*lines, line.rstrip()] if line.strip() else lines
+
+
+def conversation_text(record: Record, width: int = 38, limit: int = 6, max_lines: int = 6) -> str:
+    """A short text rendering of a record's turns ("[image]" for each image part), each turn in
+    at most two lines of ``width`` columns: whole turns, at most ``limit`` of them in at most
+    ``max_lines`` lines, the last line saying how many turns were left out."""
+    blocks = []
+    for message in record["messages"]:
         text = "".join("[image] " if p["type"] == "image" else p["text"] for p in message["content"])
-        wrapped = textwrap.shorten(" ".join(text.split()), width=width * 2, placeholder=" …")
-        lines.append(textwrap.fill(f"{message['role'][0].upper()}: {wrapped}", width=width))
-    return "\n".join(lines)
+        lines = wrap_cells(f"{message['role'][0].upper()}: {' '.join(text.split())}", width)
+        if len(lines) > 2:
+            lines = [lines[0], wrap_cells(lines[1], width - 2)[0] + " …"]
+        blocks.append(lines)
+    if len(blocks) <= limit and sum(map(len, blocks)) <= max_lines:
+        return "\n".join(line for block in blocks for line in block)
+    kept: list[str] = []
+    shown = 0
+    for block in blocks[:limit]:
+        if len(kept) + len(block) > max_lines - 1:  # one line kept for the note
+            break
+        kept += block
+        shown += 1
+    hidden = len(blocks) - shown
+    return "\n".join([*kept, f"… (+{hidden} more turn{'s' if hidden != 1 else ''})"])
 
 
 def sample_grid(records: Sequence[Record], cols: int = 4,
                 captions: Sequence[str] | None = None) -> Figure:
     """Images of ``records`` (their first image, as the model sees it) with the conversation
-    under each, or a custom caption."""
+    under each, or a custom caption. Cells are laid out by hand, in inches: a layout engine
+    does not see where a caption under an aspect-locked image ends, so each row gets the
+    room its longest caption needs."""
+    title_h, image_h, cell_w, line_h = 0.3, 2.6, 3.2, 8 * 1.25 / 72  # inches; 8 pt captions
+    texts = list(captions) if captions is not None else [conversation_text(r) for r in records]
     rows = max(1, -(-len(records) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.9 * rows), squeeze=False)
-    for ax in axes.flat:
+    heights = [title_h + image_h + 0.15 + line_h * max(
+        [t.count("\n") + 1 for t in texts[r * cols:(r + 1) * cols]] or [0]) for r in range(rows)]
+    width, height = cell_w * cols, sum(heights)
+    fig = plt.figure(figsize=(width, height))
+    for i, (record, caption) in enumerate(zip(records, texts, strict=False)):
+        row, col = divmod(i, cols)
+        bottom = height - sum(heights[:row]) - title_h - image_h
+        ax = fig.add_axes((((col * cell_w) + 0.1) / width, bottom / height,
+                           (cell_w - 0.2) / width, image_h / height))
         ax.axis("off")
-    for i, (ax, record) in enumerate(zip(axes.flat, records, strict=False)):
+        ax.set_anchor("NW")  # the image in its cell's top left corner: a caption only moves up
         images = images_of(record)
         try:
             ax.imshow(load_rgb(images[0]) if images else [[[1.0, 1.0, 1.0]]])
@@ -117,10 +169,8 @@ def sample_grid(records: Sequence[Record], cols: int = 4,
         extra = f" (+{len(images) - 1} more)" if len(images) > 1 else ""
         title = f"{record['id']}{extra}"
         ax.set_title(title, fontsize=9, family=fonts_for(title))
-        caption = captions[i] if captions is not None else conversation_text(record)
-        ax.text(0.0, -0.04, caption, transform=ax.transAxes, va="top", fontsize=8,
-                family=fonts_for(caption))
-    fig.tight_layout()
+        ax.annotate(caption, (0, 0), xycoords="axes fraction", xytext=(0, -4),
+                    textcoords="offset points", va="top", fontsize=8, family=fonts_for(caption))
     return fig
 
 

@@ -146,3 +146,60 @@ def test_validation_missing_or_nothing_logged() -> None:
 def test_the_training_loss_compared_is_the_one_logged_nearest_the_evaluation() -> None:
     log = _log([2.0, 1.0, 0.5, 0.1, 0.01, 0.001], [0.45], val_every=30)
     assert "training loss 0.5000" in plots.loss_gap(log)  # step 30's, not the last one
+
+
+def _conversation(rng: Any, image: Path) -> dict[str, Any]:
+    """A record of a generated shape: a system message or not, one to four turns, questions of
+    one to sixty characters (Chinese or English), one or two images, the image anywhere."""
+    def text() -> str:
+        return "".join(rng.choice(["发票", "总额", "what ", "is the ", "合计", "date "])
+                       for _ in range(rng.randint(1, 30)))
+    messages = [{"role": "system", "content": [{"type": "text", "text": text()}]}] \
+        if rng.random() < 0.3 else []
+    for turn in range(rng.randint(1, 4)):
+        parts = [{"type": "text", "text": text()}]
+        if turn == 0:
+            for _ in range(rng.randint(1, 2)):
+                parts.insert(rng.randint(0, len(parts)), {"type": "image", "image": str(image)})
+        messages += [{"role": "user", "content": parts},
+                     {"role": "assistant", "content": [{"type": "text", "text": text()}]}]
+    return {"id": f"样本-{rng.randint(0, 999)}", "messages": messages}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_captions_stay_in_their_cell_whatever_the_records_shape(tmp_path: Path,
+                                                                 seed: int) -> None:
+    """The sample grid of notebook 01 on records of every shape and images of every aspect: no
+    title or caption runs into another cell's text or image or out of the figure (wide Chinese
+    characters count double), and a cut caption says how many turns it left out."""
+    import random
+
+    rng = random.Random(seed)
+    images = []
+    for i, size in enumerate([(64, 64), (48, 96), (120, 40)]):
+        images.append(tmp_path / f"receipt-{i}.png")
+        Image.new("RGB", size, "grey").save(images[-1])
+    records = [_conversation(rng, rng.choice(images)) for _ in range(8)]
+    fig = plots.sample_grid(records, cols=4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [(i, t.get_window_extent(renderer)) for i, ax in enumerate(fig.axes)
+             for t in [ax.title, *ax.texts]]
+    pictures = [(i, ax.get_window_extent(renderer)) for i, ax in enumerate(fig.axes)]
+    page = fig.bbox
+    plt.close(fig)
+    for i, box in texts:
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and \
+            box.y1 <= page.y1, f"seed {seed}: cell {i}'s text leaves the figure"
+        for j, other in texts + pictures:
+            assert i == j or not box.overlaps(other), f"seed {seed}: cell {i} runs into cell {j}"
+    for record in records:
+        caption = plots.conversation_text(record)
+        lines = caption.splitlines()
+        assert len(lines) <= 6 and all(plots._cells(line) <= 38 for line in lines)
+        if lines[-1].startswith("… (+"):
+            hidden = int(lines[-1][4:].split()[0])
+            shown = sum(line[1:3] == ": " and line[0] in "SUA" for line in lines[:-1])
+            assert hidden == len(record["messages"]) - shown
+        else:
+            assert sum(line[1:3] == ": " for line in lines) == len(record["messages"])
