@@ -271,7 +271,7 @@ def length_histogram(budget: Any) -> Figure:
 
 def resize_view(path: str, min_pixels: int, max_pixels: int) -> Figure:
     """An image before and after the processor's resize, with the grid of visual tokens (28 px,
-    bold) and vision patches (14 px, faint) drawn on the resized one."""
+    red) and vision patches (14 px, dotted blue: visible on white documents) drawn on the resized one."""
     from .qwen import PATCH, TOKEN_SIDE
     from .tokens import smart_resize
 
@@ -283,14 +283,14 @@ def resize_view(path: str, min_pixels: int, max_pixels: int) -> Figure:
     left.set_title(f"original {img.width}×{img.height} px")
     right.imshow(resized)
     for x in range(0, width + 1, PATCH):
-        right.axvline(x - 0.5, color="white" if x % TOKEN_SIDE else "crimson",
-                      lw=0.3 if x % TOKEN_SIDE else 0.8)
+        right.axvline(x - 0.5, color="royalblue" if x % TOKEN_SIDE else "crimson",
+                      lw=0.5 if x % TOKEN_SIDE else 0.8, ls=":" if x % TOKEN_SIDE else "-")
     for y in range(0, height + 1, PATCH):
-        right.axhline(y - 0.5, color="white" if y % TOKEN_SIDE else "crimson",
-                      lw=0.3 if y % TOKEN_SIDE else 0.8)
+        right.axhline(y - 0.5, color="royalblue" if y % TOKEN_SIDE else "crimson",
+                      lw=0.5 if y % TOKEN_SIDE else 0.8, ls=":" if y % TOKEN_SIDE else "-")
     tokens = (height // TOKEN_SIDE) * (width // TOKEN_SIDE)
     right.set_title(f"resized {width}×{height} px → {tokens} visual tokens\n"
-                    f"(red: 28 px token cells; white: 14 px patches, 4 per token)")
+                    f"(red: 28 px token cells; blue dots: 14 px patches, 4 per token)")
     for ax in (left, right):
         ax.axis("off")
     fig.tight_layout()
