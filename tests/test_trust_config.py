@@ -1,0 +1,120 @@
+"""Trust: course.yaml, presets and processes in unusual states.
+
+A YAML file that is not UTF-8, empty or has a key twice; a setting pointing at the wrong kind of
+thing; values that contradict each other; two runs of one name at once; a GPU preset on a
+machine without a GPU; a command terminated while it has a child process. Each is one clear
+message naming the file, line or key and a fix (or, for processes, nothing left behind).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from qvl_helpers import ConfigError, load_config
+from qvl_helpers.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+PRESETS = REPO / "configs"
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.write_bytes(data)
+    return path
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], code: int, expected: int = 2) -> str:
+    err = capsys.readouterr().err
+    assert code == expected, err
+    assert "Traceback" not in err and "probably a bug" not in err, err
+    lines = re.findall(r"qvl [a-z ]+: error: [^\r\n]*", err)
+    assert len(lines) == 1 and "Fix:" in lines[0], err
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- YAML files
+
+
+def test_not_utf8_names_the_line_not_a_byte_position(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", b"model: tiny\nlr: 0.0001\n" +
+          "eval_prompt: Réponds en JSON\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.line == 3 and "course.yaml:3" in str(info.value)
+    assert "not UTF-8" in str(info.value) and "0xE9" in str(info.value)
+    assert "position" not in str(info.value)
+    assert "save the file as UTF-8" in info.value.fix
+
+
+def test_a_file_saved_as_utf16_is_named_as_such(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "model: tiny\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match="saved as UTF-16, not UTF-8"):
+        load_config()
+
+
+def test_a_utf8_bom_is_fine(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "\ufeffmodel: tiny\nrun_name: 试验\n")
+    assert load_config().run_name == "试验"
+
+
+def test_a_control_character_names_its_line(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "model: tiny\nseed: 1\nrun_name: a\x07b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.line == 3, str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# all commented out\n# model: tiny\n", "---\n"])
+def test_an_empty_course_yaml_says_so(clean_env: Path, text: str) -> None:
+    write(clean_env / "course.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "course.yaml is empty" in str(info.value)
+    assert "data:" in info.value.fix and "no data file" not in str(info.value)
+
+
+def test_an_empty_preset_says_so_with_a_fix_for_the_preset(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "model: tiny\n")
+    preset = write(clean_env / "mine.yaml", "# TODO\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(presets=[preset])
+    assert "mine.yaml is empty" in str(info.value) and str(preset) in str(info.value)
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "model: tiny\nlr: 0.0002\nseed: 0\nlr: 0.01\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert "lr is set twice, on line 2 and on line 4" in message
+    assert info.value.line == 4 and "course.yaml:4" in message
+
+
+def test_a_key_twice_in_a_preset_names_the_preset(clean_env: Path) -> None:
+    preset = write(clean_env / "p.yaml", "max_pixels: 12544\nbatch_size: 2\nmax_pixels: 50176\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(presets=[preset])
+    assert f"{preset}:3" in str(info.value) and "line 1 and on line 3" in str(info.value)
+
+
+def test_a_key_twice_inside_a_nested_value_is_refused(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "model: tiny\neval_prompt:\n  a: 1\n  a: 2\n")
+    with pytest.raises(ConfigError, match="a is set twice, on line 3 and on line 4"):
+        load_config()
+
+
+def test_a_key_twice_through_qvl_train_is_one_clear_error(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(clean_env / "course.yaml", "model: tiny\nrun_name: a\nrun_name: b\n")
+    line = one_error_line(capsys, main(["train", "--config", str(PRESETS / "tiny_cpu.yaml")]))
+    assert "run_name is set twice" in line and "course.yaml:3" in line
+
+
+def test_the_shipped_yaml_files_have_no_duplicate_keys(clean_env: Path) -> None:
+    for preset in sorted(PRESETS.glob("*.yaml")):
+        load_config(REPO / "course.yaml", presets=[preset])
