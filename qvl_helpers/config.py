@@ -17,6 +17,7 @@ model the course uses, and :func:`model_banner` is the notice shown while the ti
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 from .model import TRAINED_PARTS
@@ -217,10 +219,36 @@ class CourseConfig(BaseModel):
         return value.strip()
 
     @model_validator(mode="after")
-    def _pixels_ordered(self) -> CourseConfig:
+    def _no_contradiction(self) -> CourseConfig:
+        """Values that cannot work together, checked here once so that every command, notebook
+        and assignment refuses them; :func:`_config_error` names each key's origin."""
         if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) is above max_pixels "
-                             f"({self.max_pixels})")
+            raise _contradiction(f"min_pixels ({self.min_pixels}) is above max_pixels "
+                                 f"({self.max_pixels}): no image size lies between them",
+                                 "make min_pixels at most max_pixels (the usual range is "
+                                 f"{4 * PIXELS_PER_TOKEN} to {512 * PIXELS_PER_TOKEN})",
+                                 "min_pixels", "max_pixels")
+        at_least = math.ceil(self.min_pixels / PIXELS_PER_TOKEN)
+        if at_least >= self.max_length:
+            raise _contradiction(f"min_pixels ({self.min_pixels}) gives every image at least "
+                                 f"{at_least} visual tokens, and max_length "
+                                 f"({self.max_length}) is no more than that: "
+                                 "no sample with an image would fit",
+                                 "lower min_pixels (e.g. 3136, 4 visual tokens) or raise "
+                                 "max_length (see `qvl tokens`)", "min_pixels", "max_length")
+        return self
+
+    @model_validator(mode="after")
+    def _paths_of_the_right_kind(self) -> CourseConfig:
+        """A path setting that exists must be what it is used as (a file or a folder)."""
+        for key, want in _PATH_KINDS.items():
+            path = getattr(self, key)
+            if path is None or not Path(path).exists():
+                continue  # a missing path is reported by the step that needs it
+            if want == "file" and Path(path).is_dir():
+                raise _wrong_kind(key, path, "a folder", "a file")
+            if want == "folder" and not Path(path).is_dir():
+                raise _wrong_kind(key, path, "a file", "a folder")
         return self
 
     @field_validator("max_steps")
@@ -258,6 +286,21 @@ class CourseConfig(BaseModel):
     def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
         """A ConfigError about ``key``'s value, located where that value was set."""
         return self.origin(key).error(message, fix or FIXES.get(key))
+
+    def with_flags(self, flags: Mapping[str, Any]) -> CourseConfig:
+        """A copy with the values of command-line flags (``{"--min-pixels": 3136}``; None: not
+        given) validated together with the rest, so that a flag contradicting a setting is
+        refused as a setting would be, naming the flag."""
+        given = {flag: value for flag, value in flags.items() if value is not None}
+        if not given:
+            return self
+        values = {key: getattr(self, key) for key in type(self).model_fields}
+        origins = dict(self._origins)
+        for flag, value in given.items():
+            key = flag.removeprefix("--").replace("-", "_")
+            values[key] = value
+            origins[key] = Origin(flag, name=str(value))
+        return CourseConfig(_origins=origins, **values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-friendly values (paths as strings), e.g. to save with a run."""
@@ -298,6 +341,7 @@ class CourseConfig(BaseModel):
             if candidate.exists():
                 local = candidate
         if local.exists():
+            self._check_model_folder(local)
             return ModelChoice(name, str(local.resolve()), _looks_tiny(local), "a local folder")
         if not _HUB_ID.fullmatch(name):
             raise self.error("model", f"the model folder {name} does not exist (and it is not a "
@@ -305,6 +349,21 @@ class CourseConfig(BaseModel):
                              fix="check the path (relative paths are relative to course.yaml), "
                                  "or use auto or tiny.")
         return ModelChoice(name, name, False, "a Hugging Face hub id")
+
+    def _check_model_folder(self, local: Path) -> None:
+        """A local ``model`` must be a saved model's folder (with ``config.json``)."""
+        fix = ("point model to a folder with a saved model (config.json and *.safetensors: "
+               "an export, or `qvl tiny --out DIR`), or use auto, tiny or a hub id.")
+        if not local.is_dir():
+            raise self.error("model", f"the model {local} is a file; model must be a folder "
+                                      "with a saved model.", fix=fix)
+        if (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
+            raise self.error("model", f"{local} is a LoRA adapter, not a model.",
+                             fix="set model to the adapter's base model and give the adapter "
+                                 "itself as --adapter (or use `qvl export` to merge them).")
+        if not (local / "config.json").is_file():
+            raise self.error("model", f"the model folder {local} has no config.json: it is "
+                                      "not a saved model.", fix=fix)
 
     @property
     def tiny_model_dir(self) -> Path:
@@ -318,6 +377,26 @@ class CourseConfig(BaseModel):
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 SETTINGS = tuple(k for k in CourseConfig.model_fields if k != "source")
 _PATH_KEYS = {"data", "image_root", "output_dir", "cache_dir"}
+#: What each path setting must be, with what it is for (in the wrong-kind message).
+_PATH_KINDS = {"data": "file", "image_root": "folder", "output_dir": "folder",
+               "cache_dir": "folder"}
+_PATH_USES = {"data": "your annotation file (.jsonl, .json or .csv)",
+              "image_root": "the folder your image paths are relative to",
+              "output_dir": "the folder every step writes its results under",
+              "cache_dir": "the folder the course keeps the tiny model in"}
+
+
+def _contradiction(message: str, fix: str, *keys: str) -> PydanticCustomError:
+    """A whole-config error about ``keys`` together, with its fix (see :func:`_config_error`)."""
+    return PydanticCustomError("contradiction", message.replace("{", "(").replace("}", ")"),
+                               {"keys": ",".join(keys), "fix": fix})
+
+
+def _wrong_kind(key: str, path: Path, found: str, want: str) -> PydanticCustomError:
+    message = (f"{key} points to {path}, which is {found}; {key} must be {want}: "
+               f"{_PATH_USES[key]}")
+    return PydanticCustomError("wrong_kind", message.replace("{", "(").replace("}", ")"),
+                               {"keys": key})
 
 
 @dataclass(frozen=True)
@@ -347,6 +426,14 @@ def _config_error(exc: ValidationError, origins: Mapping[str, Origin]) -> Config
     """The first problem pydantic found, located at the origin of the bad value."""
     problems = exc.errors()
     first = problems[0]
+    if first["type"] in ("contradiction", "wrong_kind"):
+        keys = first["ctx"]["keys"].split(",")
+        blamed = origins.get(_latest(*keys, origins=origins), DEFAULT)
+        if first["type"] == "wrong_kind":
+            return blamed.error(first["msg"] + ".", f"set {keys[0]} to {_PATH_USES[keys[0]]} "
+                                                    f"(it was set at {blamed}).")
+        where = "; ".join(f"{key} from {origins.get(key, DEFAULT)}" for key in keys)
+        return blamed.error(f"{first['msg']} ({where}).", first["ctx"]["fix"] + ".")
     key = str(first["loc"][0]) if first["loc"] else _latest("min_pixels", "max_pixels",
                                                             origins=origins)
     message = first["msg"].removeprefix("Value error, ")
@@ -368,7 +455,11 @@ _LAYERS = ("default", "default (beside course.yaml)", "course.yaml", "settings f
 
 def _latest(*keys: str, origins: Mapping[str, Origin]) -> str:
     """Of ``keys``, the one set by the latest layer (the value the learner changed last)."""
-    return max(keys, key=lambda k: _LAYERS.index(origins.get(k, DEFAULT).label))
+    def rank(key: str) -> int:  # a command-line flag comes after every layer
+        label = origins.get(key, DEFAULT).label
+        return _LAYERS.index(label) if label in _LAYERS else len(_LAYERS)
+
+    return max(keys, key=rank)
 
 
 def _unknown_key(key: str, origin: Origin) -> ConfigError:
@@ -382,6 +473,10 @@ def find_config_file(start: Path | None = None) -> Path | None:
     folder) or one of its parents."""
     if os.environ.get("QVL_CONFIG"):
         path = Path(os.environ["QVL_CONFIG"]).expanduser()
+        if path.is_dir():
+            raise ConfigError("QVL_CONFIG points to a folder; it must name a file, your "
+                              "course.yaml.", file=path,
+                              fix=f"set QVL_CONFIG={path / CONFIG_FILE} (or unset it).")
         if not path.is_file():
             raise ConfigError("QVL_CONFIG points to a file that does not exist.", file=path,
                               fix="unset QVL_CONFIG or point it to your course.yaml.")
@@ -521,6 +616,10 @@ class _Layers:
         self.origins[key] = origin
 
     def add_file(self, file: Path, label: str) -> None:
+        if file.is_dir():
+            raise ConfigError(f"this is a folder; the {label} must be a YAML file.", file=file,
+                              fix="name one file in it, e.g. configs/tiny_cpu.yaml (`ls` "
+                                  "shows the presets).")
         if not file.is_file():
             raise ConfigError("configuration file not found.", file=file,
                               fix="check the path (presets live in configs/).")

@@ -118,3 +118,112 @@ def test_a_key_twice_through_qvl_train_is_one_clear_error(
 def test_the_shipped_yaml_files_have_no_duplicate_keys(clean_env: Path) -> None:
     for preset in sorted(PRESETS.glob("*.yaml")):
         load_config(REPO / "course.yaml", presets=[preset])
+
+
+# ----------------------------------------------------------------------------- wrong kind of thing
+
+
+def test_data_that_is_a_folder_says_folder_not_missing(clean_env: Path) -> None:
+    (clean_env / "pics").mkdir()
+    write(clean_env / "course.yaml", "model: tiny\ndata: pics\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert "data points to" in message and "which is a folder; data must be a file" in message
+    assert "does not exist" not in message and info.value.line == 2
+
+
+def test_image_root_that_is_a_file(clean_env: Path) -> None:
+    write(clean_env / "a.jsonl", "{}\n")
+    write(clean_env / "course.yaml", "model: tiny\ndata: a.jsonl\nimage_root: a.jsonl\n")
+    with pytest.raises(ConfigError, match="which is a file; image_root must be a folder") as info:
+        load_config()
+    assert info.value.line == 3
+
+
+def test_output_dir_that_is_a_file_through_the_environment(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(clean_env / "outputs.txt", "x")
+    monkeypatch.setenv("QVL_OUTPUT_DIR", str(clean_env / "outputs.txt"))
+    with pytest.raises(ConfigError, match="environment variable QVL_OUTPUT_DIR.*output_dir must "
+                                          "be a folder"):
+        load_config()
+
+
+def test_a_model_that_is_a_file_or_an_adapter(clean_env: Path) -> None:
+    write(clean_env / "weights.safetensors", "x")
+    write(clean_env / "adapter" / "adapter_config.json", "{}")
+    (clean_env / "empty").mkdir()
+    for name, words in (("weights.safetensors", "is a file; model must be a folder"),
+                        ("adapter", "is a LoRA adapter, not a model"),
+                        ("empty", "has no config.json")):
+        cfg = load_config(model=str(clean_env / name))
+        with pytest.raises(ConfigError, match=words):
+            cfg.resolve_model(cuda_available=False)
+
+
+def test_qvl_config_and_config_flag_naming_a_folder(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    write(clean_env / "course.yaml", "model: tiny\n")
+    line = one_error_line(capsys, main(["config", "--config", str(PRESETS)]))
+    assert "this is a folder; the preset must be a YAML file" in line
+    monkeypatch.setenv("QVL_CONFIG", str(clean_env))
+    with pytest.raises(ConfigError, match="QVL_CONFIG points to a folder") as info:
+        load_config()
+    assert str(clean_env / "course.yaml") in info.value.fix
+
+
+# ----------------------------------------------------------------------------- contradictions
+
+
+def test_min_pixels_flag_above_course_max_pixels_is_refused_by_data_check(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(clean_env / "course.yaml", "model: tiny\nmax_pixels: 50176\n")
+    data = REPO / "data_samples" / "shapes" / "shapes.jsonl"
+    line = one_error_line(capsys, main(["data", "check", str(data), "--min-pixels", "100352"]))
+    assert "min_pixels (100352) is above max_pixels (50176)" in line
+    assert "--min-pixels 100352" in line and "course.yaml:2" in line
+
+
+def test_min_above_max_flags_are_refused_by_qvl_tokens(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = REPO / "data_samples" / "shapes" / "shapes.jsonl"
+    line = one_error_line(capsys, main(["tokens", str(data), "--model", "tiny",
+                                        "--min-pixels", "50176", "--max-pixels", "3136"]))
+    assert "min_pixels (50176) is above max_pixels (3136)" in line
+
+
+def test_min_pixels_that_leave_no_room_within_max_length(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "model: tiny\nmin_pixels: 401408\nmax_length: 256\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert "at least 512 visual tokens, and max_length (256) is no more than that" in message
+    assert "min_pixels from" in message and "max_length from" in message
+    assert info.value.line == 2  # the first key of the pair, both named with their lines
+
+
+def test_a_contradiction_across_layers_blames_the_latest(clean_env: Path) -> None:
+    write(clean_env / "course.yaml", "model: tiny\nmin_pixels: 50176\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(presets=[PRESETS / "tiny_cpu.yaml"], sets={"min_pixels": "3136",
+                                                              "max_pixels": "1568"})
+    assert "--set max_pixels=1568" in str(info.value) and "above max_pixels (1568)" in str(
+        info.value)
+
+
+def test_a_notebook_assignment_that_contradicts_is_refused_and_undone(clean_env: Path) -> None:
+    cfg = load_config(min_pixels=3136, max_length=2048)
+    with pytest.raises(ConfigError, match="cfg.max_length"):
+        cfg.max_length = 3
+    assert cfg.max_length == 2048
+
+
+def test_split_fractions_summing_to_one_are_refused_with_both(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = REPO / "data_samples" / "shapes" / "shapes.jsonl"
+    line = one_error_line(capsys, main(["data", "split", str(data), "--out-dir",
+                                        str(clean_env / "s"), "--val", "0.6", "--test", "0.4"]))
+    assert "val (0.6) and test (0.4)" in line
+    assert not (clean_env / "s").exists() or not any((clean_env / "s").iterdir())
