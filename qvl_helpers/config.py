@@ -186,7 +186,8 @@ class CourseConfig(BaseModel):
     vision_no_grad: bool = True    # a vision tower with nothing to train builds no graph
     answer_logits: bool = True     # vocabulary logits only where an answer token is predicted
     on_too_long: Literal["error", "drop"] = "error"  # drop: skip and count such samples
-    tuned_for: Literal["any", "tiny"] = "any"  # a preset's knobs suit only the tiny stand-in
+    # a preset's knobs suit only the tiny stand-in (tiny) or need a CUDA GPU (gpu)
+    tuned_for: Literal["any", "tiny", "gpu"] = "any"
     # --- evaluation (qvl eval, notebook 04)
     eval_task: Literal["auto", "short", "json", "reading", "description"] = "auto"
     eval_prompt: str | None = None  # the `prompt` system's system prompt (None: from the answers)

@@ -521,13 +521,20 @@ def ensure_output_folder(cfg: CourseConfig) -> None:
         raise cfg.error("output_dir", f"{exc.message[:-1]}: {exc.file}.", exc.fix) from None
 
 
-def check_model(cfg: CourseConfig) -> tuple[Any, str, list[str]]:
+def check_model(cfg: CourseConfig, say: Any = print) -> tuple[Any, str, list[str]]:
     """The model choice, its loadable path, and the layers LoRA will wrap; refuses a preset
-    tuned for the tiny stand-in with a real model, and a LoRA pattern that matches nothing,
-    before any weights load."""
+    tuned for the tiny stand-in with a real model, a GPU preset without a GPU where it would
+    train the stand-in unasked (:func:`~qvl_helpers.env.gpu_preset_mismatch`), and a LoRA
+    pattern that matches nothing, before any weights load."""
+    from .env import gpu_preset_mismatch
     from .model import lora_target_names
 
     choice = cfg.resolve_model()
+    mismatch = gpu_preset_mismatch(cfg, choice, torch.cuda.is_available())
+    if mismatch is not None and mismatch.refuse:
+        raise cfg.error("tuned_for", mismatch.sentence, fix=mismatch.fix)
+    if mismatch is not None:
+        say("Note: " + mismatch.sentence)
     if cfg.tuned_for == "tiny" and not choice.is_tiny:
         raise cfg.error("tuned_for", f"these settings are tuned for the tiny stand-in, but the "
                                      f"model is {choice.name} ({choice.reason}; model set at "
@@ -667,7 +674,7 @@ def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
     cfg, resume, finished = plan_run(cfg, resume=resume, force=force, say=say)
     if finished is not None:
         return finished
-    choice, model_path, targets = check_model(cfg)
+    choice, model_path, targets = check_model(cfg, say)
     if resume:  # refuse a changed run before preparing anything
         cfg, resume = check_same_run(cfg, early_identity(cfg, choice.name), force=force,
                                      say=say, partial=True)

@@ -227,3 +227,62 @@ def test_split_fractions_summing_to_one_are_refused_with_both(
                                         str(clean_env / "s"), "--val", "0.6", "--test", "0.4"]))
     assert "val (0.6) and test (0.4)" in line
     assert not (clean_env / "s").exists() or not any((clean_env / "s").iterdir())
+
+
+# ----------------------------------------------------------------------------- GPU presets
+
+
+def _choice(cfg):
+    return cfg.resolve_model(cuda_available=False)
+
+
+def test_a_gpu_preset_on_a_cpu_with_model_auto_is_refused(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write(clean_env / "course.yaml", f"model: auto\ndata: {REPO}/data_samples/shapes/shapes.jsonl"
+                                     "\noutput_dir: out\n")
+    line = one_error_line(capsys, main(["train", "--config", str(PRESETS / "t4_qlora.yaml")]))
+    assert "t4_qlora.yaml is made for a CUDA GPU and none was found" in line
+    assert "tiny random stand-in instead" in line
+    assert "configs/tiny_cpu.yaml" in line and "--set model=tiny" in line
+    assert not (clean_env / "out" / "runs" / "t4_qlora").exists()
+
+
+@pytest.mark.parametrize("preset", ["t4_qlora", "24gb_qlora", "40gb_lora", "80gb_lora"])
+def test_every_gpu_preset_is_marked_and_says_what_runs_with_model_tiny(
+        clean_env: Path, preset: str) -> None:
+    from qvl_helpers.env import gpu_preset_mismatch
+
+    cfg = load_config(presets=[PRESETS / f"{preset}.yaml"], model="tiny")
+    said = gpu_preset_mismatch(cfg, _choice(cfg), cuda_available=False)
+    assert said is not None and not said.refuse
+    assert said.sentence.startswith(f"{preset}.yaml is made for a CUDA GPU")
+    assert "this trains the tiny random stand-in (model: tiny)" in said.sentence
+    assert f"max_pixels {cfg.max_pixels}" in said.sentence
+    assert f"its dtype {cfg.dtype} needs a GPU, so the CPU computes in float32" in said.sentence
+
+
+def test_no_gpu_sentence_on_a_gpu_or_with_the_cpu_preset(clean_env: Path) -> None:
+    from qvl_helpers.env import gpu_preset_mismatch
+
+    gpu_cfg = load_config(presets=[PRESETS / "t4_qlora.yaml"], model="tiny")
+    assert gpu_preset_mismatch(gpu_cfg, _choice(gpu_cfg), cuda_available=True) is None
+    cpu_cfg = load_config(presets=[PRESETS / "tiny_cpu.yaml"])
+    assert gpu_preset_mismatch(cpu_cfg, _choice(cpu_cfg), cuda_available=False) is None
+
+
+def test_qvl_train_prints_the_sentence_it_goes_on_with(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from qvl_helpers import train as training
+    from qvl_helpers.env import gpu_preset_mismatch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(presets=[PRESETS / "t4_qlora.yaml"], model="tiny")
+    said: list[str] = []
+    training.check_model(cfg, say=said.append)
+    assert said == ["Note: " + gpu_preset_mismatch(cfg, _choice(cfg), False).sentence]
