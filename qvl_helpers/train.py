@@ -19,6 +19,7 @@ The same code runs under ``accelerate launch`` / ``torchrun`` on several GPUs (o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from .runs import (
     build_identity,
     find_resume_checkpoint,
     free_name,
+    hold_run,
     identity_changes,
     inspect_run,
     mark_complete,
@@ -711,15 +713,36 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
         ConfigError, DatasetError: a setting or the data cannot work (named, with the fix).
         OutputExistsError: the run exists and neither ``resume`` nor ``force`` was given.
         TrainingError: nothing to train or resume, a changed run, a non-finite loss, OOM.
+        RunBusyError: another process is training a run of this name (it is named).
     """
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    rank, world = state.process_index, state.num_processes
+    rank = state.process_index
     say = print if (verbose and rank == 0) else (lambda *a, **k: None)
+    with contextlib.ExitStack() as held:
+        def hold(c: CourseConfig) -> None:
+            if rank == 0 and not dry_run:
+                ensure_output_folder(c)  # an unusable output_dir is named as such
+                held.enter_context(hold_run(run_dir(c), say))
+
+        hold(cfg)  # before anything is planned: a second run of the name stops here
+        return _train(cfg, state, hold, say, resume=resume, force=force, dry_run=dry_run,
+                      live_plot=live_plot, callbacks=callbacks, verbose=verbose,
+                      time_steps=time_steps)
+
+
+def _train(cfg: CourseConfig, state: Any, hold: Callable[[CourseConfig], Any], say: Any, *,
+           resume: bool, force: bool, dry_run: bool, live_plot: bool,
+           callbacks: Sequence[TrainerCallback], verbose: bool, time_steps: int) -> TrainResult:
+    """:func:`train` once the run folder is held (``hold`` holds another one, for a run that
+    ``force`` renamed)."""
+    rank, world = state.process_index, state.num_processes
     plan = plan_and_check(cfg, resume=resume, force=force, state=state, verbose=verbose, say=say)
     if isinstance(plan, TrainResult):
         return plan
+    if plan.cfg.run_name != cfg.run_name:
+        hold(plan.cfg)
     cfg, folder = plan.cfg, run_dir(plan.cfg)
     if dry_run:
         say(_dry_run_text(cfg, plan.model_path, plan.prepared, plan.budgets, plan.targets, world,

@@ -8,7 +8,10 @@ message naming the file, line or key and a fix (or, for processes, nothing left 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,6 +230,69 @@ def test_split_fractions_summing_to_one_are_refused_with_both(
                                         str(clean_env / "s"), "--val", "0.6", "--test", "0.4"]))
     assert "val (0.6) and test (0.4)" in line
     assert not (clean_env / "s").exists() or not any((clean_env / "s").iterdir())
+
+
+# ----------------------------------------------------------------------------- two runs at once
+
+
+def test_a_held_run_refuses_a_second_holder_naming_the_first(tmp_path: Path) -> None:
+    from qvl_helpers.runs import LOCK, RunBusyError, hold_run
+
+    folder = tmp_path / "runs" / "exp"
+    with hold_run(folder):
+        assert (folder / LOCK).is_file()
+        with pytest.raises(RunBusyError) as info, hold_run(folder):
+            pass
+        message = str(info.value)
+        assert f"process {os.getpid()}" in message and "'exp' is in use" in message
+        assert "--set run_name=" in info.value.fix and "wait until process" in info.value.fix
+        assert (folder / LOCK).is_file()  # the refused attempt took nothing from the holder
+    assert not folder.exists()  # nothing was written in it: no empty folder left
+    with hold_run(folder):  # free again
+        pass
+
+
+def test_the_lock_lets_go_when_the_block_fails_and_keeps_the_run(tmp_path: Path) -> None:
+    from qvl_helpers.runs import LOCK, hold_run
+
+    folder = tmp_path / "exp"
+    with pytest.raises(ValueError), hold_run(folder):
+        write(folder / "run.json", "{}")
+        raise ValueError("boom")
+    assert (folder / "run.json").is_file() and not (folder / LOCK).exists()
+    with hold_run(folder):
+        pass
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_and_said(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    from qvl_helpers.runs import LOCK, hold_run
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    folder = tmp_path / "exp"
+    write(folder / LOCK, json.dumps({"pid": int(dead), "host": socket.gethostname(),
+                                     "time": 0}))
+    said = []
+    with hold_run(folder, say=said.append):
+        assert json.loads((folder / LOCK).read_text())["pid"] == os.getpid()
+    assert len(said) == 1 and f"process {dead}" in said[0] and "ended" in said[0]
+
+
+def test_a_second_qvl_train_of_the_same_name_says_who_holds_it(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qvl_helpers.runs import hold_run
+
+    write(clean_env / "course.yaml", f"model: tiny\ndata: {REPO}/data_samples/shapes/shapes.jsonl"
+                                     "\noutput_dir: out\n")
+    with hold_run(clean_env / "out" / "runs" / "tiny_cpu"):
+        line = one_error_line(capsys, main(["train", "--config",
+                                            str(PRESETS / "tiny_cpu.yaml")]))
+    assert "the run 'tiny_cpu' is in use by another training" in line
+    assert f"process {os.getpid()}" in line and "Directory not empty" not in line
+    assert not (clean_env / "out" / "data").exists()  # refused before any work
 
 
 # ----------------------------------------------------------------------------- GPU presets
