@@ -898,6 +898,7 @@ def simulate_disconnect(preset: str | Path, sets: dict[str, Any], *, after_step:
     import sys
 
     from .config import load_config
+    from .processes import child_process
     from .runs import COMPLETE_MARKER
 
     cfg = load_config(presets=[preset], sets=sets)
@@ -906,18 +907,20 @@ def simulate_disconnect(preset: str | Path, sets: dict[str, Any], *, after_step:
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
     env = {**os.environ, "QVL_OUTPUT_DIR": str(cfg.output_dir)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
     marker, end = folder / f"checkpoint-{after_step}" / COMPLETE_MARKER, time.time() + timeout
-    while not marker.exists():
-        if process.poll() is not None or time.time() > end:
-            process.kill()
-            tail = process.communicate()[1].decode(errors="replace")[-500:]
-            raise TrainingError(f"the run stopped before checkpoint-{after_step} was complete: "
-                                f"{tail}", file=folder, fix="check save_steps and max_steps.")
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # the "disconnect"
-    process.wait()
+    # (the run ends with this process: a notebook interrupted while it waits leaves none behind)
+    with child_process(command, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE) as process:
+        while not marker.exists():
+            if process.poll() is not None or time.time() > end:
+                process.kill()
+                tail = process.communicate()[1].decode(errors="replace")[-500:]
+                raise TrainingError(f"the run stopped before checkpoint-{after_step} was "
+                                    f"complete: {tail}", file=folder,
+                                    fix="check save_steps and max_steps.")
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)  # the "disconnect"
+        process.wait()
     return folder
 
 

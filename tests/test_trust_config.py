@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -352,3 +354,92 @@ def test_qvl_train_prints_the_sentence_it_goes_on_with(
     said: list[str] = []
     training.check_model(cfg, say=said.append)
     assert said == ["Note: " + gpu_preset_mismatch(cfg, _choice(cfg), False).sentence]
+
+
+# ----------------------------------------------------------------------------- child processes
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> bool:
+    end = time.monotonic() + seconds  # a guard against hanging, not a speed assert
+    while time.monotonic() < end:
+        if _gone(pid):
+            return True
+        time.sleep(0.02)
+    return _gone(pid)
+
+
+PARENT = """
+import sys, time
+from qvl_helpers.processes import child_process
+with child_process({sleeper!r}) as child:
+    open({pidfile!r}, "w").write(str(child.pid))
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
+                         ids=["SIGTERM", "SIGINT", "SIGKILL"])
+def test_a_terminated_parent_leaves_no_child(tmp_path: Path, sig: signal.Signals) -> None:
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(sleeper=SLEEPER,
+                                                                   pidfile=str(pidfile))],
+                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < end:
+            assert parent.poll() is None, "the parent ended before starting its child"
+            time.sleep(0.02)
+        child = int(pidfile.read_text())
+        assert not _gone(child)
+        parent.send_signal(sig)
+        parent.wait(timeout=20)
+        assert _wait_gone(child), f"the child {child} outlived its parent ({sig.name})"
+    finally:
+        parent.kill()
+        if pidfile.exists() and pidfile.read_text():
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_leaving_the_block_by_an_exception_ends_the_child() -> None:
+    from qvl_helpers.processes import child_process
+
+    with pytest.raises(KeyboardInterrupt), child_process(SLEEPER) as child:
+        raise KeyboardInterrupt  # Ctrl-C, or a notebook kernel interrupted
+    assert child.poll() is not None
+
+
+def test_run_is_subprocess_run_and_restores_the_sigterm_handler() -> None:
+    from qvl_helpers import processes
+
+    before = signal.getsignal(signal.SIGTERM)
+    done = processes.run([sys.executable, "-c", "import sys; print('hi'); sys.exit(3)"],
+                         capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (3, "hi")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_every_child_process_of_the_package_goes_through_the_helper() -> None:
+    """Only processes.py starts processes (setup_cell.py runs before the package exists)."""
+    found = []
+    for path in sorted((REPO / "qvl_helpers").rglob("*.py")):
+        if path.name in ("processes.py", "setup_cell.py"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        if re.search(r"subprocess\.(run|Popen|call|check_output|check_call)\(|"
+                     r"multiprocessing|os\.fork\(|os\.spawn", text):
+            found.append(path.name)
+    assert found == [], found
