@@ -15,7 +15,6 @@ they satisfy the package's own ranges.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -27,6 +26,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from . import processes
 from .env import load_tested_versions
 from .errors import QVLError
 from .outputs import claim_output
@@ -146,7 +146,7 @@ def closure(requirement: str, pins: dict[str, str],
 
 
 def _pip(args: list[str], what: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    done = processes.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if done.returncode != 0:
         tail = " / ".join(done.stderr.strip().splitlines()[-3:])
         raise BundleError(f"{what} failed: {tail[:600]}",

@@ -16,8 +16,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import DatasetError, QVLError, count
+
+if TYPE_CHECKING:  # the command line imports nothing heavy before a command runs
+    from .config import CourseConfig
 
 
 def positive_int(text: str) -> int:
@@ -105,7 +109,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.doctor import check_file
     from .outputs import claim_output
 
-    cfg = load_config()
+    cfg = _with_budget_flags(load_config(), args)
     if args.data is None:  # the data course.yaml names, with its image root
         from .config import check_path_settings
 
@@ -117,14 +121,20 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         claim_output(args.json, inputs=[args.data], force=args.force)
     processor = _processor_for(args.model) if args.model else None
     report = check_file(args.data, image_root=args.image_root, fmt=args.format,
-                        processor=processor, min_pixels=args.min_pixels or cfg.min_pixels,
-                        max_pixels=args.max_pixels or cfg.max_pixels,
-                        max_length=args.max_length or cfg.max_length,
+                        processor=processor, min_pixels=cfg.min_pixels,
+                        max_pixels=cfg.max_pixels, max_length=cfg.max_length,
                         progress=sys.stderr.isatty())
     print(report.text(limit=args.limit))
     if args.json:
         print(f"report written to {report.save_json(args.json)}")
     return 0 if report.ok else 1
+
+
+def _with_budget_flags(cfg: CourseConfig, args: argparse.Namespace) -> CourseConfig:
+    """course.yaml's image and length limits with the command's --min-pixels, --max-pixels and
+    --max-length over them, checked together (a flag that contradicts a setting is refused)."""
+    return cfg.with_flags({"--min-pixels": args.min_pixels, "--max-pixels": args.max_pixels,
+                           "--max-length": args.max_length})
 
 
 def _no_data(cfg: object) -> None:
@@ -167,15 +177,14 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     from .outputs import claim_output, write_json
     from .tokens import token_budget
 
-    cfg = load_config()
+    cfg = _with_budget_flags(load_config(), args)
     if args.json:
         claim_output(args.json, inputs=[args.data], force=args.force)
     processor = _processor_for(args.model or cfg.model)
     records = load_records(args.data, image_root=args.image_root)
     try:
-        budget = token_budget(records, processor, min_pixels=args.min_pixels or cfg.min_pixels,
-                              max_pixels=args.max_pixels or cfg.max_pixels,
-                              max_length=args.max_length or cfg.max_length)
+        budget = token_budget(records, processor, min_pixels=cfg.min_pixels,
+                              max_pixels=cfg.max_pixels, max_length=cfg.max_length)
     except DatasetError as exc:
         raise exc.at(args.data) from None
     print(budget.text())

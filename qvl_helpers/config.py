@@ -17,6 +17,7 @@ model the course uses, and :func:`model_banner` is the notice shown while the ti
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 from .model import TRAINED_PARTS
@@ -184,7 +186,8 @@ class CourseConfig(BaseModel):
     vision_no_grad: bool = True    # a vision tower with nothing to train builds no graph
     answer_logits: bool = True     # vocabulary logits only where an answer token is predicted
     on_too_long: Literal["error", "drop"] = "error"  # drop: skip and count such samples
-    tuned_for: Literal["any", "tiny"] = "any"  # a preset's knobs suit only the tiny stand-in
+    # a preset's knobs suit only the tiny stand-in (tiny) or need a CUDA GPU (gpu)
+    tuned_for: Literal["any", "tiny", "gpu"] = "any"
     # --- evaluation (qvl eval, notebook 04)
     eval_task: Literal["auto", "short", "json", "reading", "description"] = "auto"
     eval_prompt: str | None = None  # the `prompt` system's system prompt (None: from the answers)
@@ -217,10 +220,36 @@ class CourseConfig(BaseModel):
         return value.strip()
 
     @model_validator(mode="after")
-    def _pixels_ordered(self) -> CourseConfig:
+    def _no_contradiction(self) -> CourseConfig:
+        """Values that cannot work together, checked here once so that every command, notebook
+        and assignment refuses them; :func:`_config_error` names each key's origin."""
         if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) is above max_pixels "
-                             f"({self.max_pixels})")
+            raise _contradiction(f"min_pixels ({self.min_pixels}) is above max_pixels "
+                                 f"({self.max_pixels}): no image size lies between them",
+                                 "make min_pixels at most max_pixels (the usual range is "
+                                 f"{4 * PIXELS_PER_TOKEN} to {512 * PIXELS_PER_TOKEN})",
+                                 "min_pixels", "max_pixels")
+        at_least = math.ceil(self.min_pixels / PIXELS_PER_TOKEN)
+        if at_least >= self.max_length:
+            raise _contradiction(f"min_pixels ({self.min_pixels}) gives every image at least "
+                                 f"{at_least} visual tokens, and max_length "
+                                 f"({self.max_length}) is no more than that: "
+                                 "no sample with an image would fit",
+                                 "lower min_pixels (e.g. 3136, 4 visual tokens) or raise "
+                                 "max_length (see `qvl tokens`)", "min_pixels", "max_length")
+        return self
+
+    @model_validator(mode="after")
+    def _paths_of_the_right_kind(self) -> CourseConfig:
+        """A path setting that exists must be what it is used as (a file or a folder)."""
+        for key, want in _PATH_KINDS.items():
+            path = getattr(self, key)
+            if path is None or not Path(path).exists():
+                continue  # a missing path is reported by the step that needs it
+            if want == "file" and Path(path).is_dir():
+                raise _wrong_kind(key, path, "a folder", "a file")
+            if want == "folder" and not Path(path).is_dir():
+                raise _wrong_kind(key, path, "a file", "a folder")
         return self
 
     @field_validator("max_steps")
@@ -258,6 +287,21 @@ class CourseConfig(BaseModel):
     def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
         """A ConfigError about ``key``'s value, located where that value was set."""
         return self.origin(key).error(message, fix or FIXES.get(key))
+
+    def with_flags(self, flags: Mapping[str, Any]) -> CourseConfig:
+        """A copy with the values of command-line flags (``{"--min-pixels": 3136}``; None: not
+        given) validated together with the rest, so that a flag contradicting a setting is
+        refused as a setting would be, naming the flag."""
+        given = {flag: value for flag, value in flags.items() if value is not None}
+        if not given:
+            return self
+        values = {key: getattr(self, key) for key in type(self).model_fields}
+        origins = dict(self._origins)
+        for flag, value in given.items():
+            key = flag.removeprefix("--").replace("-", "_")
+            values[key] = value
+            origins[key] = Origin(flag, name=str(value))
+        return CourseConfig(_origins=origins, **values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-friendly values (paths as strings), e.g. to save with a run."""
@@ -298,6 +342,7 @@ class CourseConfig(BaseModel):
             if candidate.exists():
                 local = candidate
         if local.exists():
+            self._check_model_folder(local)
             return ModelChoice(name, str(local.resolve()), _looks_tiny(local), "a local folder")
         if not _HUB_ID.fullmatch(name):
             raise self.error("model", f"the model folder {name} does not exist (and it is not a "
@@ -305,6 +350,21 @@ class CourseConfig(BaseModel):
                              fix="check the path (relative paths are relative to course.yaml), "
                                  "or use auto or tiny.")
         return ModelChoice(name, name, False, "a Hugging Face hub id")
+
+    def _check_model_folder(self, local: Path) -> None:
+        """A local ``model`` must be a saved model's folder (with ``config.json``)."""
+        fix = ("point model to a folder with a saved model (config.json and *.safetensors: "
+               "an export, or `qvl tiny --out DIR`), or use auto, tiny or a hub id.")
+        if not local.is_dir():
+            raise self.error("model", f"the model {local} is a file; model must be a folder "
+                                      "with a saved model.", fix=fix)
+        if (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
+            raise self.error("model", f"{local} is a LoRA adapter, not a model.",
+                             fix="set model to the adapter's base model and give the adapter "
+                                 "itself as --adapter (or use `qvl export` to merge them).")
+        if not (local / "config.json").is_file():
+            raise self.error("model", f"the model folder {local} has no config.json: it is "
+                                      "not a saved model.", fix=fix)
 
     @property
     def tiny_model_dir(self) -> Path:
@@ -318,6 +378,26 @@ class CourseConfig(BaseModel):
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 SETTINGS = tuple(k for k in CourseConfig.model_fields if k != "source")
 _PATH_KEYS = {"data", "image_root", "output_dir", "cache_dir"}
+#: What each path setting must be, with what it is for (in the wrong-kind message).
+_PATH_KINDS = {"data": "file", "image_root": "folder", "output_dir": "folder",
+               "cache_dir": "folder"}
+_PATH_USES = {"data": "your annotation file (.jsonl, .json or .csv)",
+              "image_root": "the folder your image paths are relative to",
+              "output_dir": "the folder every step writes its results under",
+              "cache_dir": "the folder the course keeps the tiny model in"}
+
+
+def _contradiction(message: str, fix: str, *keys: str) -> PydanticCustomError:
+    """A whole-config error about ``keys`` together, with its fix (see :func:`_config_error`)."""
+    return PydanticCustomError("contradiction", message.replace("{", "(").replace("}", ")"),
+                               {"keys": ",".join(keys), "fix": fix})
+
+
+def _wrong_kind(key: str, path: Path, found: str, want: str) -> PydanticCustomError:
+    message = (f"{key} points to {path}, which is {found}; {key} must be {want}: "
+               f"{_PATH_USES[key]}")
+    return PydanticCustomError("wrong_kind", message.replace("{", "(").replace("}", ")"),
+                               {"keys": key})
 
 
 @dataclass(frozen=True)
@@ -347,6 +427,14 @@ def _config_error(exc: ValidationError, origins: Mapping[str, Origin]) -> Config
     """The first problem pydantic found, located at the origin of the bad value."""
     problems = exc.errors()
     first = problems[0]
+    if first["type"] in ("contradiction", "wrong_kind"):
+        keys = first["ctx"]["keys"].split(",")
+        blamed = origins.get(_latest(*keys, origins=origins), DEFAULT)
+        if first["type"] == "wrong_kind":
+            return blamed.error(first["msg"] + ".", f"set {keys[0]} to {_PATH_USES[keys[0]]} "
+                                                    f"(it was set at {blamed}).")
+        where = "; ".join(f"{key} from {origins.get(key, DEFAULT)}" for key in keys)
+        return blamed.error(f"{first['msg']} ({where}).", first["ctx"]["fix"] + ".")
     key = str(first["loc"][0]) if first["loc"] else _latest("min_pixels", "max_pixels",
                                                             origins=origins)
     message = first["msg"].removeprefix("Value error, ")
@@ -368,7 +456,11 @@ _LAYERS = ("default", "default (beside course.yaml)", "course.yaml", "settings f
 
 def _latest(*keys: str, origins: Mapping[str, Origin]) -> str:
     """Of ``keys``, the one set by the latest layer (the value the learner changed last)."""
-    return max(keys, key=lambda k: _LAYERS.index(origins.get(k, DEFAULT).label))
+    def rank(key: str) -> int:  # a command-line flag comes after every layer
+        label = origins.get(key, DEFAULT).label
+        return _LAYERS.index(label) if label in _LAYERS else len(_LAYERS)
+
+    return max(keys, key=rank)
 
 
 def _unknown_key(key: str, origin: Origin) -> ConfigError:
@@ -382,6 +474,10 @@ def find_config_file(start: Path | None = None) -> Path | None:
     folder) or one of its parents."""
     if os.environ.get("QVL_CONFIG"):
         path = Path(os.environ["QVL_CONFIG"]).expanduser()
+        if path.is_dir():
+            raise ConfigError("QVL_CONFIG points to a folder; it must name a file, your "
+                              "course.yaml.", file=path,
+                              fix=f"set QVL_CONFIG={path / CONFIG_FILE} (or unset it).")
         if not path.is_file():
             raise ConfigError("QVL_CONFIG points to a file that does not exist.", file=path,
                               fix="unset QVL_CONFIG or point it to your course.yaml.")
@@ -393,28 +489,99 @@ def find_config_file(start: Path | None = None) -> Path | None:
     return None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the later
+    value without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise _DuplicateKey(key, first, line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+_OTHER_ENCODINGS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32",
+                    b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+_SAVE_AS_UTF8 = ("save the file as UTF-8 (in your editor: Save with Encoding, UTF-8; or "
+                 "iconv -f ENCODING -t UTF-8).")
+
+
+def _yaml_text(path: Path) -> str:
+    """The file's text as UTF-8 (a BOM allowed); an error names the line of a bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file ({exc.strerror or exc}).", file=path,
+                          fix="check the path and its permissions.") from None
+    for bom, name in _OTHER_ENCODINGS.items():
+        if data.startswith(bom):
+            raise ConfigError(f"the file is saved as {name}, not UTF-8.", file=path,
+                              fix=_SAVE_AS_UTF8)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigError(f"this line is not UTF-8 (byte 0x{data[exc.start]:02X} in column "
+                          f"{column}): the file was saved in another encoding (Latin-1, GBK, "
+                          "...).", file=path, line=line, fix=_SAVE_AS_UTF8) from None
+
+
+def _is_preset(path: Path) -> bool:
+    return path.resolve().parent == PRESETS_DIR.resolve()
+
+
 def read_yaml_mapping(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """A YAML file that must hold a mapping: (values, 1-based line of each key).
 
     Raises:
-        ConfigError: unreadable file, invalid YAML (with its line), or not a mapping.
+        ConfigError: unreadable file, not UTF-8 (with the line), invalid YAML (with its line),
+            a key written twice (both lines), an empty file, or not a mapping.
     """
+    text = _yaml_text(path)
+    loader = None
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the file ({exc}).", file=path,
-                          fix="check the path and save the file as UTF-8.") from None
-    try:
-        raw = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _UniqueKeyLoader(text)
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as dup:
+        raise ConfigError(f"{dup.key} is set twice, on line {dup.first} and on line "
+                          f"{dup.second}; which one is meant is unclear.", file=path,
+                          line=dup.second, fix=f"keep one {dup.key}: line and delete the "
+                                               "other.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        if line is None and isinstance(exc, yaml.reader.ReaderError):
+            line = text[:exc.position].count("\n") + 1
+        problem = getattr(exc, "problem", None) or str(exc).split("\n")[0]
         raise ConfigError(f"invalid YAML: {problem}.", file=path, line=line,
                           fix="fix the indentation or quoting on that line.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if raw is None:
-        return {}, {}
+        fix = ("give it hardware settings (see configs/tiny_cpu.yaml), or leave out --config."
+               if _is_preset(path) else
+               "write your settings in it (copy the course.yaml of the repository, or at least "
+               "`model: auto` and `data: your/annotations.jsonl`).")
+        raise ConfigError(f"{path.name} is empty: it holds no key: value setting.", file=path,
+                          fix=fix)
     if not isinstance(raw, dict):
         raise ConfigError("the file must hold key: value pairs.", file=path,
                           fix="see the course.yaml at the repository root for the layout.")
@@ -450,6 +617,10 @@ class _Layers:
         self.origins[key] = origin
 
     def add_file(self, file: Path, label: str) -> None:
+        if file.is_dir():
+            raise ConfigError(f"this is a folder; the {label} must be a YAML file.", file=file,
+                              fix="name one file in it, e.g. configs/tiny_cpu.yaml (`ls` "
+                                  "shows the presets).")
         if not file.is_file():
             raise ConfigError("configuration file not found.", file=file,
                               fix="check the path (presets live in configs/).")

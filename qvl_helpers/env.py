@@ -320,3 +320,47 @@ def run_checks(cfg: CourseConfig | None = None, gpus: list[GpuInfo] | None = Non
     checks = [check_python(), *check_packages(), *check_gpus(gpus), check_bnb_4bit(),
               check_disk(Path(cfg.output_dir)), check_hf_cache(), check_model(cfg, bool(gpus))]
     return EnvReport(checks, gpus, recommend(gpus))
+
+
+@dataclass(frozen=True)
+class PresetMismatch:
+    """A preset made for a CUDA GPU, used where there is none: the sentence saying so, whether
+    the run is refused, and the fix."""
+
+    sentence: str
+    refuse: bool
+    fix: str
+
+
+def gpu_preset_mismatch(cfg: CourseConfig, choice: Any,
+                        cuda_available: bool) -> PresetMismatch | None:
+    """What to say when a preset with ``tuned_for: gpu`` runs without a CUDA GPU (None: no
+    mismatch). ``qvl train`` and the notebooks show this one sentence.
+
+    A learner who picks a GPU preset expects a GPU run; without a GPU (a Colab runtime left on
+    CPU, the wrong machine), ``model: auto`` would silently train the tiny random stand-in with
+    the preset's GPU knobs: hours of CPU time for nothing they asked for. So with ``model: auto``
+    the run is refused with the fix. A learner who set ``model: tiny`` (or a model folder)
+    themselves asked for that model: the run goes on, and the sentence says what it trains."""
+    if cfg.tuned_for != "gpu" or cuda_available:
+        return None
+    origin = cfg.origin("tuned_for")
+    preset = origin.file.name if origin.file is not None else f"this preset ({origin})"
+    knobs = f"quantization {cfg.quantization}, max_pixels {cfg.max_pixels}, batch_size " \
+            f"{cfg.batch_size}"
+    if cfg.dtype in ("bf16", "fp16"):  # resolve_dtype: the CPU trains in float32
+        knobs += f"; its dtype {cfg.dtype} needs a GPU, so the CPU computes in float32"
+    if choice.is_tiny and str(cfg.model).strip() == "auto":
+        return PresetMismatch(
+            f"{preset} is made for a CUDA GPU and none was found: with model: auto this would "
+            f"train the tiny random stand-in instead, with the preset's GPU settings ({knobs}).",
+            True,
+            "run on a machine with a CUDA GPU (Colab: Runtime > Change runtime type > T4 GPU), "
+            "use configs/tiny_cpu.yaml to learn the pipeline here (what `qvl env` recommends), "
+            "or set model: tiny (course.yaml, or --set model=tiny) to run this preset on the "
+            "stand-in anyway.")
+    what = "the tiny random stand-in" if choice.is_tiny else f"{choice.name} on the CPU"
+    return PresetMismatch(
+        f"{preset} is made for a CUDA GPU and none was found: this trains {what} (model: "
+        f"{cfg.model}) with the preset's GPU settings ({knobs}).",
+        False, "")

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import processes
 from .data.records import Record, answers_of
 from .errors import ConfigError, QVLError, count
 from .evaluate import answer_budget, image_limits, make_greedy, plan_for_run
@@ -344,8 +344,8 @@ def observe_in_fresh_process(folder: Path, records: list[Record],
                                                 encoding="utf-8")
         (Path(tmp) / "how.json").write_text(json.dumps(
             {"device": facts.get("device", "cpu"), "attention": facts.get("attention", "sdpa")}))
-        done = subprocess.run([sys.executable, "-m", "qvl_helpers.export", str(folder), tmp],
-                              capture_output=True, text=True)
+        done = processes.run([sys.executable, "-m", "qvl_helpers.export", str(folder), tmp],
+                             capture_output=True, text=True)  # ends if this process is stopped
         if done.returncode != 0:
             tail = " / ".join(done.stderr.strip().splitlines()[-3:]) or "(no message)"
             raise VerificationError(f"loading and running the merged folder in a fresh process "

@@ -14,13 +14,20 @@ on disk; :func:`set_aside` is the one function that renames (never deletes).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import socket
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import CourseConfig
+from .errors import QVLError
 from .images import file_hash as sha256_file
 from .outputs import read_json, write_json, write_text
 
@@ -29,6 +36,7 @@ RUN_CONFIG = "run_config.yaml"
 COMPLETE_MARKER = "qvl_checkpoint_complete.json"
 LOG = "train_log.jsonl"
 ADAPTER = "adapter"
+LOCK = ".qvl-run.lock"
 #: Settings that change what a run learns: a run resumed with another value is another run.
 #: (logging/eval/save intervals and gradient checkpointing change how, not what: they may change.)
 SHAPING_KEYS = ("min_pixels", "max_pixels", "max_length", "lr", "num_epochs", "max_steps",
@@ -261,3 +269,112 @@ def resume_log(folder: Path, step: int) -> None:
     kept = [e for e in read_log(path) if e.get("step", 0) <= step] if path.exists() else []
     kept.append({"event": "resume", "step": step, "time": round(time.time(), 3)})
     write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
+
+
+# ----------------------------------------------------------------------------- holding a run
+
+
+class RunBusyError(QVLError):
+    """Another process holds the run folder (two runs of one name would mix their files)."""
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0)))
+    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, started {started}"
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the recorded holder still runs (only knowable on the same host)."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return True  # another machine's process: assume it runs
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock(fd: int) -> bool | None:
+    """flock the file: True held, False another process holds it, None not supported here."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None  # e.g. some network file systems: fall back to the recorded pid
+        raise
+
+
+def _acquire(path: Path, name: str) -> tuple[int, dict[str, Any]]:
+    """Open and lock ``path``; returns the descriptor and the previous holder's record (empty
+    unless a process ended without letting go)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        held = _lock(fd)
+        previous = _read_holder(fd)
+        if held is False or (held is None and previous and _alive(previous)):
+            os.close(fd)
+            raise RunBusyError(
+                f"the run {name!r} is in use by another training ({_holder_text(previous)}): two "
+                "runs writing one folder would mix their checkpoints.", file=path.parent,
+                fix="give this run another name (--set run_name=NAME, or run_name in course.yaml "
+                    f"or load_config), or wait until process {previous.get('pid', '?')} "
+                    "finishes (it resumes with --resume if it was stopped).")
+        try:  # the holder may have removed the file between open and lock: lock the new one
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd, previous
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_run(folder: Path, say: Any = print) -> Iterator[Path]:
+    """Hold a run folder for this process while the block runs: a lock file in it, locked with
+    ``flock`` (the kernel lets go when the process ends, however it ends) and naming this
+    process. A second holder is refused with :class:`RunBusyError`, naming the first; a lock
+    file left by a process that ended is taken over (and said so). The lock file, and the
+    folder if this call made it and nothing else was put in it, are removed at the end."""
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    fd, previous = _acquire(path, folder.name)
+    if previous.get("pid") not in (None, os.getpid()):
+        say(f"The run {folder.name!r} was held by {_holder_text(previous)}, which ended without "
+            "letting go; this run takes it over.")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": round(time.time(), 3),
+          "command": " ".join(sys.argv)[:500]}
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(me).encode("utf-8"))
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked: a waiting process then locks a new file
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a run that wrote nothing leaves no folder

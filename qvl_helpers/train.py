@@ -19,6 +19,7 @@ The same code runs under ``accelerate launch`` / ``torchrun`` on several GPUs (o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from .runs import (
     build_identity,
     find_resume_checkpoint,
     free_name,
+    hold_run,
     identity_changes,
     inspect_run,
     mark_complete,
@@ -550,13 +552,20 @@ def ensure_output_folder(cfg: CourseConfig) -> None:
         raise cfg.error("output_dir", f"{exc.message[:-1]}: {exc.file}.", exc.fix) from None
 
 
-def check_model(cfg: CourseConfig) -> tuple[Any, str, list[str]]:
+def check_model(cfg: CourseConfig, say: Any = print) -> tuple[Any, str, list[str]]:
     """The model choice, its loadable path, and the layers LoRA will wrap; refuses a preset
-    tuned for the tiny stand-in with a real model, and a LoRA pattern that matches nothing,
-    before any weights load."""
+    tuned for the tiny stand-in with a real model, a GPU preset without a GPU where it would
+    train the stand-in unasked (:func:`~qvl_helpers.env.gpu_preset_mismatch`), and a LoRA
+    pattern that matches nothing, before any weights load."""
+    from .env import gpu_preset_mismatch
     from .model import lora_target_names
 
     choice = cfg.resolve_model()
+    mismatch = gpu_preset_mismatch(cfg, choice, torch.cuda.is_available())
+    if mismatch is not None and mismatch.refuse:
+        raise cfg.error("tuned_for", mismatch.sentence, fix=mismatch.fix)
+    if mismatch is not None:
+        say("Note: " + mismatch.sentence)
     if cfg.tuned_for == "tiny" and not choice.is_tiny:
         raise cfg.error("tuned_for", f"these settings are tuned for the tiny stand-in, but the "
                                      f"model is {choice.name} ({choice.reason}; model set at "
@@ -699,7 +708,7 @@ def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
     cfg, resume, finished = plan_run(cfg, resume=resume, force=force, say=say)
     if finished is not None:
         return finished
-    choice, model_path, targets = check_model(cfg)
+    choice, model_path, targets = check_model(cfg, say)
     if resume:  # refuse a changed run before preparing anything
         cfg, resume = check_same_run(cfg, early_identity(cfg, choice.name), force=force,
                                      say=say, partial=True)
@@ -736,15 +745,36 @@ def train(cfg: CourseConfig, *, resume: bool = False, force: bool = False, dry_r
         ConfigError, DatasetError: a setting or the data cannot work (named, with the fix).
         OutputExistsError: the run exists and neither ``resume`` nor ``force`` was given.
         TrainingError: nothing to train or resume, a changed run, a non-finite loss, OOM.
+        RunBusyError: another process is training a run of this name (it is named).
     """
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    rank, world = state.process_index, state.num_processes
+    rank = state.process_index
     say = print if (verbose and rank == 0) else (lambda *a, **k: None)
+    with contextlib.ExitStack() as held:
+        def hold(c: CourseConfig) -> None:
+            if rank == 0 and not dry_run:
+                ensure_output_folder(c)  # an unusable output_dir is named as such
+                held.enter_context(hold_run(run_dir(c), say))
+
+        hold(cfg)  # before anything is planned: a second run of the name stops here
+        return _train(cfg, state, hold, say, resume=resume, force=force, dry_run=dry_run,
+                      live_plot=live_plot, callbacks=callbacks, verbose=verbose,
+                      time_steps=time_steps)
+
+
+def _train(cfg: CourseConfig, state: Any, hold: Callable[[CourseConfig], Any], say: Any, *,
+           resume: bool, force: bool, dry_run: bool, live_plot: bool,
+           callbacks: Sequence[TrainerCallback], verbose: bool, time_steps: int) -> TrainResult:
+    """:func:`train` once the run folder is held (``hold`` holds another one, for a run that
+    ``force`` renamed)."""
+    rank, world = state.process_index, state.num_processes
     plan = plan_and_check(cfg, resume=resume, force=force, state=state, verbose=verbose, say=say)
     if isinstance(plan, TrainResult):
         return plan
+    if plan.cfg.run_name != cfg.run_name:
+        hold(plan.cfg)
     cfg, folder = plan.cfg, run_dir(plan.cfg)
     if dry_run:
         say(_dry_run_text(cfg, plan.model_path, plan.prepared, plan.budgets, plan.targets, world,
@@ -902,6 +932,7 @@ def simulate_disconnect(preset: str | Path, sets: dict[str, Any], *, after_step:
     import sys
 
     from .config import load_config
+    from .processes import child_process
     from .runs import COMPLETE_MARKER
 
     cfg = load_config(presets=[preset], sets=sets)
@@ -910,18 +941,20 @@ def simulate_disconnect(preset: str | Path, sets: dict[str, Any], *, after_step:
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
     env = {**os.environ, "QVL_OUTPUT_DIR": str(cfg.output_dir)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
     marker, end = folder / f"checkpoint-{after_step}" / COMPLETE_MARKER, time.time() + timeout
-    while not marker.exists():
-        if process.poll() is not None or time.time() > end:
-            process.kill()
-            tail = process.communicate()[1].decode(errors="replace")[-500:]
-            raise TrainingError(f"the run stopped before checkpoint-{after_step} was complete: "
-                                f"{tail}", file=folder, fix="check save_steps and max_steps.")
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # the "disconnect"
-    process.wait()
+    # (the run ends with this process: a notebook interrupted while it waits leaves none behind)
+    with child_process(command, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE) as process:
+        while not marker.exists():
+            if process.poll() is not None or time.time() > end:
+                process.kill()
+                tail = process.communicate()[1].decode(errors="replace")[-500:]
+                raise TrainingError(f"the run stopped before checkpoint-{after_step} was "
+                                    f"complete: {tail}", file=folder,
+                                    fix="check save_steps and max_steps.")
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)  # the "disconnect"
+        process.wait()
     return folder
 
 
