@@ -200,7 +200,8 @@ def test_output_dir_that_is_a_file_names_the_key(course, tmp_path: Path) -> None
     (tmp_path / "outputs").write_text("not a folder", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         prepare_data(load_config(), verbose=False)
-    assert "output_dir" in str(caught.value) and "not a folder" in str(caught.value)
+    assert "output_dir" in str(caught.value) and "which is a file" in str(caught.value) \
+        and "must be a folder" in str(caught.value)
     assert (tmp_path / "outputs").read_text(encoding="utf-8") == "not a folder"
 
 
