@@ -393,6 +393,12 @@ def plan_run(cfg: CourseConfig, *, resume: bool, force: bool,
                     "overwritten).")
         return _renamed(cfg, say, f"the run {cfg.run_name!r} exists"), False, None
     if resume and not state.started:
+        if state.identity is not None:  # it began, and stopped before its first checkpoint
+            raise TrainingError(
+                f"the run {cfg.run_name!r} has no checkpoint to resume from: it stopped before "
+                f"its first save (a checkpoint every {cfg.save_steps} steps, save_steps).",
+                file=folder, fix="start it again without --resume (from step 0; it saved "
+                                 "nothing that would be lost).")
         raise TrainingError(f"there is no run {cfg.run_name!r} to resume.", file=folder,
                             fix="start the run without --resume.")
     return cfg, resume, None

@@ -108,3 +108,23 @@ def test_identity_changes_name_what_and_where(clean_env: Path) -> None:
 @pytest.mark.parametrize("name", ["run", "收据-1", "a.b_c-d"])
 def test_plain_run_names_are_accepted(clean_env: Path, name: str) -> None:
     assert load_config(run_name=name).run_name == name
+
+
+def test_resume_says_why_there_is_nothing_to_resume(clean_env: Path) -> None:
+    """--resume of a run that never began, and of one stopped before its first checkpoint
+    (its run.json written, no checkpoint): each says which it is, and neither changes a file."""
+    from qvl_helpers.runs import run_dir, write_identity
+    from qvl_helpers.train import TrainingError, plan_run
+
+    cfg = load_config(run_name="收据", save_steps=20)
+    with pytest.raises(TrainingError, match="there is no run '收据' to resume"):
+        plan_run(cfg, resume=True, force=False, say=lambda *a: None)
+    folder = run_dir(cfg)
+    folder.mkdir(parents=True)
+    write_identity(folder, {"model": {"name": "tiny"}})
+    before = snapshot(folder)
+    with pytest.raises(TrainingError) as caught:
+        plan_run(cfg, resume=True, force=False, say=lambda *a: None)
+    said = str(caught.value)
+    assert "has no checkpoint to resume from" in said and "every 20 steps" in said
+    assert "without --resume" in said and snapshot(folder) == before
