@@ -282,6 +282,7 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
                                                                       False)
     if quantized:  # freeze, and upcast what is not 4/8-bit; checkpointing is set below
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_training_layout(model)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # the name in transformers 5.x
             model.activation_checkpointing_enable(
@@ -300,6 +301,25 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
     if vision_no_grad:
         freeze_idle_vision(model)
     return model
+
+
+def keep_4bit_training_layout(model: Any) -> int:
+    """Keep every 4-bit layer in the layout training needs, through evaluations. Returns the
+    layers changed.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50.2, ``Linear4bit.forward``) repacks a 4-bit
+    weight for inference the first time the layer runs in eval mode without gradients, and
+    keeps it so until the next ``state_dict`` save; the training step after an evaluation then
+    takes the inference kernel and fails (``result += bias`` on a tensor that needs grad: "a
+    view of a leaf Variable ... in-place"). A run evaluated at a step with no checkpoint saved
+    after it broke that way. Turning the repacking off costs only inference speed on such CPUs.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
 
 
 def freeze_idle_vision(model: Any) -> bool:

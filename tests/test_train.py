@@ -341,3 +341,24 @@ def test_a_resumed_run_says_how_many_steps_it_trained(monkeypatch: pytest.Monkey
     assert (result.steps, result.steps_trained, result.start_step) == (60, 40, 20)
     assert "Trained 40 steps (resumed from step 20; the run is at step 60)" in capsys.readouterr().out
     assert built["every"] == (3, 7)  # 60 steps: a training loss every 3, validation every 7
+
+
+def test_a_4bit_model_trains_on_after_an_evaluation(tiny_dir: Path, processor) -> None:
+    """QLoRA on a CPU: an evaluation (eval mode, no gradients) between two training steps
+    leaves the 4-bit layers trainable. bitsandbytes repacks them for inference on CPUs with
+    AVX512-BF16 and the next step failed; the course turns that off for training."""
+    from qvl_helpers.model import keep_4bit_training_layout
+
+    records = load_records(REPO / "data_samples" / "shapes" / "shapes.jsonl")[:2]
+    batch = make_collator(processor, "train", min_pixels=3136, max_pixels=12544)(records)
+    model = add_lora(load_model(str(tiny_dir), quantization="4bit", dtype=torch.float32),
+                     r=4, alpha=8, dropout=0.0)
+    four_bit = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert four_bit and not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in four_bit)
+    assert keep_4bit_training_layout(model) == 0  # already done by add_lora
+    for step in range(2):
+        model.train()
+        model(**batch).loss.backward()
+        model.eval()
+        with torch.no_grad():
+            assert torch.isfinite(model(**batch).loss), step
