@@ -244,13 +244,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_export, check_request, export, plan_export
 
     if args.check_only:
+        given = [flag for flag, on in (("--force", args.force), ("--no-verify", not args.verify),
+                                       ("--temperature", args.temperature != 0.0)) if on]
+        if given:
+            print(f"qvl export: error: --check-only verifies an existing export and writes no "
+                  f"new one, so {' and '.join(given)} would do nothing. Fix: drop "
+                  f"{' and '.join(given)}, or drop --check-only to export again.",
+                  file=sys.stderr)
+            return 2
         if args.out is None and args.run is None:
             print("qvl export: error: --check-only needs the export's folder: --out DIR (or "
-                  "--run RUN for outputs/export/RUN).", file=sys.stderr)
+                  "--run RUN for outputs/export/RUN). Fix: add --out DIR.", file=sys.stderr)
             return 2
         folder = args.out or plan_export(args.run).out_dir
         check_export(check_request(folder, run=args.run, model=args.model, adapter=args.adapter,
@@ -372,7 +391,7 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
                    help="verify an existing export again, without merging")
     p.add_argument("--samples", type=positive_int, default=4,
                    help="held-out samples the verification compares (default: 4)")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--temperature", type=non_negative_float, default=0.0,
                    help="0 (default): greedy generation_config.json; above 0: sampling")
     p.set_defaults(func=cmd_export)
 

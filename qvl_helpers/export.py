@@ -105,7 +105,8 @@ def plan_export(run: str | Path | None = None, *, model: str | None = None,
         model, adapter = model or plan.model, adapter or plan.adapter
         samples, name = plan.data, Path(run).resolve().name
         default = Path(run).resolve().parent.parent / "export" / name
-    elif model is not None and adapter is not None:
+    elif adapter is not None:
+        model = model or adapter_base_model(adapter)
         samples, name = None, Path(adapter).resolve().parent.name or "export"
         default = Path(load_config().output_dir) / "export" / name
     else:
@@ -114,6 +115,24 @@ def plan_export(run: str | Path | None = None, *, model: str | None = None,
     return ExportRequest(model=str(model), adapter=Path(adapter),
                          out_dir=Path(out_dir) if out_dir else default, samples=samples,
                          run=Path(run) if run else None, **settings)
+
+
+def adapter_base_model(adapter: str | Path) -> str:
+    """The base model an adapter was trained on, as its ``adapter_config.json`` records it
+    (``base_model_name_or_path``), for an export given only ``--adapter``.
+
+    Raises:
+        ConfigError: the adapter folder records no base model (or has no adapter_config.json).
+    """
+    from .outputs import read_json
+
+    config = read_json(Path(adapter) / "adapter_config.json") or {}
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ConfigError("this adapter does not record its base model (no "
+                          "base_model_name_or_path in adapter_config.json).", file=adapter,
+                          fix="pass the base model with --model (tiny, a hub id or a folder).")
+    return base
 
 
 # --------------------------------------------------------------------------- memory
@@ -200,11 +219,12 @@ def observe(model: Any, processor: Any, records: list[Record], lo: int, hi: int,
     from .collate import make_collator
 
     seen = Reference(records)
+    if not records:  # nothing to observe (no held-out samples): no generation settings either
+        return seen
     collate = make_collator(processor, "train", min_pixels=lo, max_pixels=hi)
     generate = make_collator(processor, "generate", min_pixels=lo, max_pixels=hi)
     device = next(model.parameters()).device
-    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records]) \
-        if records else 0
+    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records])
     settings = {"max_new_tokens": budget, "output_scores": True, "return_dict_in_generate": True,
                 "do_sample": False}
     if not own_settings:
