@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"{command}: error: {describe_os_error(exc, command)}", file=sys.stderr)
         return 2
     except ImportError as exc:
         print(f"{command}: error: the package {exc.name or exc} is missing. Fix: install the "
@@ -541,6 +541,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "constraints.txt).", file=sys.stderr)
         return 2
     except Exception as exc:  # the last resort: one line, not a traceback
+        from .outputs import is_disk_full
+
+        if is_disk_full(exc):  # a library's own error around a full disk (safetensors, torch)
+            print(f"{command}: error: {describe_os_error(exc, command)}", file=sys.stderr)
+            return 2
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's, without importing torch
             fix = ("close what else uses the GPU, or merge on the CPU (CUDA_VISIBLE_DEVICES=)"
                    if command == "qvl export" else "lower --batch-size (or max_pixels), or load "
@@ -553,12 +558,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def describe_os_error(exc: OSError) -> str:
-    """A file-system error as what, where and the fix."""
-    where = exc.filename or "a file"
-    if exc.errno == errno.ENOSPC:
-        return (f"the disk is full (while writing {where}). Fix: free space or choose another "
-                "output_dir; finished checkpoints are kept, and a run continues with --resume.")
+def describe_os_error(exc: BaseException, command: str = "qvl") -> str:
+    """A file-system error (or a library's error around a full disk) as what, where and the
+    fix that suits ``command``."""
+    from .outputs import disk_full_message, is_disk_full
+
+    filename = getattr(exc, "filename", None)
+    where = filename or "a file"
+    if is_disk_full(exc):
+        folder = Path(filename).parent if filename else Path.cwd()
+        kept = ("finished checkpoints are kept, and the run continues with qvl train --resume"
+                if command == "qvl train" else "run the same command again")
+        return (f"{disk_full_message(folder)} (while writing {where}). Fix: free space there "
+                f"(or choose another output folder), then {kept}.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{where}: permission denied. Fix: choose a folder you can write, or fix permissions."
     if isinstance(exc, FileNotFoundError):
