@@ -566,11 +566,13 @@ def describe_os_error(exc: BaseException, command: str = "qvl") -> str:
     filename = getattr(exc, "filename", None)
     where = filename or "a file"
     if is_disk_full(exc):
-        folder = Path(filename).parent if filename else Path.cwd()
         kept = ("finished checkpoints are kept, and the run continues with qvl train --resume"
                 if command == "qvl train" else "run the same command again")
-        return (f"{disk_full_message(folder)} (while writing {where}). Fix: free space there "
-                f"(or choose another output folder), then {kept}.")
+        if not filename:  # a library's error that names no file: say so, never guess a folder
+            return (f"the disk is full (the error named no file). Fix: free space where the "
+                    f"output folder is (or choose another one), then {kept}.")
+        return (f"{disk_full_message(Path(filename).parent)} (while writing {where}). Fix: "
+                f"free space there (or choose another output folder), then {kept}.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{where}: permission denied. Fix: choose a folder you can write, or fix permissions."
     if isinstance(exc, FileNotFoundError):
