@@ -208,6 +208,7 @@ def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
 
     secret = "hf_secretTOKEN123"
     monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the tests run offline
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     FakeApi.calls = []
     folder = tmp_path / "merged"
@@ -244,6 +245,62 @@ def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
     (folder / "UNVERIFIED.txt").write_text("failed")
     code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
     assert code == 2 and "not a verified export" in err
+
+
+class NoHub:
+    """A Hub client that fails the test as soon as it is made: nothing may be sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("qvl push reached the Hub client")
+
+
+def _verified_export(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "export.json").write_text('{"verified": true}')
+    return folder
+
+
+@pytest.mark.parametrize("env", [
+    {"HF_TOKEN": None},                            # no token at all
+    {"HF_TOKEN": ""},                              # set, but empty
+    {"HF_TOKEN": None, "HF_HUB_OFFLINE": "1"},     # both
+])
+def test_push_without_a_token_sends_nothing(env: dict[str, str | None], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub
+    import huggingface_hub.constants as hc
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(hc, "HF_TOKEN_PATH", str(tmp_path / "no-stored-login"))
+    for key, value in env.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoHub)
+    folder = _verified_export(tmp_path / "merged")
+    code, out, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
+    assert code == 2 and "unexpected" not in err, err
+    assert "nothing was sent" in err and err.count("\n") == 1, err
+    assert ("HF_HUB_OFFLINE" in err) if "HF_HUB_OFFLINE" in env else ("HF_TOKEN" in err), err
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+def test_push_offline_sends_nothing_even_with_a_token(value: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secretTOKEN123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoHub)
+    folder = _verified_export(tmp_path / "merged")
+    code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
+    assert code == 2 and "HF_HUB_OFFLINE is set" in err and "nothing was sent" in err, err
+    assert "hf_secretTOKEN123" not in err
 
 
 # --------------------------------------------------------------------------- the model card
