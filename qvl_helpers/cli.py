@@ -256,13 +256,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_export, check_request, export, plan_export
 
     if args.check_only:
+        given = [flag for flag, on in (("--force", args.force), ("--no-verify", not args.verify),
+                                       ("--temperature", args.temperature != 0.0)) if on]
+        if given:
+            print(f"qvl export: error: --check-only verifies an existing export and writes no "
+                  f"new one, so {' and '.join(given)} would do nothing. Fix: drop "
+                  f"{' and '.join(given)}, or drop --check-only to export again.",
+                  file=sys.stderr)
+            return 2
         if args.out is None and args.run is None:
             print("qvl export: error: --check-only needs the export's folder: --out DIR (or "
-                  "--run RUN for outputs/export/RUN).", file=sys.stderr)
+                  "--run RUN for outputs/export/RUN). Fix: add --out DIR.", file=sys.stderr)
             return 2
         folder = args.out or plan_export(args.run).out_dir
         check_export(check_request(folder, run=args.run, model=args.model, adapter=args.adapter,
@@ -384,7 +403,7 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
                    help="verify an existing export again, without merging")
     p.add_argument("--samples", type=positive_int, default=4,
                    help="held-out samples the verification compares (default: 4)")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--temperature", type=non_negative_float, default=0.0,
                    help="0 (default): greedy generation_config.json; above 0: sampling")
     p.set_defaults(func=cmd_export)
 
@@ -545,7 +564,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
               file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"{command}: error: {describe_os_error(exc, command)}", file=sys.stderr)
         return 2
     except ImportError as exc:
         print(f"{command}: error: the package {exc.name or exc} is missing. Fix: install the "
@@ -553,6 +572,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
               "constraints.txt).", file=sys.stderr)
         return 2
     except Exception as exc:  # the last resort: one line, not a traceback
+        from .outputs import is_disk_full
+
+        if is_disk_full(exc):  # a library's own error around a full disk (safetensors, torch)
+            print(f"{command}: error: {describe_os_error(exc, command)}", file=sys.stderr)
+            return 2
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's, without importing torch
             fix = ("close what else uses the GPU, or merge on the CPU (CUDA_VISIBLE_DEVICES=)"
                    if command == "qvl export" else "lower --batch-size (or max_pixels), or load "
@@ -565,19 +589,27 @@ def _run(args: argparse.Namespace, command: str) -> int:
         return 2
 
 
-def describe_os_error(exc: OSError) -> str:
-    """A file-system error as what, where and the fix."""
+def describe_os_error(exc: BaseException, command: str = "qvl") -> str:
+    """A file-system error (or a library's error around a full disk) as what, where and the
+    fix that suits ``command``."""
     from .images import shorten
+    from .outputs import disk_full_message, is_disk_full
 
-    where = shorten(str(exc.filename)) if exc.filename else "a file"
-    if exc.errno == errno.ENOSPC:
-        return (f"the disk is full (while writing {where}). Fix: free space or choose another "
-                "output_dir; finished checkpoints are kept, and a run continues with --resume.")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    filename = getattr(exc, "filename", None)
+    where = shorten(str(filename)) if filename else "a file"
+    if is_disk_full(exc):
+        kept = ("finished checkpoints are kept, and the run continues with qvl train --resume"
+                if command == "qvl train" else "run the same command again")
+        if not filename:  # a library's error that names no file: say so, never guess a folder
+            return (f"the disk is full (the error named no file). Fix: free space where the "
+                    f"output folder is (or choose another one), then {kept}.")
+        return (f"{disk_full_message(Path(filename).parent)} (while writing {where}). Fix: "
+                f"free space there (or choose another output folder), then {kept}.")
+    if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{where}: permission denied. Fix: choose a folder you can write, or fix permissions."
     if isinstance(exc, FileNotFoundError):
         return f"{where} does not exist. Fix: check the path."
-    return f"{where}: {exc.strerror or exc}. Fix: check the path and the disk."
+    return f"{where}: {getattr(exc, 'strerror', None) or exc}. Fix: check the path and the disk."
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from . import processes
 from .data.records import Record, answers_of
 from .errors import ConfigError, QVLError, count
 from .evaluate import answer_budget, image_limits, make_greedy, plan_for_run
+from .outputs import human_size
 
 EXPORT_INFO = "export.json"   # what was merged from what, and the verification result
 UNVERIFIED = "UNVERIFIED.txt"  # present when the last verification failed
@@ -105,7 +106,8 @@ def plan_export(run: str | Path | None = None, *, model: str | None = None,
         model, adapter = model or plan.model, adapter or plan.adapter
         samples, name = plan.data, Path(run).resolve().name
         default = Path(run).resolve().parent.parent / "export" / name
-    elif model is not None and adapter is not None:
+    elif adapter is not None:
+        model = model or adapter_base_model(adapter)
         samples, name = None, Path(adapter).resolve().parent.name or "export"
         default = Path(load_config().output_dir) / "export" / name
     else:
@@ -114,6 +116,24 @@ def plan_export(run: str | Path | None = None, *, model: str | None = None,
     return ExportRequest(model=str(model), adapter=Path(adapter),
                          out_dir=Path(out_dir) if out_dir else default, samples=samples,
                          run=Path(run) if run else None, **settings)
+
+
+def adapter_base_model(adapter: str | Path) -> str:
+    """The base model an adapter was trained on, as its ``adapter_config.json`` records it
+    (``base_model_name_or_path``), for an export given only ``--adapter``.
+
+    Raises:
+        ConfigError: the adapter folder records no base model (or has no adapter_config.json).
+    """
+    from .outputs import read_json
+
+    config = read_json(Path(adapter) / "adapter_config.json") or {}
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ConfigError("this adapter does not record its base model (no "
+                          "base_model_name_or_path in adapter_config.json).", file=adapter,
+                          fix="pass the base model with --model (tiny, a hub id or a folder).")
+    return base
 
 
 # --------------------------------------------------------------------------- memory
@@ -129,9 +149,9 @@ def merge_dtype(model_path: str) -> Any:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
-def memory_needed(model_path: str, dtype: Any) -> int:
-    """Bytes the merge holds at once: every weight in ``dtype`` (counted on a weightless copy
-    built from the config), plus one shard (at most 2 GB) being written."""
+def weight_bytes(model_path: str, dtype: Any) -> int:
+    """Bytes of every weight in ``dtype`` (counted on a weightless copy built from the config):
+    what the merged safetensors files take on disk."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -139,7 +159,13 @@ def memory_needed(model_path: str, dtype: Any) -> int:
     with init_empty_weights():
         skeleton = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_path))
     params = sum(p.numel() for p in skeleton.parameters())
-    weights = params * torch.empty((), dtype=dtype).element_size()
+    return params * torch.empty((), dtype=dtype).element_size()
+
+
+def memory_needed(model_path: str, dtype: Any) -> int:
+    """Bytes the merge holds at once: every weight in ``dtype``, plus one shard (at most 2 GB)
+    being written."""
+    weights = weight_bytes(model_path, dtype)
     return weights + min(weights, 2 * 1024 ** 3)  # a shard is at most MAX_SHARD
 
 
@@ -154,11 +180,6 @@ def choose_device(needed: int) -> tuple[str, str]:
             return "cuda", f"the GPU has {free / 2**30:.1f} GB free"
         return "cpu", f"the GPU has only {free / 2**30:.1f} GB free"
     return "cpu", "there is no CUDA GPU"
-
-
-def human_size(n: int) -> str:
-    """``7.5 GB``, ``312 MB``: sizes as a person reads them."""
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{max(1, round(n / 2**20))} MB"
 
 
 def available_ram() -> int | None:
@@ -200,11 +221,12 @@ def observe(model: Any, processor: Any, records: list[Record], lo: int, hi: int,
     from .collate import make_collator
 
     seen = Reference(records)
+    if not records:  # nothing to observe (no held-out samples): no generation settings either
+        return seen
     collate = make_collator(processor, "train", min_pixels=lo, max_pixels=hi)
     generate = make_collator(processor, "generate", min_pixels=lo, max_pixels=hi)
     device = next(model.parameters()).device
-    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records]) \
-        if records else 0
+    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records])
     settings = {"max_new_tokens": budget, "output_scores": True, "return_dict_in_generate": True,
                 "do_sample": False}
     if not own_settings:
@@ -494,7 +516,7 @@ def export(request: ExportRequest, say: Any = print) -> Path:
     """
     from .config import choose_model, ensure_model
     from .modelcard import write_model_card
-    from .outputs import ensure_folder
+    from .outputs import disk_full, ensure_folder, install_folder, is_disk_full, staging_folder
     from .tiny import MARKER_FILE
 
     out = Path(request.out_dir)
@@ -502,8 +524,7 @@ def export(request: ExportRequest, say: Any = print) -> Path:
                         request.force)
     model_path = ensure_model(choose_model(request.model, "--model"))
     ensure_folder(out.parent, what="export folder")
-    work = out.parent / f".{out.name}.exporting"
-    shutil.rmtree(work, ignore_errors=True)
+    work = staging_folder(out, "exporting")
     try:
         reference, facts = merge(request, model_path, work, say)
         info = {"base_model": request.model, "adapter": str(request.adapter),
@@ -512,12 +533,16 @@ def export(request: ExportRequest, say: Any = print) -> Path:
         write_model_card(work, request, info)
         mark(work, info, "not verified yet (the export was interrupted)")
         measured = settle(work, out, info, reference if request.verify else None, facts)
+        install_folder(work, out)
     except VerificationError:
         raise
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)  # a crash leaves nothing that looks finished
+        if is_disk_full(exc):
+            raise disk_full(out.parent, needed=weight_bytes(model_path, merge_dtype(model_path)),
+                            fix="free space there (or choose another --out), then run the same "
+                                "qvl export again; an earlier export is untouched.") from None
         raise
-    _replace(work, out)
     say(verdict_line(measured, request.verify))
     return out
 
@@ -539,7 +564,7 @@ def settle(work: Path, out: Path, info: dict[str, Any], reference: Reference | N
     Raises:
         VerificationError: it failed (says where the failed folder is).
     """
-    from .outputs import write_json
+    from .outputs import install_folder, write_json
 
     try:
         measured = verify(work, reference, facts) if reference is not None else {}
@@ -548,7 +573,7 @@ def settle(work: Path, out: Path, info: dict[str, Any], reference: Reference | N
         failed = out if not out.exists() else out.with_name(out.name + ".unverified")
         if failed != out:  # an earlier export stays as it was
             shutil.rmtree(failed, ignore_errors=True)
-        work.rename(failed)
+        install_folder(work, failed)
         exc.file = str(failed)
         exc.args = (str(exc),)
         raise
@@ -575,18 +600,6 @@ def verdict_line(measured: dict[str, Any], verified: bool) -> str:
             (f" ({ties} parted only where two tokens tied within rounding)" if ties else "") +
             f"; logits within {measured['max_logit_difference']:.1e} (allowed "
             f"{measured['tolerance']:.0e}).")
-
-
-def _replace(work: Path, out: Path) -> None:
-    """Move the finished folder into place; an earlier export is removed only now."""
-    if out.exists():
-        old = out.parent / f".{out.name}.replaced"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        work.rename(out)
-        shutil.rmtree(old)
-    else:
-        work.rename(out)
 
 
 def check_request(folder: str | Path, **given: Any) -> ExportRequest:

@@ -22,8 +22,9 @@ def push_folder(folder: str | Path, repo_id: str, *, public: bool = False,
     returns the repository's URL.
 
     Raises:
-        ConfigError: the folder is not a model or adapter folder, is marked unverified, or the
-            repository name is not ``user/name``.
+        ConfigError: the folder is not a model or adapter folder, is marked unverified, the
+            repository name is not ``user/name``, there is no token, or the Hub is switched off
+            (``HF_HUB_OFFLINE``): all before anything is sent.
         ModelError: the Hub refused (no token, no permission, no network); the message never
             contains the token.
     """
@@ -47,7 +48,7 @@ def push_folder(folder: str | Path, repo_id: str, *, public: bool = False,
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"{repo_id!r} is not a repository name.",
                           fix="use your-user-name/model-name.")
-    secret = token or os.environ.get("HF_TOKEN") or None
+    secret = usable_token(token)
     api = HfApi(token=secret)
     try:
         made = api.create_repo(repo_id, private=not public, exist_ok=True, repo_type="model")
@@ -66,3 +67,30 @@ def push_folder(folder: str | Path, repo_id: str, *, public: bool = False,
                          fix="set HF_TOKEN to a token with write access (or run `hf auth "
                              "login`), check the repository name and your network.") from None
     return f"https://huggingface.co/{repo_id}"
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` switches the Hub off (1, true, yes, on: as huggingface_hub
+    reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def usable_token(token: str | None = None) -> str:
+    """The token to upload with: ``token``, else ``HF_TOKEN``, else the stored login.
+
+    Raises:
+        ConfigError: the Hub is switched off, or there is no token (nothing was sent).
+    """
+    from huggingface_hub import get_token
+
+    if is_offline():
+        raise ConfigError("HF_HUB_OFFLINE is set, so the Hub is switched off: nothing was sent.",
+                          fix="unset HF_HUB_OFFLINE (or set it to 0) where you have a network, "
+                              "then push again.")
+    secret = token or get_token()
+    if not secret:
+        raise ConfigError("there is no Hugging Face token (HF_TOKEN is not set and no login is "
+                          "stored): nothing was sent.",
+                          fix="set HF_TOKEN to a token with write access (or run `hf auth "
+                              "login`), then push again.")
+    return secret

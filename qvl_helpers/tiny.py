@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import ModelError
 from .model import quiet_loading
+from .outputs import apply_umask
 from .qwen import EXTRA_TOKENS, SPECIAL_TOKENS
 
 BUILDER_VERSION = 1
@@ -296,8 +297,7 @@ def _install_build(out: Path, seed: int, *, replace: bool) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         _write_build(tmp, seed)
-        for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors create owner-only modes
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        apply_umask(tmp)  # mkdtemp and safetensors create owner-only modes
         try:
             if out.exists():
                 shutil.rmtree(out) if replace else out.rmdir()

@@ -42,7 +42,7 @@ from .data.records import Record
 from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
 from .errors import count as _count
 from .memory import report_for_run
-from .outputs import OutputFolderError, ensure_folder, write_json
+from .outputs import OutputFolderError, apply_umask, disk_full, ensure_folder, is_disk_full, write_json
 from .qwen import tokens_in
 from .runs import (
     ADAPTER,
@@ -50,6 +50,7 @@ from .runs import (
     RUN_CONFIG,
     ResumePoint,
     build_identity,
+    checkpoint_problem,
     find_resume_checkpoint,
     free_name,
     hold_run,
@@ -194,6 +195,7 @@ class RunFilesCallback(TrainerCallback):
         if checkpoint.is_dir():
             self.processor.save_pretrained(checkpoint)
             save_run_config(self.cfg, checkpoint, self.extra)
+            apply_umask(checkpoint)  # safetensors writes owner-only files
             mark_complete(checkpoint, state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -654,7 +656,7 @@ def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[Record]
 
 def fit(trainer: CourseTrainer, cfg: CourseConfig, resume_from: ResumePoint | None,
         longest: int) -> Any:
-    """``trainer.train`` with out-of-memory turned into advice."""
+    """``trainer.train`` with out-of-memory and a full disk turned into advice."""
     checkpoint = resume_from.checkpoint if resume_from is not None else None
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -663,6 +665,10 @@ def fit(trainer: CourseTrainer, cfg: CourseConfig, resume_from: ResumePoint | No
                             fix="lower max_pixels first (it sets the visual tokens), then "
                                 "batch_size (raise grad_accum to keep the effective batch), "
                                 "then max_length; use 4-bit if you are not already.") from None
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise _disk_full_in_run(trainer, cfg) from None
 
 
 def save_adapter(trainer: CourseTrainer, processor: Any, cfg: CourseConfig,
@@ -672,13 +678,36 @@ def save_adapter(trainer: CourseTrainer, processor: Any, cfg: CourseConfig,
     folder = run_dir(cfg)
     adapter_dir, tmp = folder / ADAPTER, folder / ".adapter.saving"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    save_run_config(cfg, tmp, extra)
+    try:
+        trainer.model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        save_run_config(cfg, tmp, extra)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_disk_full(exc):
+            raise
+        raise _disk_full_in_run(trainer, cfg) from None
+    apply_umask(tmp)  # safetensors writes owner-only files
     tmp.rename(adapter_dir)
     write_identity(folder, {**identity, "finished": {"steps": trainer.state.global_step,
                                                      "time": round(time.time(), 3)}})
     return adapter_dir
+
+
+def _disk_full_in_run(trainer: CourseTrainer, cfg: CourseConfig) -> QVLError:
+    """The disk filled up while a checkpoint (or the adapter) was saved: the half-written
+    checkpoint of this step is removed, the last complete one stays for ``--resume``."""
+    folder = run_dir(cfg)
+    partial = folder / f"checkpoint-{trainer.state.global_step}"
+    if partial.is_dir() and checkpoint_problem(partial) is not None:
+        shutil.rmtree(partial, ignore_errors=True)  # never finished: frees its space
+    last = find_resume_checkpoint(folder).checkpoint
+    kept = (f"the last complete checkpoint, {last.name}, is kept" if last is not None
+            else "no checkpoint was complete yet")
+    resume = ("then qvl train --resume (train(cfg, resume=True) in a notebook) continues from it"
+              if last is not None else "then run the same training again")
+    return disk_full(folder, fix=f"{kept}; free space there (or choose another output_dir), "
+                                 f"{resume}.")
 
 
 # ----------------------------------------------------------------------------- entry point

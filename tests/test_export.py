@@ -208,6 +208,7 @@ def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
 
     secret = "hf_secretTOKEN123"
     monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the tests run offline
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     FakeApi.calls = []
     folder = tmp_path / "merged"
@@ -244,6 +245,62 @@ def test_push_is_private_and_never_shows_the_token(tmp_path: Path,
     (folder / "UNVERIFIED.txt").write_text("failed")
     code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
     assert code == 2 and "not a verified export" in err
+
+
+class NoHub:
+    """A Hub client that fails the test as soon as it is made: nothing may be sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("qvl push reached the Hub client")
+
+
+def _verified_export(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "export.json").write_text('{"verified": true}')
+    return folder
+
+
+@pytest.mark.parametrize("env", [
+    {"HF_TOKEN": None},                            # no token at all
+    {"HF_TOKEN": ""},                              # set, but empty
+    {"HF_TOKEN": None, "HF_HUB_OFFLINE": "1"},     # both
+])
+def test_push_without_a_token_sends_nothing(env: dict[str, str | None], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub
+    import huggingface_hub.constants as hc
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(hc, "HF_TOKEN_PATH", str(tmp_path / "no-stored-login"))
+    for key, value in env.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoHub)
+    folder = _verified_export(tmp_path / "merged")
+    code, out, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
+    assert code == 2 and "unexpected" not in err, err
+    assert "nothing was sent" in err and err.count("\n") == 1, err
+    assert ("HF_HUB_OFFLINE" in err) if "HF_HUB_OFFLINE" in env else ("HF_TOKEN" in err), err
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+def test_push_offline_sends_nothing_even_with_a_token(value: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secretTOKEN123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoHub)
+    folder = _verified_export(tmp_path / "merged")
+    code, _, err = run_main(capsys, "push", folder, "--repo", "me/shapes")
+    assert code == 2 and "HF_HUB_OFFLINE is set" in err and "nothing was sent" in err, err
+    assert "hf_secretTOKEN123" not in err
 
 
 # --------------------------------------------------------------------------- the model card
@@ -304,3 +361,209 @@ def test_greedy_answers_may_part_only_at_a_tie() -> None:
     merged["margins"] = [[3.0, 0.5, 1.0]]  # the merged model clearly prefers another token
     problems, _ = compare_observations(reference, merged)
     assert problems == ["sample s-1: another greedy answer ('ac' instead of 'ab')"]
+
+
+# --------------------------------------------------------------------------- every flag combination
+# Each optional-argument combination the help of `qvl export`, `qvl eval` and `qvl chat` offers
+# either works or is refused with one clear sentence (exit 2); none ends as "unexpected ... bug".
+# The merges are real (tiny model, random adapter); the fresh process of the verification runs
+# in this process and generation is scripted, so the whole table costs seconds per row.
+
+def in_this_process(folder: Path, records: list, facts: dict) -> dict:
+    """observe_in_fresh_process without the subprocess: the same code, the same files."""
+    import tempfile
+
+    from qvl_helpers.export import _fresh_process_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "records.json").write_text(json.dumps(records), encoding="utf-8")
+        (Path(tmp) / "how.json").write_text(json.dumps({"device": "cpu", "attention": "sdpa"}))
+        _fresh_process_main(str(folder), tmp)
+        return torch.load(Path(tmp) / "observed.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def combo(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> dict[str, Path]:
+    """A random-LoRA adapter, held-out data, a finished run made of them, an export of it."""
+    import shutil
+
+    import qvl_helpers.export as X
+
+    root = tmp_path_factory.mktemp("combo")
+    adapter = make_adapter(tiny_dir, root / "adapter", "language")
+    (root / "data").mkdir()
+    data = held_out(root / "data")
+    run = root / "outputs" / "runs" / "r"
+    shutil.copytree(adapter, run / "adapter")
+    (run / "run.json").write_text(json.dumps({
+        "model": {"name": "tiny"},
+        "where": {"model_path": str(tiny_dir), "splits": {"test": str(data), "train": str(data)}}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(X, "observe_in_fresh_process", in_this_process)
+        X.export(X.ExportRequest(model=str(tiny_dir), adapter=adapter, out_dir=root / "export",
+                                 samples=data), say=lambda *a: None)
+    return {"A": adapter, "D": data, "R": run, "E": root / "export", "M": tiny_dir,
+            "I": SHAPES / "images" / "shape_0000.png"}
+
+
+def expand(flags: list[str], paths: dict[str, Path]) -> list[str]:
+    return [str(paths.get(f, f)) for f in flags]
+
+
+def clear_refusal_or_success(code: int, err: str) -> None:
+    assert "unexpected" not in err and "Traceback" not in err, err
+    assert code in (0, 2), err
+    if code:
+        lines = [line for line in err.splitlines() if ": error: " in line]
+        assert len(lines) == 1, err
+
+
+EXPORT_COMBOS = [  # flags, exit status, words of the output (stdout or the error line)
+    (["--model", "M", "--adapter", "A"], 0, "Only the files were checked"),  # the learner's
+    (["--adapter", "A"], 0, "Only the files were checked"),  # the base from adapter_config.json
+    (["--model", "M", "--adapter", "A", "--data", "D"], 0, "Verified in a fresh process on 3"),
+    (["--model", "M", "--adapter", "A", "--data", "D", "--samples", "1"], 0,
+     "Verified in a fresh process on 1 held-out"),
+    (["--model", "M", "--adapter", "A", "--no-verify"], 0, "NOT verified"),
+    (["--model", "M", "--adapter", "A", "--data", "D", "--no-verify"], 0, "NOT verified"),
+    (["--model", "M", "--adapter", "A", "--temperature", "0.7"], 0, "Only the files"),
+    (["--run", "R"], 0, "Verified in a fresh process on 3"),
+    (["--run", "R", "--no-verify", "--samples", "2"], 0, "NOT verified"),
+    (["--run", "R", "--data", "D", "--samples", "1"], 0,
+     "Verified in a fresh process on 1 held-out"),
+    (["--run", "R", "--adapter", "A"], 0, "Verified"),
+    (["--model", "M"], 2, "nothing to export"),
+    ([], 2, "nothing to export"),
+    (["--adapter", "D"], 2, "does not record its base model"),
+    (["--model", "M", "--adapter", "A", "--temperature", "-1"], 2, "must be 0 or more"),
+    (["--model", "M", "--adapter", "A", "--samples", "0"], 2, "must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("flags", "status", "words"), EXPORT_COMBOS,
+                         ids=[" ".join(c[0]) or "none" for c in EXPORT_COMBOS])
+def test_every_export_combination_works_or_says_why(
+        flags: list[str], status: int, words: str, combo: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import qvl_helpers.export as X
+
+    monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
+    out = tmp_path / "merged"
+    code, stdout, err = run_main(capsys, "export", *expand(flags, combo), "--out", out)
+    clear_refusal_or_success(code, err)
+    assert code == status, err
+    assert words in (stdout if code == 0 else err)
+    if code == 0:
+        info = json.loads((out / "export.json").read_text())
+        assert info["verified"] is ("Verified" in words)
+        assert (out / "UNVERIFIED.txt").exists() is not info["verified"]
+    else:
+        assert not out.exists()
+
+
+CHECK_COMBOS = [
+    (["--out", "E", "--data", "D"], 0, "verified in a fresh process on 3"),
+    (["--out", "E", "--data", "D", "--samples", "2"], 0, "on 2 held-out"),
+    (["--out", "E"], 0, "Only the files were checked"),
+    (["--out", "E", "--model", "M", "--adapter", "A", "--data", "D"], 0, "verified"),
+    (["--out", "E", "--adapter", "A", "--data", "D"], 0, "verified"),
+    ([], 2, "needs the export's folder"),
+    (["--out", "D"], 2, "not a folder made by qvl export"),
+    (["--out", "E", "--force"], 2, "--force would do nothing"),
+    (["--out", "E", "--no-verify", "--temperature", "1"], 2, "--no-verify and --temperature"),
+]
+
+
+@pytest.mark.parametrize(("flags", "status", "words"), CHECK_COMBOS,
+                         ids=[" ".join(c[0]) or "none" for c in CHECK_COMBOS])
+def test_every_check_only_combination_works_or_says_why(
+        flags: list[str], status: int, words: str, combo: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import qvl_helpers.export as X
+
+    monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
+    paths = {**combo, "E": tmp_path / "export"}
+    shutil.copytree(combo["E"], paths["E"])
+    code, stdout, err = run_main(capsys, "export", "--check-only", *expand(flags, paths))
+    clear_refusal_or_success(code, err)
+    assert code == status, err
+    assert words in (stdout if code == 0 else err)
+
+
+@pytest.fixture
+def scripted_answers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Generation answers 'red' to everything (the rest of eval and chat is real)."""
+    import qvl_helpers.chat
+    import qvl_helpers.evaluate
+
+    asked: list[int] = []
+
+    def answers(model: Any, processor: Any, records: list, **kwargs: Any) -> list[str]:
+        asked.append(len(records))
+        return ["red"] * len(records)
+
+    monkeypatch.setattr(qvl_helpers.evaluate, "generate_answers", answers)
+    monkeypatch.setattr(qvl_helpers.chat, "generate_answers", answers)
+    return asked
+
+
+EVAL_COMBOS = [
+    (["--run", "R", "--allow-overlap"], 0),
+    (["--run", "R", "--compare", "base,tuned", "--allow-overlap"], 0),
+    (["--run", "R", "--compare", "tuned", "--image-ablation", "blank", "--allow-overlap"], 0),
+    (["--run", "R", "--data", "D", "--task", "short", "--allow-overlap"], 0),
+    (["--run", "R"], 1),  # its test split is its training split here: refused, with the flag
+    (["--model", "M", "--data", "D"], 0),
+    (["--model", "M", "--adapter", "A", "--data", "D"], 0),
+    (["--model", "M", "--adapter", "A", "--data", "D", "--compare", "tuned-blank"], 0),
+    (["--model", "M", "--data", "D", "--compare", "tuned"], 2),
+    (["--model", "M"], 2),
+    (["--adapter", "A", "--data", "D"], 2),
+    ([], 2),
+]
+
+
+@pytest.mark.parametrize(("flags", "status"), EVAL_COMBOS,
+                         ids=[" ".join(c[0]) or "none" for c in EVAL_COMBOS])
+def test_every_eval_combination_works_or_says_why(
+        flags: list[str], status: int, combo: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], scripted_answers: list[int]) -> None:
+    code, stdout, err = run_main(capsys, "eval", *expand(flags, combo), "--out", tmp_path / "ev")
+    assert "unexpected" not in err and "Traceback" not in err, err
+    assert code == status, err
+    if code:
+        assert len([line for line in err.splitlines() if ": error: " in line]) == 1, err
+    else:
+        assert (tmp_path / "ev" / "report.json").is_file()
+
+
+CHAT_COMBOS = [
+    (["--model", "M", "--image", "I", "What colour?"], 0),
+    (["--model", "M", "--adapter", "A", "--image", "I", "What", "colour?"], 0),
+    (["--model", "E", "--image", "I", "What colour?"], 0),
+    (["--model", "M", "--image", "I", "--max-new-tokens", "1", "What colour?"], 0),
+    (["--model", "M", "--image", "I"], 0),  # questions from standard input, one per line
+    (["--model", "M", "--image", "I", "--max-new-tokens", "0", "What colour?"], 2),
+    (["--model", "M", "--adapter", "E", "--image", "I", "What colour?"], 2),
+    (["--image", "I", "What colour?"], 2),
+    (["--model", "M", "What colour?"], 2),
+]
+
+
+@pytest.mark.parametrize(("flags", "status"), CHAT_COMBOS,
+                         ids=[" ".join(c[0]) for c in CHAT_COMBOS])
+def test_every_chat_combination_works_or_says_why(
+        flags: list[str], status: int, combo: dict[str, Path],
+        capsys: pytest.CaptureFixture[str], scripted_answers: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What colour?\nAnd now?\n"))
+    code, stdout, err = run_main(capsys, "chat", *expand(flags, combo))
+    assert "unexpected" not in err and "Traceback" not in err, err
+    assert code == status, err
+    if code == 0:
+        assert scripted_answers and all(n == 1 for n in scripted_answers)

@@ -1,0 +1,166 @@
+"""Writes that are whole: a full disk while exporting is one sentence naming the folder, leaves
+no partial folder, and a plain rerun succeeds; exported files get the modes the umask gives."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_export import combo, in_this_process, run_main  # noqa: F401  (combo is a fixture)
+
+
+def test_full_disk_during_export_is_one_sentence_and_a_rerun_works(
+        combo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.modeling_utils as mu
+
+    import qvl_helpers.export as X
+
+    monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
+    real = mu.safe_save_file
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("I/O error: No space left on device (os error 28)")  # safetensors'
+
+    monkeypatch.setattr(mu, "safe_save_file", full)
+    out = tmp_path / "merged"
+    code, _, err = run_main(capsys, "export", "--model", combo["M"], "--adapter", combo["A"],
+                            "--out", out)
+    assert code == 2 and "unexpected" not in err, err
+    assert f"the disk is full in {tmp_path}" in err, err
+    assert list(tmp_path.iterdir()) == []  # no partial folder, no staging folder
+    monkeypatch.setattr(mu, "safe_save_file", real)
+    code, _, err = run_main(capsys, "export", "--model", combo["M"], "--adapter", combo["A"],
+                            "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "export.json").read_text())["base_model"]
+
+
+def test_full_disk_on_a_plain_write_names_the_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qvl_helpers.cli import describe_os_error
+    from qvl_helpers.outputs import write_text
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as info:
+        write_text(tmp_path / "report.json", "{}")
+    assert str(tmp_path) in describe_os_error(info.value, "qvl data check")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_has_the_modes_a_plain_write_gives(
+        combo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import qvl_helpers.export as X
+
+    monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "merged"
+        code, _, err = run_main(capsys, "export", "--model", combo["M"], "--adapter",
+                                combo["A"], "--out", out)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    for item in [out, *out.rglob("*")]:
+        assert item.stat().st_mode & 0o777 == (0o755 if item.is_dir() else 0o644), item
+
+
+# ----------------------------------------------------------------------------- training
+
+PRESET = str(Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml")
+ONE_STEP_SAVES = ["--set", "batch_size=1", "--set", "save_steps=1", "--set", "logging_steps=1",
+                  "--set", "eval_steps=100", "--set", "gradient_checkpointing=false"]
+
+
+def _train(capsys: pytest.CaptureFixture[str], steps: int, *extra: str) -> tuple[int, str, str]:
+    return run_main(capsys, "train", "--config", PRESET, "--set", f"max_steps={steps}",
+                    *ONE_STEP_SAVES, *extra)
+
+
+def test_a_run_folder_has_the_modes_a_plain_write_gives(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        code, _, err = _train(capsys, 1)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    run = tmp_path / "runs" / "tiny_cpu"
+    assert (run / "checkpoint-1" / "adapter_model.safetensors").is_file()
+    for item in [run, *run.rglob("*")]:  # checkpoints and the adapter: safetensors said 0600
+        assert item.stat().st_mode & 0o777 == (0o755 if item.is_dir() else 0o644), item
+
+
+def test_a_stricter_umask_is_honoured_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qvl_helpers.outputs import apply_umask
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "w.bin").write_bytes(b"x")
+    (tmp_path / "sub" / "w.bin").chmod(0o600)
+    old = os.umask(0o027)
+    try:
+        apply_umask(tmp_path / "sub")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "sub" / "w.bin").stat().st_mode & 0o777 == 0o640  # group, never others
+
+
+def _full_on_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, n: int) -> None:
+    """``module.name`` raises safetensors' full-disk error from its ``n``-th call on."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def save(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] >= n:
+            raise RuntimeError("I/O error: No space left on device (os error 28)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, save)
+
+
+def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_works(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import peft.peft_model as pm
+
+    monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path))
+    run = tmp_path / "runs" / "tiny_cpu"
+    with monkeypatch.context() as m:
+        _full_on_call(m, pm, "safe_save_file", 2)  # checkpoint-1 fits, checkpoint-2 does not
+        code, _, err = _train(capsys, 3)
+    assert code == 2 and "unexpected" not in err, err
+    assert f"the disk is full in {run}" in err, err
+    assert "checkpoint-1, is kept" in err and "--resume" in err, err
+    assert not (run / "checkpoint-2").exists()  # the half-written one is gone (its space too)
+    assert not (run / "adapter").exists()
+    code, _, err = _train(capsys, 3, "--resume")
+    assert code == 0, err
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())[
+        "global_step"] == 3
+
+
+def test_full_disk_at_the_first_checkpoint_says_no_checkpoint_was_complete(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import peft.peft_model as pm
+
+    monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path))
+    _full_on_call(monkeypatch, pm, "safe_save_file", 1)
+    code, _, err = _train(capsys, 1)
+    assert code == 2 and "unexpected" not in err, err
+    assert "no checkpoint was complete yet" in err and "run the same training again" in err, err
+    assert list((tmp_path / "runs" / "tiny_cpu").glob("checkpoint-*")) == []
