@@ -164,3 +164,64 @@ def test_full_disk_at_the_first_checkpoint_says_no_checkpoint_was_complete(
     assert code == 2 and "unexpected" not in err, err
     assert "no checkpoint was complete yet" in err and "run the same training again" in err, err
     assert list((tmp_path / "runs" / "tiny_cpu").glob("checkpoint-*")) == []
+
+
+# ----------------------------------------------------------------------------- qvl bundle
+
+def _course(root: Path, settings: str) -> Path:
+    """A course checkout with ``settings`` as its course.yaml and one bundled data file."""
+    (root / "data_samples" / "shapes").mkdir(parents=True)
+    (root / "data_samples" / "shapes" / "shapes.jsonl").write_text("{}\n")
+    (root / "notebooks").mkdir()
+    (root / "course.yaml").write_text(settings)
+    return root
+
+
+@pytest.fixture
+def no_wheels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """qvl bundle without pip: one fake wheel (the slow path is not what is tested)."""
+    from qvl_helpers import bundle
+
+    def fake(root: Path, wheels: Path, *args: Any) -> None:
+        wheels.mkdir(parents=True, exist_ok=True)
+        (wheels / "qvl_helpers-0-py3-none-any.whl").write_bytes(b"wheel")
+
+    monkeypatch.setattr(bundle, "collect_wheels", fake)
+
+
+@pytest.mark.parametrize(("settings", "key"), [
+    ("data: {mine}/receipts.jsonl\n", "data"),                  # the learner's own file
+    ("data: data/receipts.jsonl\n", "data"),                    # inside, in a folder not packed
+    ("data: data_samples/shapes/shapes.jsonl\nimage_root: {mine}/pics\n", "image_root"),
+])
+def test_bundle_says_which_course_yaml_files_it_does_not_carry(
+        settings: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, no_wheels: None) -> None:
+    import zipfile
+
+    from qvl_helpers import bundle
+
+    mine = tmp_path / "mine"
+    root = _course(tmp_path / "course", settings.format(mine=mine))
+    monkeypatch.setattr(bundle, "course_root", lambda: root)
+    out = tmp_path / "qvl-course.zip"
+    code, text, err = run_main(capsys, "bundle", "--out", out, "--no-deps")
+    assert code == 0, err
+    assert zipfile.ZipFile(out).namelist()  # the archive is still made
+    warnings = [line for line in text.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1, text
+    assert f"course.yaml's {key}:" in warnings[0] and "is not in the archive" in warnings[0]
+    assert "copy it into data_samples/" in warnings[0] and "--force" in warnings[0]
+
+
+def test_bundle_with_the_bundled_data_warns_of_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, no_wheels: None) -> None:
+    from qvl_helpers import bundle
+
+    root = _course(tmp_path / "course", "data: data_samples/shapes/shapes.jsonl\n"
+                                        "image_root: data_samples/shapes\n")
+    monkeypatch.setattr(bundle, "course_root", lambda: root)
+    code, text, err = run_main(capsys, "bundle", "--out", tmp_path / "c.zip", "--no-deps")
+    assert code == 0, err
+    assert "Warning" not in text + err
