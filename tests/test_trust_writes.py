@@ -225,3 +225,149 @@ def test_bundle_with_the_bundled_data_warns_of_nothing(
     code, text, err = run_main(capsys, "bundle", "--out", tmp_path / "c.zip", "--no-deps")
     assert code == 0, err
     assert "Warning" not in text + err
+
+
+# ----------------------------------------------------------------------------- data split/convert
+
+SHAPES_DATA = Path(__file__).resolve().parent.parent / "data_samples" / "shapes" / "shapes.jsonl"
+
+
+def _disk_fills_after(monkeypatch: pytest.MonkeyPatch, lines: int) -> None:
+    """The data writers' files take ``lines`` lines in all, then the disk is full."""
+    import builtins
+
+    from qvl_helpers.data import writers
+
+    real, left = builtins.open, {"n": lines}
+
+    class Full:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.fh.close()
+
+        def write(self, text: str) -> int:
+            left["n"] -= 1
+            if left["n"] < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(text)
+
+    def full_open(*args: Any, **kwargs: Any) -> Any:
+        return Full(real(*args, **kwargs))
+
+    monkeypatch.setattr(writers, "open", full_open, raising=False)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+def _split(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[int, str, str]:
+    return run_main(capsys, "data", "split", SHAPES_DATA, "--out-dir", out, *extra)
+
+
+def test_full_disk_in_a_fresh_split_leaves_nothing_and_a_rerun_works(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "splits"
+    with monkeypatch.context() as m:
+        _disk_fills_after(m, 30)  # train fits, val does not
+        code, _, err = _split(capsys, out)
+    assert code == 2 and "unexpected" not in err, err
+    assert f"the disk is full in {out}" in err and "free" in err and "--out-dir" in err, err
+    assert list(out.iterdir()) == []  # no train.jsonl alone, no temporary files
+    code, _, err = _split(capsys, out)  # a plain rerun: not "already exists"
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+
+
+def test_full_disk_in_split_force_keeps_the_earlier_set_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "splits"
+    assert _split(capsys, out, "--seed", "1")[0] == 0
+    before = _snapshot(out)
+    with monkeypatch.context() as m:
+        _disk_fills_after(m, 50)
+        code, _, err = _split(capsys, out, "--force")
+    assert code == 2 and "the disk is full" in err and "untouched" in err, err
+    assert _snapshot(out) == before  # the seed-1 set, all three, nothing else
+    assert _split(capsys, out, "--force")[0] == 0
+    assert _snapshot(out) != before
+
+
+def test_a_kill_between_the_split_files_is_refused_until_split_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "splits"
+    assert _split(capsys, out, "--seed", "1")[0] == 0
+    real, calls = Path.replace, {"n": 0}
+
+    def killed_after_one(self: Path, target: Any) -> Path:
+        if self.name.endswith(".splitting"):
+            calls["n"] += 1
+            if calls["n"] == 2:  # train.jsonl is new, val and test still the old ones
+                raise KeyboardInterrupt
+        return real(self, target)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "replace", killed_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            from qvl_helpers.data.split import split_file
+
+            split_file(SHAPES_DATA, out, overwrite=True)
+    code, _, err = _split(capsys, out)
+    assert code == 2 and "was interrupted" in err and "--force" in err, err
+    code, _, err = _split(capsys, out, "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+
+
+def test_a_kill_while_a_split_file_is_written_keeps_the_earlier_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qvl_helpers.data import split
+
+    out = tmp_path / "splits"
+    assert _split(capsys, out, "--seed", "1")[0] == 0
+    before = _snapshot(out)
+    real, calls = split.write_jsonl, {"n": 0}
+
+    def killed_in_val(records: Any, path: Path) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(records, path)
+
+    monkeypatch.setattr(split, "write_jsonl", killed_in_val)
+    with pytest.raises(KeyboardInterrupt):
+        split.split_file(SHAPES_DATA, out, overwrite=True)
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize(("to", "name"), [("canonical", "all.jsonl"), ("official", "all.json")])
+def test_full_disk_in_convert_keeps_the_earlier_file_and_names_the_folder(
+        to: str, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "converted" / name
+    out.parent.mkdir()
+    out.write_text("the learner's earlier file\n")
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        _disk_fills_after(m, 5)
+        m.setattr(Path, "write_text", full)  # the official layout's writer
+        code, _, err = run_main(capsys, "data", "convert", SHAPES_DATA, "--out", out,
+                                "--to", to, "--force")
+    assert code == 2 and "unexpected" not in err, err
+    assert f"the disk is full in {out.parent}" in err and name in err, err
+    assert _snapshot(out.parent) == {name: "the learner's earlier file\n"}
+    code, _, err = run_main(capsys, "data", "convert", SHAPES_DATA, "--out", out, "--to", to,
+                            "--force")
+    assert code == 0, err
