@@ -371,3 +371,24 @@ def test_full_disk_in_convert_keeps_the_earlier_file_and_names_the_folder(
     code, _, err = run_main(capsys, "data", "convert", SHAPES_DATA, "--out", out, "--to", to,
                             "--force")
     assert code == 0, err
+
+
+def test_data_files_and_the_archive_have_the_modes_a_plain_write_gives(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, no_wheels: None) -> None:
+    from qvl_helpers import bundle
+
+    root = _course(tmp_path / "course", "data: data_samples/shapes/shapes.jsonl\n")
+    monkeypatch.setattr(bundle, "course_root", lambda: root)
+    made = tmp_path / "made"
+    old = os.umask(0o022)
+    try:
+        assert _split(capsys, made / "splits")[0] == 0
+        assert run_main(capsys, "data", "convert", SHAPES_DATA, "--out", made / "c.jsonl")[0] == 0
+        assert run_main(capsys, "data", "convert", SHAPES_DATA, "--out", made / "o.json",
+                        "--to", "official")[0] == 0
+        assert run_main(capsys, "bundle", "--out", made / "course.zip", "--no-deps")[0] == 0
+    finally:
+        os.umask(old)
+    for item in [made, *made.rglob("*")]:
+        assert item.stat().st_mode & 0o777 == (0o755 if item.is_dir() else 0o644), item
