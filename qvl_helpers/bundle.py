@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -60,10 +60,47 @@ class Bundle:
     files: int
     wheels: list[str]
     size: int
+    left_out: list[str] = field(default_factory=list)  # course.yaml's files not in the archive
 
     def summary(self) -> str:
-        return (f"wrote {self.path} ({self.size / 1e6:.1f} MB: {self.files} course files, "
-                f"{len(self.wheels)} wheels)")
+        """What was written, then one warning per course.yaml path the archive lacks."""
+        return "\n".join([f"wrote {self.path} ({self.size / 1e6:.1f} MB: {self.files} course "
+                          f"files, {len(self.wheels)} wheels)",
+                          *(f"Warning: {line}" for line in self.left_out)])
+
+
+#: The course.yaml keys that name the learner's files.
+PATH_KEYS = ("data", "image_root")
+
+
+def files_left_out(root: Path, packed: list[Path]) -> list[str]:
+    """One sentence per ``course.yaml`` key (:data:`PATH_KEYS`) whose file or folder the archive
+    does not carry (outside the course folder, or in a folder that is not packed), naming it
+    and how to bring it."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load((root / "course.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # the archive carries the file as it is; its own check happens where it runs
+    inside = {p.resolve() for p in packed}
+    folders = {parent for p in inside for parent in p.parents}
+    sentences = []
+    for key in PATH_KEYS:
+        value = settings.get(key) if isinstance(settings, dict) else None
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value).expanduser()
+        path = (path if path.is_absolute() else root / path).resolve()
+        if path in inside or path in folders:
+            continue
+        sentences.append(
+            f"course.yaml's {key}: {value} is not in the archive ({path} is outside what "
+            f"qvl bundle packs: {', '.join(CONTENTS)}), so the hosted session will not find "
+            f"it. Fix: copy it into data_samples/ (images too) and set {key}: to that path "
+            f"before bundling again (--force), or upload it on the hosted session and set "
+            f"{key}: there.")
+    return sentences
 
 
 def is_platform(name: str) -> bool:
@@ -206,7 +243,8 @@ def make_bundle(out: str | Path, *, with_deps: bool = True, python_version: str 
             for wheel in built:  # already compressed
                 z.write(wheel, f"{TOP}/wheels/{wheel.name}", compress_type=zipfile.ZIP_STORED)
         partial.replace(out)
-    return Bundle(out, len(files), [w.name for w in built], out.stat().st_size)
+    return Bundle(out, len(files), [w.name for w in built], out.stat().st_size,
+                  files_left_out(root, files))
 
 
 def write_hosted_constraints(root: Path | None = None) -> Path:

@@ -164,3 +164,231 @@ def test_full_disk_at_the_first_checkpoint_says_no_checkpoint_was_complete(
     assert code == 2 and "unexpected" not in err, err
     assert "no checkpoint was complete yet" in err and "run the same training again" in err, err
     assert list((tmp_path / "runs" / "tiny_cpu").glob("checkpoint-*")) == []
+
+
+# ----------------------------------------------------------------------------- qvl bundle
+
+def _course(root: Path, settings: str) -> Path:
+    """A course checkout with ``settings`` as its course.yaml and one bundled data file."""
+    (root / "data_samples" / "shapes").mkdir(parents=True)
+    (root / "data_samples" / "shapes" / "shapes.jsonl").write_text("{}\n")
+    (root / "notebooks").mkdir()
+    (root / "course.yaml").write_text(settings)
+    return root
+
+
+@pytest.fixture
+def no_wheels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """qvl bundle without pip: one fake wheel (the slow path is not what is tested)."""
+    from qvl_helpers import bundle
+
+    def fake(root: Path, wheels: Path, *args: Any) -> None:
+        wheels.mkdir(parents=True, exist_ok=True)
+        (wheels / "qvl_helpers-0-py3-none-any.whl").write_bytes(b"wheel")
+
+    monkeypatch.setattr(bundle, "collect_wheels", fake)
+
+
+@pytest.mark.parametrize(("settings", "key"), [
+    ("data: {mine}/receipts.jsonl\n", "data"),                  # the learner's own file
+    ("data: data/receipts.jsonl\n", "data"),                    # inside, in a folder not packed
+    ("data: data_samples/shapes/shapes.jsonl\nimage_root: {mine}/pics\n", "image_root"),
+])
+def test_bundle_says_which_course_yaml_files_it_does_not_carry(
+        settings: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, no_wheels: None) -> None:
+    import zipfile
+
+    from qvl_helpers import bundle
+
+    mine = tmp_path / "mine"
+    root = _course(tmp_path / "course", settings.format(mine=mine))
+    monkeypatch.setattr(bundle, "course_root", lambda: root)
+    out = tmp_path / "qvl-course.zip"
+    code, text, err = run_main(capsys, "bundle", "--out", out, "--no-deps")
+    assert code == 0, err
+    assert zipfile.ZipFile(out).namelist()  # the archive is still made
+    warnings = [line for line in text.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1, text
+    assert f"course.yaml's {key}:" in warnings[0] and "is not in the archive" in warnings[0]
+    assert "copy it into data_samples/" in warnings[0] and "--force" in warnings[0]
+
+
+def test_bundle_with_the_bundled_data_warns_of_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, no_wheels: None) -> None:
+    from qvl_helpers import bundle
+
+    root = _course(tmp_path / "course", "data: data_samples/shapes/shapes.jsonl\n"
+                                        "image_root: data_samples/shapes\n")
+    monkeypatch.setattr(bundle, "course_root", lambda: root)
+    code, text, err = run_main(capsys, "bundle", "--out", tmp_path / "c.zip", "--no-deps")
+    assert code == 0, err
+    assert "Warning" not in text + err
+
+
+# ----------------------------------------------------------------------------- data split/convert
+
+SHAPES_DATA = Path(__file__).resolve().parent.parent / "data_samples" / "shapes" / "shapes.jsonl"
+
+
+def _disk_fills_after(monkeypatch: pytest.MonkeyPatch, lines: int) -> None:
+    """The data writers' files take ``lines`` lines in all, then the disk is full."""
+    import builtins
+
+    from qvl_helpers.data import writers
+
+    real, left = builtins.open, {"n": lines}
+
+    class Full:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.fh.close()
+
+        def write(self, text: str) -> int:
+            left["n"] -= 1
+            if left["n"] < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(text)
+
+    def full_open(*args: Any, **kwargs: Any) -> Any:
+        return Full(real(*args, **kwargs))
+
+    monkeypatch.setattr(writers, "open", full_open, raising=False)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+def _split(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[int, str, str]:
+    return run_main(capsys, "data", "split", SHAPES_DATA, "--out-dir", out, *extra)
+
+
+def test_full_disk_in_a_fresh_split_leaves_nothing_and_a_rerun_works(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "splits"
+    with monkeypatch.context() as m:
+        _disk_fills_after(m, 30)  # train fits, val does not
+        code, _, err = _split(capsys, out)
+    assert code == 2 and "unexpected" not in err, err
+    assert f"the disk is full in {out}" in err and "free" in err and "--out-dir" in err, err
+    assert list(out.iterdir()) == []  # no train.jsonl alone, no temporary files
+    code, _, err = _split(capsys, out)  # a plain rerun: not "already exists"
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+
+
+def test_full_disk_in_split_force_keeps_the_earlier_set_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "splits"
+    assert _split(capsys, out, "--seed", "1")[0] == 0
+    before = _snapshot(out)
+    with monkeypatch.context() as m:
+        _disk_fills_after(m, 50)
+        code, _, err = _split(capsys, out, "--force")
+    assert code == 2 and "the disk is full" in err and "untouched" in err, err
+    assert _snapshot(out) == before  # the seed-1 set, all three, nothing else
+    assert _split(capsys, out, "--force")[0] == 0
+    assert _snapshot(out) != before
+
+
+def test_a_kill_between_the_split_files_is_refused_until_split_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "splits"
+    assert _split(capsys, out, "--seed", "1")[0] == 0
+    real, calls = Path.replace, {"n": 0}
+
+    def killed_after_one(self: Path, target: Any) -> Path:
+        if self.name.endswith(".splitting"):
+            calls["n"] += 1
+            if calls["n"] == 2:  # train.jsonl is new, val and test still the old ones
+                raise KeyboardInterrupt
+        return real(self, target)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "replace", killed_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            from qvl_helpers.data.split import split_file
+
+            split_file(SHAPES_DATA, out, overwrite=True)
+    code, _, err = _split(capsys, out)
+    assert code == 2 and "was interrupted" in err and "--force" in err, err
+    code, _, err = _split(capsys, out, "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+
+
+def test_a_kill_while_a_split_file_is_written_keeps_the_earlier_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qvl_helpers.data import split
+
+    out = tmp_path / "splits"
+    assert _split(capsys, out, "--seed", "1")[0] == 0
+    before = _snapshot(out)
+    real, calls = split.write_jsonl, {"n": 0}
+
+    def killed_in_val(records: Any, path: Path) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(records, path)
+
+    monkeypatch.setattr(split, "write_jsonl", killed_in_val)
+    with pytest.raises(KeyboardInterrupt):
+        split.split_file(SHAPES_DATA, out, overwrite=True)
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize(("to", "name"), [("canonical", "all.jsonl"), ("official", "all.json")])
+def test_full_disk_in_convert_keeps_the_earlier_file_and_names_the_folder(
+        to: str, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "converted" / name
+    out.parent.mkdir()
+    out.write_text("the learner's earlier file\n")
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        _disk_fills_after(m, 5)
+        m.setattr(Path, "write_text", full)  # the official layout's writer
+        code, _, err = run_main(capsys, "data", "convert", SHAPES_DATA, "--out", out,
+                                "--to", to, "--force")
+    assert code == 2 and "unexpected" not in err, err
+    assert f"the disk is full in {out.parent}" in err and name in err, err
+    assert _snapshot(out.parent) == {name: "the learner's earlier file\n"}
+    code, _, err = run_main(capsys, "data", "convert", SHAPES_DATA, "--out", out, "--to", to,
+                            "--force")
+    assert code == 0, err
+
+
+def test_data_files_and_the_archive_have_the_modes_a_plain_write_gives(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, no_wheels: None) -> None:
+    from qvl_helpers import bundle
+
+    root = _course(tmp_path / "course", "data: data_samples/shapes/shapes.jsonl\n")
+    monkeypatch.setattr(bundle, "course_root", lambda: root)
+    made = tmp_path / "made"
+    old = os.umask(0o022)
+    try:
+        assert _split(capsys, made / "splits")[0] == 0
+        assert run_main(capsys, "data", "convert", SHAPES_DATA, "--out", made / "c.jsonl")[0] == 0
+        assert run_main(capsys, "data", "convert", SHAPES_DATA, "--out", made / "o.json",
+                        "--to", "official")[0] == 0
+        assert run_main(capsys, "bundle", "--out", made / "course.zip", "--no-deps")[0] == 0
+    finally:
+        os.umask(old)
+    for item in [made, *made.rglob("*")]:
+        assert item.stat().st_mode & 0o777 == (0o755 if item.is_dir() else 0o644), item

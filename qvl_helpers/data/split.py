@@ -22,7 +22,7 @@ from ..images import (
     require_image_root,
     resolve_confined,
 )
-from ..outputs import read_json, refuse_inputs
+from ..outputs import disk_full, is_disk_full, read_json, refuse_inputs, write_json
 from .readers import read_records, record_error
 from .records import Record, images_of
 from .writers import paths_follow, relocate_image_paths, write_jsonl
@@ -115,6 +115,11 @@ def assign_splits(records: list[Record], hashes: list[list[str]], val: float,
     return names, [groups.find(i) for i in range(n)]
 
 
+#: Present in a split folder while its three files are being replaced: a set that a kill left
+#: mixed (new train, old val and test) is refused until it is split again with --force.
+SPLIT_INCOMPLETE = ".qvl-split-incomplete.json"
+
+
 def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path | None = None,
                val: float = 0.1, test: float = 0.1, seed: int = 0, overwrite: bool = False,
                fmt: str = "auto") -> SplitResult:
@@ -131,6 +136,11 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
     files = {name: out_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
     for target in files.values():
         refuse_inputs(target, [path])
+    if (out_dir / SPLIT_INCOMPLETE).exists() and not overwrite:
+        raise OutputExistsError("an earlier qvl data split into this folder was interrupted: "
+                                "its train, val and test files may be from different splits.",
+                                file=out_dir, fix="pass --force to split again (or choose "
+                                                  "another --out-dir).")
     existing = [str(p) for p in files.values() if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{', '.join(existing)} already exist.", file=out_dir,
@@ -158,11 +168,27 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
         raise DatasetError("the file holds no records.", file=path, fix="check the file.")
     names, group_of = assign_splits(records, hashes, val, test, seed)
     counts, groups = {}, {}
-    for name, target in files.items():
-        chosen = [relocate_image_paths(r, root, out_dir) for r, n in zip(records, names,
-                                                                         strict=True) if n == name]
-        counts[name] = write_jsonl(chosen, target)
-        groups[name] = len({g for g, n in zip(group_of, names, strict=True) if n == name})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged = {name: target.with_name(f".{target.name}.splitting")
+              for name, target in files.items()}
+    try:  # all three are written first; the earlier files are replaced only once all fit
+        for name in files:
+            chosen = [relocate_image_paths(r, root, out_dir)
+                      for r, n in zip(records, names, strict=True) if n == name]
+            counts[name] = write_jsonl(chosen, staged[name])
+            groups[name] = len({g for g, n in zip(group_of, names, strict=True) if n == name})
+        marker = write_json(out_dir / SPLIT_INCOMPLETE, {"replacing": sorted(files)})
+        for name, target in files.items():  # a kill in here leaves the marker: refused later
+            staged[name].replace(target)
+        marker.unlink()
+    except BaseException as exc:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(out_dir, fix="free space there (or choose another --out-dir), then "
+                                         "run the same qvl data split again; the earlier split "
+                                         "files are untouched.") from None
+        raise
     return SplitResult(counts, groups, files, image_root_for_output(root, out_dir))
 
 

@@ -71,6 +71,10 @@ def write_jsonl(records: Any, path: Path) -> int:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
         tmp.replace(path)
+    except OSError as exc:  # a full disk names the file, not "a file"
+        from ..outputs import named
+
+        raise named(exc, path) from None
     finally:
         tmp.unlink(missing_ok=True)
     return count
