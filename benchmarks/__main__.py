@@ -1,7 +1,7 @@
 """``python -m benchmarks``: every benchmark, one after the other, each writing its JSON under
 ``benchmarks/results/``, then the summary table ``benchmarks/results/README.md``.
 
-    python -m benchmarks                 # all (a few minutes on 2 cores)
+    python -m benchmarks                 # all (the learning curve alone about 13 minutes on 2 cores)
     python -m benchmarks padding collator   # some
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 import time
 
-from . import collator, doctor_scale, padding, training
+from . import collator, doctor_scale, learning, padding, training
 from .common import RESULTS, write_result
 from .summary import write_summary
 
 BENCHMARKS = {"padding": padding.run, "collator": collator.run, "training": training.run,
-              "doctor_scale": doctor_scale.run}
+              "doctor_scale": doctor_scale.run, "learning": learning.run}
 
 
 def main(names: list[str]) -> None:

@@ -56,8 +56,26 @@ def doctor_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def learning_table(r: dict[str, Any]) -> list[str]:
+    m = r["margins"]
+    lines = ["## Learning curve of the tiny preset (held-out exact match)", "", _header(r), "",
+             f"Margins: tuned >= {m['tuned_at_least']}, base < {m['base_below']}, blank images "
+             f"<= most-common-answer rate + {m['blank_above_majority_at_most']}.", "",
+             "| path | seed | epochs | steps | train s | tuned | base | tuned, blank images | "
+             "most common + margin | margins |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in r["rows"]:
+        limit = row["majority"] + m["blank_above_majority_at_most"]
+        lines.append(f"| {row['quantization']} | {row['seed']} | {row['epochs']} | {row['steps']} | "
+                     f"{row['train_seconds']} | {row['tuned']:.3f} | {row['base']:.3f} | "
+                     f"{row['tuned_blank']:.3f} | {limit:.3f} | "
+                     f"{'kept' if row['keeps_margins'] else 'missed'} |")
+    return lines + ["", f"Shortest schedule keeping every margin on every path and seed: "
+                        f"{r['shortest_keeping_margins']} epochs; with a shorter one also keeping "
+                        f"them (room): **{r['shortest_with_room']} epochs**."]
+
+
 TABLES = {"padding": padding_table, "collator": collator_table, "training": training_table,
-          "doctor_scale": doctor_table}
+          "doctor_scale": doctor_table, "learning": learning_table}
 
 
 def write_summary(folder: Path) -> Path:

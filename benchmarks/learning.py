@@ -1,0 +1,90 @@
+"""How long the tiny stand-in must train to learn the bundled shapes task: the learning curve
+of the shipped `tiny_cpu` preset over shorter schedules (epochs), each trained and evaluated
+like `qvl train` + `qvl eval --compare base,prompt,tuned --image-ablation blank`, on two
+training seeds and on both the 16-bit and the 4-bit path.
+
+The margins the course relies on (the stand-in is a measuring instrument): exact match of the
+tuned model >= 0.9 on the held-out split, the base model < 0.1, and the tuned model with blank
+images at most the most-common-answer rate + 0.1 (it must need the image). The shortest
+schedule that keeps all three with room on every seed and path is the preset's `num_epochs`.
+
+    python -m benchmarks.learning            # all 24 variants (about 13 minutes on 2 cores)
+    python -m benchmarks.learning --quick    # 16-bit only, one seed
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from .common import REPO
+
+EPOCHS = (2, 3, 4, 5, 6, 8)
+SEEDS = (0, 1)
+QUANTIZATIONS = ("none", "4bit")
+#: The margins the tests and the notebooks rely on (tests/test_train.py asserts them).
+TUNED_AT_LEAST, BASE_BELOW, BLANK_ABOVE_MAJORITY = 0.9, 0.1, 0.1
+
+
+def train_and_score(epochs: float, seed: int, quantization: str, output_dir: str) -> dict[str, Any]:
+    """In this process: train the preset for ``epochs`` and evaluate it as the tests do."""
+    from qvl_helpers.config import PRESETS_DIR, load_config
+    from qvl_helpers.evaluate import evaluate_run
+    from qvl_helpers.train import train
+
+    name = f"e{epochs}-s{seed}-{quantization}"
+    cfg = load_config(presets=[PRESETS_DIR / "tiny_cpu.yaml"],
+                      sets={"num_epochs": epochs, "seed": seed, "quantization": quantization,
+                            "output_dir": output_dir, "run_name": name})
+    result = train(cfg, verbose=False)
+    report = evaluate_run(result.run_dir, systems="base,prompt,tuned", image_ablation="blank")
+    score = {k: s["metrics"]["exact_match"]["value"] for k, s in report["systems"].items()}
+    return {"epochs": epochs, "seed": seed, "quantization": quantization,
+            "steps": result.steps, "train_seconds": round(result.seconds, 1),
+            "tuned": score["tuned"], "base": score["base"], "prompt": score["prompt"],
+            "tuned_blank": score["tuned-blank"], "majority": report["most_common_answer_rate"],
+            "n": report["n"], "final_train_loss": result.train_loss}
+
+
+def keeps_margins(row: dict[str, Any]) -> bool:
+    """All three margins hold for one trained variant."""
+    return (row["tuned"] >= TUNED_AT_LEAST and row["base"] < BASE_BELOW
+            and row["tuned_blank"] <= row["majority"] + BLANK_ABOVE_MAJORITY)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Every (quantization, seed, epochs) variant, each in its own process."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for quantization in QUANTIZATIONS[:1] if quick else QUANTIZATIONS:
+            for seed in SEEDS[:1] if quick else SEEDS:
+                for epochs in EPOCHS:
+                    out = subprocess.run(
+                        [sys.executable, "-m", "benchmarks.learning", "--one",
+                         json.dumps([epochs, seed, quantization, tmp])], cwd=REPO,
+                        capture_output=True, text=True, check=True)
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    row["keeps_margins"] = keeps_margins(row)
+                    print(json.dumps(row), file=sys.stderr)
+                    rows.append(row)
+    holding = [e for e in EPOCHS
+               if all(r["keeps_margins"] for r in rows if r["epochs"] == e)]
+    # "With room": the shortest schedule with a shorter one that also keeps the margins.
+    with_room = next((e for e in holding if any(h < e for h in holding)), None)
+    return {"margins": {"tuned_at_least": TUNED_AT_LEAST, "base_below": BASE_BELOW,
+                        "blank_above_majority_at_most": BLANK_ABOVE_MAJORITY},
+            "rows": rows, "shortest_keeping_margins": holding[0] if holding else None,
+            "shortest_with_room": with_room}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        epochs, seed, quantization, tmp = json.loads(sys.argv[2])
+        print(json.dumps(train_and_score(epochs, seed, quantization, tmp)))
+    else:
+        from .common import write_result
+
+        print(write_result("learning", run(quick="--quick" in sys.argv)))
