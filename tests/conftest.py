@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "data_samples" / "shapes"
+PRESET = REPO / "configs" / "tiny_cpu.yaml"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,3 +79,28 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """The suite's one full training: the run folder, its outputs folder and what it printed."""
+
+    run: Path
+    outputs: Path
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """`qvl train --config configs/tiny_cpu.yaml` on the bundled shapes task, once per test
+    session and in this process: every test that needs a really trained adapter (the learning
+    margins, eval, export, chat, the model card) reads this run and never trains its own.
+    Tests must not change it; one that needs to, copies it first."""
+    from qvl_helpers.cli import main
+
+    outputs = tmp_path_factory.mktemp("trained") / "outputs"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["train", "--config", str(PRESET), "--set", f"output_dir={outputs}"])
+    assert code == 0, err.getvalue()[-3000:]
+    return TrainedRun(run=outputs / "runs" / "tiny_cpu", outputs=outputs, stdout=out.getvalue())

@@ -9,16 +9,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+import yaml
 from limits import HANG_GUARD_S
 
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
 from qvl_helpers.model import add_lora, load_adapter, load_model
+
+if TYPE_CHECKING:
+    from conftest import TrainedRun
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = str(REPO / "configs" / "tiny_cpu.yaml")
@@ -34,28 +38,34 @@ def outputs(tmp_path: Path) -> dict:
     return {"QVL_OUTPUT_DIR": str(tmp_path / "outputs")}
 
 
+def run_main(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """``qvl ARGS`` in this process: exit code, stdout, stderr."""
+    from qvl_helpers.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_tiny_model_learns_the_colour_task(tmp_path: Path, quantization: str) -> None:
-    start = time.time()
-    done = qvl("train", "--config", PRESET, "--set", f"quantization={quantization}",
-               env=outputs(tmp_path))
-    seconds = time.time() - start  # printed for the record; speed is the benchmarks' job
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "outputs" / "runs" / "tiny_cpu"
+def test_tiny_model_learns_the_colour_task(trained_run: TrainedRun,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The suite's one full training (conftest's ``trained_run``: the shipped tiny preset) learns
+    the held-out shapes task, needs the image for it, and survives export and chat."""
+    run = trained_run.run
     for name in ("adapter", "loss.png", "train_log.jsonl", "run_config.yaml", "run.json"):
         assert (run / name).exists(), name
     # `qvl eval --run` finds the run's model, adapter, held-out split and image limits itself.
-    done = qvl("eval", "--run", str(run), "--compare", "base,prompt,tuned", "--image-ablation",
-               "blank", env=outputs(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "outputs" / "eval" / "tiny_cpu" / "report.json").read_text())
-    assert Path(report["data"]).parent.parent == tmp_path / "outputs" / "data"
+    code, stdout, err = run_main(capsys, "eval", "--run", run, "--compare", "base,prompt,tuned",
+                                 "--image-ablation", "blank")
+    assert code == 0, err[-3000:]
+    report = json.loads((trained_run.outputs / "eval" / "tiny_cpu" / "report.json").read_text())
+    assert Path(report["data"]).parent.parent == trained_run.outputs / "data"
     score = {name: s["metrics"]["exact_match"]["value"] for name, s in report["systems"].items()}
     majority = report["most_common_answer_rate"]
-    print(f"{quantization}: trained in {seconds:.0f} s; exact match {score} "
-          f"(most common answer {majority:.3f}, n={report['n']})")
-    print(done.stdout)
+    print(f"exact match {score} (most common answer {majority:.3f}, n={report['n']})")
+    # The margins benchmarks/learning.py measured the preset's schedule against, with room.
     assert score["tuned"] >= 0.9
     assert score["base"] < 0.1
     # Ahead of both the base and the prompted base by more than the interval of the difference.
@@ -64,32 +74,57 @@ def test_tiny_model_learns_the_colour_task(tmp_path: Path, quantization: str) ->
         assert ahead[other]["clear"] and ahead[other]["difference"]["low"] > 0, ahead[other]
     # Without the images the adapter is no better than always giving the most common answer.
     assert score["tuned-blank"] <= majority + 0.1
-    assert "tuned is better than base" in done.stdout
-    _exported_model_scores_the_same(tmp_path, run, report)
+    assert "tuned is better than base" in stdout
+    _exported_model_scores_the_same(trained_run.outputs, run, report, capsys)
 
 
-def _exported_model_scores_the_same(tmp_path: Path, run: Path, report: dict) -> None:
-    """The run merged by `qvl export` (verified there), loaded in a fresh process by `qvl eval`
-    and `qvl chat`, answers as the adapter did."""
-    done = qvl("export", "--run", str(run), env=outputs(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Verified in a fresh process on 4 held-out samples" in done.stdout
-    merged = tmp_path / "outputs" / "export" / "tiny_cpu"
-    done = qvl("eval", "--model", str(merged), "--data", report["data"], "--compare", "base",
-               "--out", str(tmp_path / "eval-merged"), env=outputs(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
-    again = json.loads((tmp_path / "eval-merged" / "report.json").read_text())
-    assert again["systems"]["base"]["metrics"]["exact_match"]["value"] == \
-        report["systems"]["tuned"]["metrics"]["exact_match"]["value"]
+def _exported_model_scores_the_same(outputs: Path, run: Path, report: dict,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The run merged by `qvl export` (verified there, in a fresh process: the boundary that
+    export promises), then loaded by `qvl eval` and `qvl chat`, answers as the adapter did; its
+    model card quotes this run's evaluation."""
+    code, stdout, err = run_main(capsys, "export", "--run", run)
+    assert code == 0, err[-3000:]
+    assert "Verified in a fresh process on 4 held-out samples" in stdout
+    merged = outputs / "export" / "tiny_cpu"
+    tuned = report["systems"]["tuned"]["metrics"]["exact_match"]
+    card = (merged / "README.md").read_text(encoding="utf-8")
+    assert f"| tuned | {tuned['value']:.3f} [{tuned['low']:.3f}, {tuned['high']:.3f}] |" in card
+    code, _, err = run_main(capsys, "eval", "--model", merged, "--data", report["data"],
+                            "--compare", "base", "--out", outputs / "eval-merged")
+    assert code == 0, err[-3000:]
+    again = json.loads((outputs / "eval-merged" / "report.json").read_text())
+    assert again["systems"]["base"]["metrics"]["exact_match"]["value"] == tuned["value"]
     # One held-out question from the terminal (its image through the split's image root).
     first = json.loads(Path(report["data"]).read_text(encoding="utf-8").splitlines()[0])
     root = json.loads((Path(report["data"]).parent / "split_info.json").read_text())["image_root"]
     image = Path(root) / first["messages"][0]["content"][0]["image"]
     question = first["messages"][0]["content"][1]["text"]
-    done = qvl("chat", "--model", str(merged), "--image", str(image), question,
-               env=outputs(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == first["messages"][1]["content"][0]["text"]
+    code, stdout, err = run_main(capsys, "chat", "--model", merged, "--image", image, question)
+    assert code == 0, err[-3000:]
+    assert stdout.strip() == first["messages"][1]["content"][0]["text"]
+
+
+@pytest.mark.slow
+def test_the_4bit_path_trains_and_evaluates(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """QLoRA (4-bit NF4 base, bitsandbytes on the CPU) on a few steps: the answer loss falls and
+    `qvl eval --run` loads the 4-bit base with the adapter. How well the 4-bit path learns on the
+    full schedule is benchmarks/learning.py's job (results/learning.json)."""
+    out = tmp_path / "outputs"
+    code, _, err = run_main(capsys, "train", "--config", PRESET, "--set", "quantization=4bit",
+                            "--set", "max_steps=24", "--set", f"output_dir={out}")
+    assert code == 0, err[-3000:]
+    run = out / "runs" / "tiny_cpu"
+    logged = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+    assert yaml.safe_load((run / "adapter" / "run_config.yaml").read_text())[
+        "quantization"] == "4bit"
+    code, _, err = run_main(capsys, "eval", "--run", run, "--compare", "base,tuned")
+    assert code == 0, err[-3000:]
+    report = json.loads((out / "eval" / "tiny_cpu" / "report.json").read_text())
+    assert set(report["systems"]) == {"base", "tuned"} and report["n"] == 32
 
 
 @pytest.mark.parametrize("trained", ["language", "language+vision", "language+merger"])
@@ -128,35 +163,39 @@ def _steps(run: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigkill_mid_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     from qvl_helpers.train import simulate_disconnect
 
     monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path / "outputs"))
     run = simulate_disconnect(PRESET, {"max_steps": 80, "save_steps": 20}, after_step=40)
     assert run == tmp_path / "outputs" / "runs" / "tiny_cpu"
     assert (run / "checkpoint-40").is_dir() and not (run / "adapter").exists()
-    done = qvl("train", "--config", PRESET, "--set", "max_steps=80", "--set", "save_steps=20",
-               "--resume", env=outputs(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Resuming from" in done.stdout
-    assert "Trained 40 steps (resumed from step 40; the run is at step 80)" in done.stdout
+    # Only the killed run needs its own process; the resume runs here.
+    code, stdout, err = run_main(capsys, "train", "--config", PRESET, "--set", "max_steps=80",
+                                 "--set", "save_steps=20", "--resume")
+    assert code == 0, err[-3000:]
+    assert "Resuming from" in stdout
+    assert "Trained 40 steps (resumed from step 40; the run is at step 80)" in stdout
     assert _steps(run) == 80
     _assert_loadable(run / "adapter")
 
 
 @pytest.mark.slow
-def test_sigkill_while_saving_then_resume(tmp_path: Path) -> None:
+def test_sigkill_while_saving_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "outputs" / "runs" / "tiny_cpu"
     killed = qvl("train", "--config", PRESET, "--set", "max_steps=60", "--set", "save_steps=20",
                  env={**outputs(tmp_path), "QVL_KILL_DURING_SAVE_AT_STEP": "40"})
     assert killed.returncode == -signal.SIGKILL
     assert (run / "checkpoint-40").exists()
     assert not (run / "checkpoint-40" / "qvl_checkpoint_complete.json").exists()
-    done = qvl("train", "--config", PRESET, "--set", "max_steps=60", "--set", "save_steps=20",
-               "--resume", env=outputs(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "checkpoint-40 cannot be used (incomplete" in done.stdout
-    assert "checkpoint-20" in done.stdout.split("Resuming from", 1)[1].splitlines()[0]
+    monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path / "outputs"))
+    code, stdout, err = run_main(capsys, "train", "--config", PRESET, "--set", "max_steps=60",
+                                 "--set", "save_steps=20", "--resume")
+    assert code == 0, err[-3000:]
+    assert "checkpoint-40 cannot be used (incomplete" in stdout
+    assert "checkpoint-20" in stdout.split("Resuming from", 1)[1].splitlines()[0]
     assert any(p.name.startswith("incomplete-checkpoint-40") for p in run.iterdir())
     assert _steps(run) == 60
     _assert_loadable(run / "adapter")
