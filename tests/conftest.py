@@ -95,7 +95,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """`qvl train --config configs/tiny_cpu.yaml` on the bundled shapes task, once per test
     session and in this process: every test that needs a really trained adapter (the learning
     margins, eval, export, chat, the model card) reads this run and never trains its own.
-    Tests must not change it; one that needs to, copies it first."""
+    Tests must not change the run folder; `qvl eval --run` and `qvl export` add their results
+    beside it in ``outputs`` (eval/, export/), as they do for a learner."""
     from qvl_helpers.cli import main
 
     outputs = tmp_path_factory.mktemp("trained") / "outputs"

@@ -56,6 +56,10 @@ def test_tiny_model_learns_the_colour_task(trained_run: TrainedRun,
     run = trained_run.run
     for name in ("adapter", "loss.png", "train_log.jsonl", "run_config.yaml", "run.json"):
         assert (run / name).exists(), name
+    # The preset's whole schedule: 256 training samples in batches of `batch_size` per epoch.
+    preset = yaml.safe_load(Path(PRESET).read_text(encoding="utf-8"))
+    steps = preset["num_epochs"] * -(-256 // preset["batch_size"])
+    assert _steps(run) == steps and f"Trained {steps} steps" in trained_run.stdout
     # `qvl eval --run` finds the run's model, adapter, held-out split and image limits itself.
     code, stdout, err = run_main(capsys, "eval", "--run", run, "--compare", "base,prompt,tuned",
                                  "--image-ablation", "blank")
@@ -109,8 +113,9 @@ def _exported_model_scores_the_same(outputs: Path, run: Path, report: dict,
 def test_the_4bit_path_trains_and_evaluates(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """QLoRA (4-bit NF4 base, bitsandbytes on the CPU) on a few steps: the answer loss falls and
-    `qvl eval --run` loads the 4-bit base with the adapter. How well the 4-bit path learns on the
-    full schedule is benchmarks/learning.py's job (results/learning.json)."""
+    `qvl eval --run --quantization 4bit` generates with the 4-bit base and the adapter, as it
+    trained (by default eval loads the 16-bit base, which export merges into). How well the
+    4-bit path learns on the full schedule is benchmarks/learning.py's job (learning.json)."""
     out = tmp_path / "outputs"
     code, _, err = run_main(capsys, "train", "--config", PRESET, "--set", "quantization=4bit",
                             "--set", "max_steps=24", "--set", f"output_dir={out}")
@@ -121,10 +126,12 @@ def test_the_4bit_path_trains_and_evaluates(tmp_path: Path,
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
     assert yaml.safe_load((run / "adapter" / "run_config.yaml").read_text())[
         "quantization"] == "4bit"
-    code, _, err = run_main(capsys, "eval", "--run", run, "--compare", "base,tuned")
+    code, _, err = run_main(capsys, "eval", "--run", run, "--compare", "base,tuned",
+                            "--quantization", "4bit")
     assert code == 0, err[-3000:]
     report = json.loads((out / "eval" / "tiny_cpu" / "report.json").read_text())
     assert set(report["systems"]) == {"base", "tuned"} and report["n"] == 32
+    assert report["generation"]["quantization"] == "4bit"
 
 
 @pytest.mark.parametrize("trained", ["language", "language+vision", "language+merger"])

@@ -59,13 +59,15 @@ def jsonl(path: Path, records: list[dict]) -> Path:
 
 @functools.cache
 def _bomb_png(side: int = 60_000) -> bytes:
-    """A valid 430 KB PNG of side x side black 1-bit pixels (450 MB once decoded), written
-    chunk by chunk: Pillow takes seconds to encode it, zlib on repeated rows under one."""
+    """A valid 430 KB PNG of side x side black 1-bit pixels (3.6 G pixels; its rows
+    decompress to 450 MB), written chunk by chunk: Pillow takes seconds to encode it, zlib on
+    repeated rows under one."""
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     rows, pack = zlib.compressobj(9), 1000
-    block = (b"\x00" * (1 + side // 8)) * pack  # each row: filter byte 0, then the pixels
+    assert side % pack == 0, side
+    block = (b"\x00" * (1 + (side + 7) // 8)) * pack  # each row: filter byte 0, then the pixels
     pixels = b"".join([rows.compress(block) for _ in range(side // pack)] + [rows.flush()])
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
