@@ -163,9 +163,17 @@ def save_run_config(cfg: CourseConfig, folder: Path, extra: dict[str, Any]) -> N
 # ----------------------------------------------------------------------------- callbacks
 
 
+#: Seconds between two redraws of the live loss figure in a notebook. A redraw builds the
+#: figure, encodes it as PNG and sends it to the page: on a short CPU run, drawing at every log
+#: entry was a large part of the training cell's time.
+LIVE_PLOT_EVERY_S = 2.0
+
+
 class RunFilesCallback(TrainerCallback):
     """Writes train_log.jsonl, completes each checkpoint (processor, run config, marker), and
-    draws loss.png at the end. Main process only."""
+    draws loss.png at the end; with ``live``, also the loss figure in the notebook while it
+    trains (at most every :data:`LIVE_PLOT_EVERY_S`, and once more at the end with every
+    point). Main process only."""
 
     def __init__(self, folder: Path, processor: Any, cfg: CourseConfig, extra: dict[str, Any],
                  live: bool = False) -> None:
@@ -173,6 +181,7 @@ class RunFilesCallback(TrainerCallback):
             extra, live
         self.log_path = folder / LOG
         self._display = None
+        self._drawn_at = -math.inf  # time.monotonic() of the last live redraw
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -180,7 +189,7 @@ class RunFilesCallback(TrainerCallback):
         entry = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs}
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
-        if self.live:
+        if self.live and time.monotonic() - self._drawn_at >= LIVE_PLOT_EVERY_S:
             self._draw_live()
 
     def on_save(self, args, state, control, **kwargs):
@@ -212,6 +221,8 @@ class RunFilesCallback(TrainerCallback):
         fig = loss_curves(read_log(self.log_path))
         fig.savefig(self.folder / "loss.png", dpi=100)
         plt.close(fig)
+        if self.live:  # the last points may have come after the last throttled redraw
+            self._draw_live()
 
     def _draw_live(self) -> None:
         import matplotlib.pyplot as plt
@@ -225,6 +236,7 @@ class RunFilesCallback(TrainerCallback):
         else:
             self._display.update(fig)
         plt.close(fig)
+        self._drawn_at = time.monotonic()
 
 
 # ----------------------------------------------------------------------------- the trainer

@@ -408,3 +408,37 @@ def test_a_4bit_model_trains_on_after_an_evaluation(tiny_dir: Path, processor) -
         model.eval()
         with torch.no_grad():
             assert torch.isfinite(model(**batch).loss), step
+
+
+def test_the_live_loss_figure_is_redrawn_at_most_every_few_seconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook's live loss figure: the first log entry draws it, later ones only once
+    LIVE_PLOT_EVERY_S has passed, and the end of training draws it once more with every point."""
+    from types import SimpleNamespace
+
+    import IPython.display
+
+    import qvl_helpers.train as T
+
+    shown: list[int] = []  # the number of log entries each drawing had
+
+    class Handle:
+        def update(self, fig) -> None:
+            shown.append(len(T.read_log(tmp_path / T.LOG)))
+
+    def display(fig, display_id: bool) -> Handle:
+        shown.append(len(T.read_log(tmp_path / T.LOG)))
+        return Handle()
+
+    clock = [1000.0]
+    monkeypatch.setattr(T, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(IPython.display, "display", display)
+    callback = T.RunFilesCallback(tmp_path, processor=None, cfg=None, extra={}, live=True)
+    step = T.LIVE_PLOT_EVERY_S / 4
+    for i in range(1, 11):  # ten entries, a quarter of the interval apart
+        state = SimpleNamespace(is_world_process_zero=True, global_step=i, epoch=i / 10)
+        callback.on_log(None, state, None, logs={"loss": 5.0 / i})
+        clock[0] += step
+    callback.on_train_end(None, state, None)
+    assert shown == [1, 5, 9, 10]
+    assert (tmp_path / "loss.png").is_file()
