@@ -1,7 +1,7 @@
 """``python -m benchmarks``: every benchmark, one after the other, each writing its JSON under
 ``benchmarks/results/``, then the summary table ``benchmarks/results/README.md``.
 
-    python -m benchmarks                 # all (the learning curve alone about 13 minutes on 2 cores)
+    python -m benchmarks                 # all (the learning curve alone about 6 minutes on 2 quiet cores)
     python -m benchmarks padding collator   # some
 """
 

@@ -11,7 +11,7 @@ tuned model >= 0.9 on the held-out split, the base model < 0.1, and the tuned mo
 images at most the most-common-answer rate + 0.1 (it must need the image). The shortest
 schedule that keeps all three with room on every seed and path is the preset's `num_epochs`.
 
-    python -m benchmarks.learning            # all 24 variants (about 13 minutes on 2 cores)
+    python -m benchmarks.learning            # all 24 variants (about 6 minutes on 2 quiet cores)
     python -m benchmarks.learning --quick    # 16-bit only, one seed -> results/learning_quick.json
 
 Each variant runs in its own process on the tiny model and the bundled shapes task, whatever the

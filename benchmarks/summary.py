@@ -70,7 +70,7 @@ def learning_table(r: dict[str, Any]) -> list[str]:
                      f"{row['tuned_blank']:.3f} | {limit:.3f} | "
                      f"{'kept' if row['keeps_margins'] else 'missed'} |")
     return lines + ["", f"Shortest schedule keeping every margin on every path and seed: "
-                        f"{r['shortest_keeping_margins']} epochs; with a shorter one also keeping "
+                        f"{r['shortest_keeping_margins']} epochs; with the next shorter one also keeping "
                         f"them (room): **{r['shortest_with_room']} epochs**."]
 
 
