@@ -220,22 +220,27 @@ class RunFilesCallback(TrainerCallback):
             return
         fig = loss_curves(read_log(self.log_path))
         fig.savefig(self.folder / "loss.png", dpi=100)
-        plt.close(fig)
         if self.live:  # the last points may have come after the last throttled redraw
-            self._draw_live()
+            self._show(fig)
+        plt.close(fig)
 
     def _draw_live(self) -> None:
         import matplotlib.pyplot as plt
-        from IPython.display import display
 
         from .plots import loss_curves
 
         fig = loss_curves(read_log(self.log_path))
+        self._show(fig)
+        plt.close(fig)
+
+    def _show(self, fig: Any) -> None:
+        """Put ``fig`` in the notebook's live figure (the first call makes it)."""
+        from IPython.display import display
+
         if self._display is None:
             self._display = display(fig, display_id=True)
         else:
             self._display.update(fig)
-        plt.close(fig)
         self._drawn_at = time.monotonic()
 
 

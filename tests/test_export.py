@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-
-from qvl_helpers.cli import main
+from inprocess import run_main
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "data_samples" / "shapes"
@@ -54,13 +53,6 @@ def held_out(tmp_path: Path, n: int = 3) -> Path:
     out = tmp_path / "held_out.jsonl"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 import yaml
+from inprocess import run_main
 from limits import HANG_GUARD_S
 
 from qvl_helpers.collate import make_collator
@@ -38,16 +39,6 @@ def outputs(tmp_path: Path) -> dict:
     return {"QVL_OUTPUT_DIR": str(tmp_path / "outputs")}
 
 
-def run_main(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """``qvl ARGS`` in this process: exit code, stdout, stderr."""
-    from qvl_helpers.cli import main
-
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.slow
 def test_tiny_model_learns_the_colour_task(trained_run: TrainedRun,
                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,9 +47,11 @@ def test_tiny_model_learns_the_colour_task(trained_run: TrainedRun,
     run = trained_run.run
     for name in ("adapter", "loss.png", "train_log.jsonl", "run_config.yaml", "run.json"):
         assert (run / name).exists(), name
-    # The preset's whole schedule: 256 training samples in batches of `batch_size` per epoch.
+    # The preset's whole schedule: every training sample in batches of `batch_size`, each epoch.
     preset = yaml.safe_load(Path(PRESET).read_text(encoding="utf-8"))
-    steps = preset["num_epochs"] * -(-256 // preset["batch_size"])
+    split = json.loads((run / "run.json").read_text())["where"]["splits"]["train"]
+    samples = len(Path(split).read_text(encoding="utf-8").splitlines())
+    steps = preset["num_epochs"] * -(-samples // preset["batch_size"])
     assert _steps(run) == steps and f"Trained {steps} steps" in trained_run.stdout
     # `qvl eval --run` finds the run's model, adapter, held-out split and image limits itself.
     code, stdout, err = run_main(capsys, "eval", "--run", run, "--compare", "base,prompt,tuned",

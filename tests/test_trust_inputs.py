@@ -26,9 +26,10 @@ import zlib
 from pathlib import Path
 
 import pytest
+from inprocess import run_main as run_qvl
 from PIL import Image
 
-from qvl_helpers.cli import build_parser, main
+from qvl_helpers.cli import build_parser
 from qvl_helpers.config import SETTINGS, load_config
 from qvl_helpers.errors import ConfigError, DatasetError, QVLError
 
@@ -101,13 +102,6 @@ KINDS = ("too_small", "extreme_aspect", "truncated", "bomb", "not_an_image", "em
 DOCTOR_CODE = {"too_small": "image_too_small", "extreme_aspect": "extreme_aspect_ratio",
                "truncated": "unreadable_image", "bomb": "image_too_large",
                "not_an_image": "unreadable_image", "empty": "unreadable_image"}
-
-
-def run_qvl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_lines(err: str) -> list[str]:
