@@ -185,6 +185,7 @@ class CourseConfig(BaseModel):
     group_by_length: bool = True   # batches of similar token counts: less padding
     vision_no_grad: bool = True    # a vision tower with nothing to train builds no graph
     answer_logits: bool = True     # vocabulary logits only where an answer token is predicted
+    frozen_fp32: bool = False      # 4/8-bit: keep what is not quantized in float32 (PEFT's way)
     on_too_long: Literal["error", "drop"] = "error"  # drop: skip and count such samples
     # a preset's knobs suit only the tiny stand-in (tiny) or need a CUDA GPU (gpu)
     tuned_for: Literal["any", "tiny", "gpu"] = "any"

@@ -348,8 +348,10 @@ def gpu_preset_mismatch(cfg: CourseConfig, choice: Any,
     preset = origin.file.name if origin.file is not None else f"this preset ({origin})"
     knobs = f"quantization {cfg.quantization}, max_pixels {cfg.max_pixels}, batch_size " \
             f"{cfg.batch_size}"
-    if cfg.dtype in ("bf16", "fp16"):  # resolve_dtype: the CPU trains in float32
-        knobs += f"; its dtype {cfg.dtype} needs a GPU, so the CPU computes in float32"
+    if cfg.dtype == "fp16":  # train.resolve_dtype: fp16 falls back to float32 on a CPU
+        knobs += "; its dtype fp16 needs a GPU, so the CPU computes in float32"
+    elif cfg.dtype == "bf16":
+        knobs += "; its dtype bf16 runs on the CPU too, as bf16 mixed precision"
     if choice.is_tiny and str(cfg.model).strip() == "auto":
         return PresetMismatch(
             f"{preset} is made for a CUDA GPU and none was found: with model: auto this would "

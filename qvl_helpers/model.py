@@ -267,21 +267,22 @@ def lora_target_names(model_path: str, trained: str) -> list[str]:
 
 def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 16,
              dropout: float = 0.05, gradient_checkpointing: bool = True,
-             vision_no_grad: bool = True) -> Any:
+             vision_no_grad: bool = True, frozen_fp32: bool = False) -> Any:
     """Wrap ``model`` with LoRA adapters on the parts named by ``trained``.
 
     Gradient checkpointing is non-reentrant (with a frozen base, reentrant checkpointing silently
     gives LoRA no gradient). ``vision_no_grad``: a vision tower with nothing trainable runs
     without building a graph (``enable_input_require_grads`` would otherwise make its patch
     embedding require gradients, and every block would keep its activations for nothing).
+    ``frozen_fp32``: on a 4/8-bit model, what is not quantized goes to float32 as PEFT does
+    (:func:`freeze_quantized`); otherwise it stays in the dtype it was loaded in.
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     target, full = lora_targets(trained)
-    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit",
-                                                                      False)
-    if quantized:  # freeze, and upcast what is not 4/8-bit; checkpointing is set below
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    quantized = is_quantized(model)
+    if quantized:  # checkpointing is set below
+        model = freeze_quantized(model, frozen_fp32=frozen_fp32)
         keep_4bit_training_layout(model)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # the name in transformers 5.x
@@ -298,9 +299,56 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
                         modules_to_save=full or None, task_type="CAUSAL_LM")
     with quiet_upstream_deprecations():
         model = get_peft_model(model, config)
+    if quantized:
+        trainable_in_fp32(model)
     if vision_no_grad:
         freeze_idle_vision(model)
     return model
+
+
+def is_quantized(model: Any) -> bool:
+    """True for a model loaded in 4 or 8 bits by bitsandbytes."""
+    return bool(getattr(model, "is_loaded_in_4bit", False)
+                or getattr(model, "is_loaded_in_8bit", False))
+
+
+def freeze_quantized(model: Any, *, frozen_fp32: bool = False) -> Any:
+    """Freeze a 4/8-bit model for LoRA, keeping what is not quantized (vision tower, embeddings,
+    norms, ``lm_head``: about 1 B parameters of the 3B) in the dtype it was loaded in.
+
+    PEFT's ``prepare_model_for_kbit_training`` (peft 0.21) casts all of it to float32
+    (``frozen_fp32``: do that), about 1.8 GiB more for the 3B, for little change in what is
+    computed: under the Trainer's mixed precision every matmul runs in the compute dtype either
+    way (autocast casts a float32 weight at each call), and the norms normalise in float32
+    inside. What changes is the language model's residual stream, which a float32 embedding
+    keeps in float32; in the compute dtype it is what 16-bit LoRA and the model's own inference
+    run (``benchmarks/results/lean_qlora.json``: the tiny stand-in's loss curve and answers, both
+    ways). The vision tower's stream is in the compute dtype either way (its patch embedding is
+    a convolution, which autocast runs in it), so a float32 copy does not keep an fp16 tower
+    from overflowing (``tests/test_lean.py``); :func:`check_vision_features` guards that.
+    """
+    if frozen_fp32:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def trainable_in_fp32(model: Any) -> int:
+    """Cast trainable 16-bit parameters to float32 (returns how many): on a quantized base these
+    are the full copies of ``modules_to_save`` (the merger), which were copied from 16-bit
+    frozen weights. Training them in 16 bits would round away small AdamW updates, and fp16
+    ones would stop the fp16 gradient scaler ("Attempting to unscale FP16 gradients")."""
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 def keep_4bit_training_layout(model: Any) -> int:
@@ -327,13 +375,81 @@ def freeze_idle_vision(model: Any) -> bool:
     memory of its activations). Returns True when it did."""
     import torch
 
-    visual = next((m for name, m in model.named_modules() if name.endswith("model.visual")), None)
+    visual = vision_tower(model)
     if visual is None or any(p.requires_grad for p in visual.parameters()):
         return False
     if not getattr(visual, "_qvl_no_grad", False):
         visual.forward = torch.no_grad()(visual.forward)
         visual._qvl_no_grad = True
     return True
+
+
+def vision_tower(model: Any) -> Any:
+    """The vision tower module (``model.visual`` below any PEFT wrapping), or None."""
+    return next((m for name, m in model.named_modules() if name.endswith("model.visual")), None)
+
+
+def check_vision_features(model: Any) -> Any:
+    """Stop at a batch whose vision features are not finite, naming the cause and the fix.
+    Returns the hook's handle (``handle.remove()`` ends the check), or None without a tower.
+
+    Such features make the loss NaN a few layers later, and the loss guard's advice (a lower
+    ``lr``) cannot help a tower whose weights training has not touched: in fp16 (T4, V100)
+    Qwen2.5-VL-3B's tower is reported to overflow on large images (llama.cpp issue 17534:
+    activations to -inf at 1024x484), which a float32 copy of its weights does not prevent
+    (:func:`freeze_quantized`) and float32 compute does. A frozen tower is checked at every
+    batch; one that trains (LoRA in the vision blocks, a trained merger) only at the first, before
+    any update: after that, non-finite features may be divergence, the loss guard's case. The
+    check is one reduction over the tower's output.
+    """
+    import torch
+
+    visual = vision_tower(model)
+    if visual is None:
+        return None
+    trains = any(p.requires_grad for p in visual.parameters())
+
+    def check(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        features = getattr(output, "pooler_output", output)
+        if torch.is_tensor(features) and not bool(torch.isfinite(features).all()):
+            grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            raise vision_overflow_error(features, grid)
+        if trains and module.training:
+            handle.remove()
+
+    handle = visual.register_forward_hook(check, with_kwargs=True)
+    return handle
+
+
+def vision_overflow_error(features: Any, grid_thw: Any) -> ModelError:
+    """The sentence and fix for non-finite vision features (see :func:`check_vision_features`)."""
+    import torch
+
+    from .fixes import how_to_set
+
+    kind = "NaN" if bool(torch.isnan(features).any()) else "infinite"
+    images = ""
+    if torch.is_tensor(grid_thw) and grid_thw.numel():
+        sides = [f"{int(w) * 14}x{int(h) * 14}" for _, h, w in grid_thw.tolist()]
+        images = f" for {len(sides)} image(s) of {', '.join(sides)} pixels (after resizing)"
+    dtype = str(features.dtype).removeprefix("torch.")
+    if features.dtype == torch.float16:
+        hint = "set dtype: fp32 in course.yaml"
+        if "--set" in (how_to_set("dtype", "fp32") or ""):  # qvl train has --set
+            hint += " (or pass --set dtype=fp32)"
+        return ModelError(
+            f"the vision tower's features became {kind}{images}: float16 overflowed (its largest "
+            "value is 65504; Qwen2.5-VL-3B's tower is reported to exceed it on large images), "
+            "and training on them would learn from noise.",
+            fix=f"{hint} to compute in float32 (slower, and more memory: see the dry run's "
+                "estimate), try a lower max_pixels, or train on a GPU with bf16 "
+                "(configs/24gb_qlora.yaml).")
+    return ModelError(
+        f"the vision tower's features became {kind}{images} in {dtype}, whose range does not "
+        "overflow like float16's: the model's weights or the images' pixels hold NaN or "
+        "infinite values.",
+        fix="load the base model again (a damaged download or a bad merge), and check this "
+            "batch's images with `qvl data check`.")
 
 
 def lora_modules(model: Any) -> list[str]:

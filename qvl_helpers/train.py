@@ -67,7 +67,8 @@ from .runs import (
 )
 
 #: The lean-training switches (course.yaml), each measured by ``python -m benchmarks``.
-LEAN_SWITCHES = ("group_by_length", "vision_no_grad", "answer_logits", "gradient_checkpointing")
+LEAN_SWITCHES = ("group_by_length", "vision_no_grad", "answer_logits", "gradient_checkpointing",
+                 "frozen_fp32")
 PACKING_NOTE = ("several samples per row without padding needs each sample's own 3-D M-RoPE "
                 "positions from the collator, and either flash-attention's varlen kernels (CUDA "
                 "only) or a dense block mask per row under SDPA, which costs about what padding "
@@ -121,8 +122,8 @@ def resolve_quantization(cfg: CourseConfig) -> str:
 def resolve_dtype(cfg: CourseConfig) -> torch.dtype:
     from .model import compute_dtype
 
-    if not torch.cuda.is_available():
-        return torch.float32  # CPU training is float32 whatever the preset says
+    if not torch.cuda.is_available():  # float32, or bf16 mixed precision when asked for
+        return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     return compute_dtype() if cfg.dtype == "auto" else named[cfg.dtype]
 
@@ -607,14 +608,16 @@ def check_model(cfg: CourseConfig, say: Any = print) -> tuple[Any, str, list[str
 
 def prepare_model(cfg: CourseConfig, model_path: str, quantization: str, dtype: torch.dtype,
                   local_rank: int, say: Any = print) -> Any:
-    """Load the base (4/8/16-bit) on this process's device and add LoRA as ``cfg`` says."""
-    from .model import add_lora, format_parameter_table, load_model, parameter_table
+    """Load the base (4/8/16-bit) on this process's device, add LoRA as ``cfg`` says and guard
+    the vision features (:func:`~qvl_helpers.model.check_vision_features`)."""
+    from .model import add_lora, check_vision_features, format_parameter_table, load_model, parameter_table
 
     device_map = {"": local_rank} if torch.cuda.is_available() else None
     model = load_model(model_path, quantization, dtype, device_map=device_map)
     model = add_lora(model, trained=cfg.trained, r=cfg.lora_r, alpha=cfg.lora_alpha,
                      dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing,
-                     vision_no_grad=cfg.vision_no_grad)
+                     vision_no_grad=cfg.vision_no_grad, frozen_fp32=cfg.frozen_fp32)
+    check_vision_features(model)
     say(format_parameter_table(parameter_table(model)))
     return model
 
@@ -652,7 +655,7 @@ def build_trainer(cfg: CourseConfig, model: Any, records: dict[str, list[Record]
         logging_first_step=True, eval_strategy="steps" if val else "no",
         eval_steps=eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
-        bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
+        bf16=dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,  # CPU: bf16 only
         use_cpu=not cuda, ddp_backend=None if cuda else ("gloo" if world > 1 else None),
         ddp_find_unused_parameters=False, remove_unused_columns=False,
         prediction_loss_only=True,  # evaluation keeps only the loss, never every batch's logits

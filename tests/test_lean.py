@@ -131,3 +131,96 @@ def test_lean_switches_are_settings(clean_env):
     cfg = load_config(sets={"answer_logits": "false", "vision_no_grad": "false"})
     assert cfg.answer_logits is False and cfg.vision_no_grad is False
     assert load_config().answer_logits is True
+
+
+# ----------------------------------------------------------------------------- frozen parts, 16-bit
+
+
+def _tower(tiny_dir, dtype):
+    model = load_model(str(tiny_dir), "none", torch.float32)
+    return model.model.visual.to(dtype).eval()
+
+
+@pytest.mark.parametrize("compute", [torch.float16, torch.bfloat16])
+def test_a_float32_copy_of_the_vision_tower_computes_in_16_bit_under_autocast(
+        tiny_dir, batch, compute):
+    """Why the lean path keeps the frozen tower in 16 bits: under the Trainer's mixed precision
+    (autocast) a float32 copy gives the same features, its stream runs in the compute dtype, and
+    it overflows where the 16-bit one does."""
+    pixels, grid = batch["pixel_values"], batch["image_grid_thw"]
+    streams, features = {}, {}
+    for weights in (torch.float32, compute):
+        tower = _tower(tiny_dir, weights)
+        hook = tower.blocks[-1].register_forward_hook(
+            lambda m, a, out, w=weights: streams.__setitem__(w, out.dtype))
+        with torch.no_grad(), torch.autocast("cpu", dtype=compute):
+            features[weights] = tower(pixels, grid_thw=grid).pooler_output.float()
+            big = tower(pixels * 3000, grid_thw=grid).pooler_output
+        hook.remove()
+        # fp16 overflows with float32 weights too; bf16 has float32's range
+        assert bool(torch.isfinite(big).all()) == (compute == torch.bfloat16)
+    assert streams == {torch.float32: compute, compute: compute}
+    scale = features[compute].abs().max()
+    eps = torch.finfo(compute).eps
+    assert (features[torch.float32] - features[compute]).abs().max() <= 4 * eps * scale
+
+
+@pytest.mark.parametrize(("dtype", "said"), [(torch.float16, "float16 overflowed"),
+                                             (torch.float32, "in float32, whose range")])
+def test_non_finite_vision_features_stop_with_the_cause_and_a_fix_for_the_command(
+        tiny_dir, batch, dtype, said):
+    from qvl_helpers.errors import ModelError
+    from qvl_helpers.fixes import running
+    from qvl_helpers.model import check_vision_features
+
+    model = _lora_model(tiny_dir).to(dtype)
+    handle = check_vision_features(model)
+    inputs = {**batch, "pixel_values": batch["pixel_values"].to(dtype)}
+    model(**inputs)  # finite features pass
+    spoilt = inputs["pixel_values"] * 3000  # beyond float16's range inside the tower
+    if dtype == torch.float32:
+        spoilt = inputs["pixel_values"].clone()
+        spoilt[0, 0] = float("nan")  # float32 does not overflow here: a NaN pixel
+    with running("train", ["--set", "--config"]), pytest.raises(ModelError) as caught:
+        model(**{**inputs, "pixel_values": spoilt})
+    grid = batch["image_grid_thw"]
+    sides = [f"{int(w) * 14}x{int(h) * 14}" for _, h, w in grid.tolist()]
+    assert said in caught.value.message
+    assert f"{len(sides)} image(s) of {', '.join(sides)} pixels" in caught.value.message
+    if dtype == torch.float16:
+        assert "--set dtype=fp32" in caught.value.fix
+    handle.remove()
+    model(**{**inputs, "pixel_values": spoilt})  # unchecked: no error
+
+
+def test_a_trained_tower_is_checked_before_its_first_update_only(tiny_dir, batch):
+    """After updates, non-finite features of a trained tower may be divergence: the loss guard
+    names that (with lr), not this check."""
+    from qvl_helpers.errors import ModelError
+    from qvl_helpers.model import check_vision_features
+
+    model = _lora_model(tiny_dir, trained="language+vision")
+    check_vision_features(model)
+    spoilt = batch["pixel_values"].clone()
+    spoilt[0, 0] = float("nan")
+    with pytest.raises(ModelError, match="vision tower's features became NaN"):
+        model(**{**batch, "pixel_values": spoilt})  # as loaded: the weights or the input
+    model(**batch)  # the first finite training batch ends the check
+    assert not torch.isfinite(model(**{**batch, "pixel_values": spoilt}).loss)
+
+
+def test_training_guards_the_vision_features_and_keeps_frozen_parts_as_loaded(tiny_dir,
+                                                                                clean_env):
+    from qvl_helpers.config import load_config
+    from qvl_helpers.train import prepare_model
+
+    cfg = load_config(sets={"trained": "language+merger", "lora_r": "4"})
+    model = prepare_model(cfg, str(tiny_dir), "4bit", torch.bfloat16, 0, say=lambda *a: None)
+    visual = next(m for n, m in model.named_modules() if n.endswith("model.visual"))
+    assert visual._forward_hooks  # check_vision_features is on
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
+    assert frozen == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    upcast = prepare_model(cfg.model_copy(update={"frozen_fp32": True}), str(tiny_dir), "4bit",
+                           torch.bfloat16, 0, say=lambda *a: None)
+    assert {p.dtype for p in upcast.parameters() if p.is_floating_point()} == {torch.float32}
