@@ -4,9 +4,9 @@ settings and the learner's own data, before anything loads.
 The estimate has two kinds of parts:
 
 * **exact** (counted, not modelled): the weights as they sit in memory (4-bit NF4 with its
-  quantization statistics, 8-bit with its row scales, or 16-bit; PEFT's
-  ``prepare_model_for_kbit_training`` upcasts every part it does not quantize to float32, and this
-  counts that too), the LoRA adapters (float32), their gradients and AdamW's two moments. They are
+  quantization statistics, 8-bit with its row scales, or 16-bit; what 4/8-bit does not quantize
+  stays in the compute dtype, or in float32 with ``frozen_fp32``, PEFT's way), the LoRA adapters
+  (float32), their gradients and AdamW's two moments. They are
   counted on a weightless copy of the model (built on the meta device from its configuration), and
   ``tests/test_memory.py`` checks them against the bytes of a loaded model and a real optimizer;
 * **modelled**: the activations kept for the backward pass (language model and vision tower), the
@@ -87,17 +87,20 @@ class Setup:
     gradient_checkpointing: bool = True
     vision_no_grad: bool = True
     answer_logits: bool = True
+    frozen_fp32: bool = False       # 4/8-bit: what is not quantized in float32
 
     @classmethod
     def from_config(cls, cfg: Any, *, gpu: bool = True) -> Setup:
         """The setup of ``cfg`` on a GPU (``gpu``) or on this machine's CPU."""
         quantization = cfg.quantization if cfg.quantization != "auto" else (
             "4bit" if gpu else "none")
-        compute_bytes = 2 if gpu and cfg.dtype != "fp32" else 4  # a CPU trains in float32
+        # a CPU trains in float32 unless bf16 is asked for (train.resolve_dtype)
+        compute_bytes = 2 if (cfg.dtype != "fp32" if gpu else cfg.dtype == "bf16") else 4
         return cls(quantization=quantization, compute_bytes=compute_bytes,
                    trained=cfg.trained, lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout,
                    batch_size=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing,
-                   vision_no_grad=cfg.vision_no_grad, answer_logits=cfg.answer_logits)
+                   vision_no_grad=cfg.vision_no_grad, answer_logits=cfg.answer_logits,
+                   frozen_fp32=cfg.frozen_fp32 and quantization != "none")
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def nf4_bytes(numel: int) -> int:
 def weight_bytes(shape: Shape, setup: Setup) -> int:
     """The base model's parameters as they sit in memory during training."""
     quantized = setup.quantization in ("4bit", "8bit")
-    other = 4 if quantized else setup.compute_bytes  # PEFT's kbit preparation upcasts to fp32
+    other = 4 if quantized and setup.frozen_fp32 else setup.compute_bytes
     total = 0
     for t in shape.tensors:
         if t.quantizable and setup.quantization == "4bit":
@@ -298,6 +301,7 @@ class Estimate:
     cal: Calibration
     model: str
     gpu: bool = True
+    weights_other_way: int | None = None  # 4/8-bit: the weights with frozen_fp32 the other way
 
     @property
     def peak(self) -> int:
@@ -329,6 +333,9 @@ class Estimate:
                  f"{w.batch_size} x {w.padded_length} tokens ({w.visual_tokens} visual):"]
         for key, value in self.parts.items():
             kind = "exact" if key in self.exact else f"±{self.cal.error:.0%}"
+            if key == "weights" and self.weights_other_way is not None:
+                other = str(not self.setup.frozen_fp32).lower()
+                kind += f"; {human(self.weights_other_way)} with frozen_fp32: {other}"
             lines.append(f"  {key:<32}{human(value):>10}  ({kind})")
         lines.append(f"  {'peak (kept + larger transient)':<32}{human(self.peak):>10}")
         where, context = (("on the GPU", f", +{self.cal.context_gib} GiB CUDA context")
@@ -346,6 +353,7 @@ class Estimate:
         return {"model": self.model, "parts": self.parts, "exact": list(self.exact),
                 "peak": self.peak, "needed": self.needed, "setup": asdict(self.setup),
                 "workload": asdict(self.work), "calibration": asdict(self.cal),
+                "weights_other_way": self.weights_other_way,
                 "verdicts": {g.name: self.fits(g) for g in GPUS}}
 
 
@@ -358,13 +366,18 @@ def estimate(config: Any, setup: Setup, work: Workload, *, model: str = "",
              "gradients": train.bytes, "optimizer (AdamW)": optimizer_bytes(train)}
     exact = tuple(parts)
     parts.update(activation_parts(shape, setup, work, cal))
+    other = None  # 4/8-bit in a 16-bit compute dtype: the weights with frozen_fp32 flipped
+    if setup.quantization != "none" and setup.compute_bytes != 4:
+        other = weight_bytes(shape, replace(setup, frozen_fp32=not setup.frozen_fp32))
     return Estimate(parts, exact, setup, work, cal, model or getattr(config, "_name_or_path", ""),
-                    gpu)
+                    gpu, other)
 
 
 #: Changes to try when a run does not fit, in the order that costs the least quality; after
 #: them, fewer visual tokens (a lower max_pixels).
 CHANGES: tuple[tuple[str, Any], ...] = (
+    ("frozen_fp32: false", lambda s, w: (replace(s, frozen_fp32=False)
+                                         if s.quantization != "none" else s, w)),
     ("answer_logits: true", lambda s, w: (replace(s, answer_logits=True), w)),
     ("gradient_checkpointing: true", lambda s, w: (replace(s, gradient_checkpointing=True), w)),
     ("quantization: 4bit", lambda s, w: (replace(s, quantization="4bit"), w)),
@@ -496,21 +509,31 @@ def preset_estimates(image: tuple[int, int] = (1280, 960),
     return out
 
 
-def real_3b_weights(quantization: str, compute_bytes: int = 2) -> int:
+def real_3b_weights(quantization: str, compute_bytes: int = 2, *,
+                    frozen_fp32: bool = False) -> int:
     """Bytes of the real 3B's weights as they sit in memory while training with
     ``quantization``: the ``weights`` part of every estimate of the 3B (:func:`estimate`)."""
     from .tiny import real_3b_config
 
     return weight_bytes(model_shape(real_3b_config()),
-                        Setup(quantization=quantization, compute_bytes=compute_bytes))
+                        Setup(quantization=quantization, compute_bytes=compute_bytes,
+                              frozen_fp32=frozen_fp32))
 
 
 def weights_text(quantizations: Sequence[str] = ("4bit", "none")) -> str:
     """One line per quantization: the real 3B's weights in training memory (the figure the
-    memory estimates show), so that prose never has to state it."""
+    memory estimates show), and for 4/8-bit what PEFT's float32 upcast would hold, so that prose
+    never has to state either."""
     names = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "16-bit (bf16)"}
-    return "\n".join(f"Qwen2.5-VL-3B weights while training, {names.get(q, q):<14}"
-                     f"{human(real_3b_weights(q)):>10} (exact)" for q in quantizations)
+    lines = []
+    for q in quantizations:
+        note = "exact"
+        if q != "none":
+            upcast = human(real_3b_weights(q, frozen_fp32=True))
+            note += f"; {upcast} with frozen_fp32: true, PEFT's float32 upcast"
+        lines.append(f"Qwen2.5-VL-3B weights while training, {names.get(q, q):<14}"
+                     f"{human(real_3b_weights(q)):>10} ({note})")
+    return "\n".join(lines)
 
 
 def preset_table(estimates: dict[str, Estimate]) -> str:

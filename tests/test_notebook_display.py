@@ -276,7 +276,10 @@ def test_the_3b_weights_in_00_and_03_are_one_figure() -> None:
     shown = memory.weights_text(["4bit", "none"]).splitlines()
     for preset, est in estimates.items():
         figure = memory.human(memory.real_3b_weights(est.setup.quantization))
-        assert f"weights{' ' * 25}{figure:>10}  (exact)" in est.text(), preset
         four_bit = est.setup.quantization == "4bit"
-        assert any(figure in line for line in shown if ("NF4" in line) == four_bit), preset
+        upcast = memory.human(memory.real_3b_weights("4bit", frozen_fp32=True))
+        tail = f"; {upcast} with frozen_fp32: true)" if four_bit else ")"
+        assert f"weights{' ' * 25}{figure:>10}  (exact{tail}" in est.text(), preset
+        assert any(figure in line and (upcast in line) == four_bit
+                   for line in shown if ("NF4" in line) == four_bit), preset
     assert not re.search(r"\d(\.\d+)?\s*Gi?B of weights", _markdown("03_qlora_training.ipynb"))
