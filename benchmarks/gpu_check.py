@@ -10,17 +10,28 @@ twice side by side:
 * **public recipe**: what the popular notebooks do, on the same loader and data: LoRA on the bare
   projection names (which also hit the vision tower's MLP), full-vocabulary logits, random batches.
 
+* **course recipe, upcast**: the 4-bit presets once more with ``frozen_fp32: true`` (PEFT's
+  float32 copy of what 4-bit does not quantize), so that the lean default's saving is measured.
+
 Each run records the peak of ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``,
 tokens/s, and the memory estimate of :mod:`qvl_helpers.memory` for the same settings and data,
 with the ratio measured / estimated. ``--smoke`` runs the same code on the CPU with a tiny
 "3B-shaped" configuration (the real structure and vocabulary, small widths) and 2 steps.
+
+Last, the vision tower in fp16 (:func:`vision_fp16`): what a T4 runs, at the image sizes where
+Qwen2.5-VL-3B's tower is reported to overflow, with its weights in fp16 (the lean default) and in
+float32 (PEFT's), under autocast as training runs it, against float32 compute. Random weights say
+nothing about overflow (the real model's outlier activations do it): ``QVL_REAL_MODEL=FOLDER``
+points it at the real weights where they exist (a Colab or Kaggle T4 after ``hf download``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +44,11 @@ PRESETS = ("t4_qlora", "24gb_qlora", "40gb_lora", "80gb_lora")
 IMAGE_SIZES = ((3024, 4032), (1080, 3400), (2480, 3508), (1920, 1080))
 ANSWER = ('{"store": "Corner Shop", "date": "2024-05-17", "items": [{"name": "coffee", '
           '"price": "3.25"}, {"name": "bread", "price": "2.10"}], "total": "5.35"}')
+#: The 4-bit presets once more with PEFT's float32 upcast of what is not quantized.
+UPCAST_RECIPE = {"frozen_fp32": True}
+#: Image sizes (width, height) for the fp16 vision check: the size reported to overflow
+#: (llama.cpp issue 17534), the 24 GB preset's largest, and a large scan.
+OVERFLOW_SIZES = ((1024, 484), (728, 546), (1792, 1344))
 PUBLIC_RECIPE = {"trained": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
                  "answer_logits": False, "vision_no_grad": False, "group_by_length": False}
 SMOKE_SIZES = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -106,6 +122,8 @@ def measure(preset: str, recipe: str, model: Path, data: Path, out: Path, steps:
                             "logging_steps": 10_000, "max_length": 8192}
     if recipe == "public":
         sets.update(PUBLIC_RECIPE)
+    elif recipe == "upcast":
+        sets.update(UPCAST_RECIPE)
     if smoke:  # the same code paths with images small enough for two CPU cores
         sets.update(max_pixels=50176)
     cfg = load_config(presets=[PRESETS_DIR / f"{preset}.yaml"], sets=sets)
@@ -161,14 +179,75 @@ def run(out_dir: Path, *, smoke: bool, steps: int, presets: tuple[str, ...] = PR
         data = make_data(folder / "data")
         say(f"model and data ready in {time.perf_counter() - t0:.0f} s")
         for preset in presets:
-            for recipe in ("course", "public"):
+            four_bit = preset.endswith("qlora")
+            for recipe in ("course", "public", *(("upcast",) if four_bit else ())):
                 t0 = time.perf_counter()
                 row = measure(preset, recipe, model, data, folder / "outputs", steps, smoke)
                 result["runs"].append(row)
                 say(f"{preset:<12} {recipe:<7} {time.perf_counter() - t0:5.0f} s  "
                     + json.dumps({k: v for k, v in row.items() if k != "estimate"}))
                 (out_dir / name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        real = os.environ.get("QVL_REAL_MODEL")
+        result["vision_fp16"] = vision_fp16(Path(real) if real else model, real_weights=bool(real),
+                                            sizes=SMOKE_OVERFLOW_SIZES if smoke else OVERFLOW_SIZES)
+        say("vision tower in fp16: " + json.dumps(result["vision_fp16"]["rows"]))
+        (out_dir / name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return out_dir / name
+
+
+SMOKE_OVERFLOW_SIZES = ((224, 112),)
+
+
+def vision_fp16(model_path: Path, *, real_weights: bool,
+                sizes: tuple[tuple[int, int], ...] = OVERFLOW_SIZES) -> dict[str, Any]:
+    """The vision tower on one bundled receipt resized to each size, three ways: fp16 weights and
+    float32 weights under fp16 autocast (training on a T4, lean and upcast), and float32
+    compute. Per way: finite or not, the largest absolute value of the features and of any
+    block's output."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from qvl_helpers.model import load_processor, quiet_loading
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    processor = load_processor(model_path)
+    with quiet_loading():
+        model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=torch.bfloat16,
+                                                            use_safetensors=True)
+    towers = {torch.float32: model.model.visual.float().to(device).eval()}
+    del model
+    towers[torch.float16] = copy.deepcopy(towers[torch.float32]).half()
+    receipt = Image.open(Path(__file__).resolve().parent.parent / "data_samples" / "receipts"
+                         / "images" / "receipt_000.png").convert("RGB")
+    largest: dict[str, float] = {}
+
+    def keep_largest(module: Any, args: Any, out: Any) -> None:
+        largest["block"] = max(largest.get("block", 0.0),
+                               float(out.float().abs().nan_to_num(posinf=-1).max()))
+
+    hooks = [b.register_forward_hook(keep_largest) for t in towers.values() for b in t.blocks]
+    rows = []
+    for width, height in sizes:
+        area = {"shortest_edge": width * height, "longest_edge": width * height}
+        pixels = processor.image_processor(images=[receipt.resize((width, height))], size=area,
+                                           return_tensors="pt")
+        grid = pixels["image_grid_thw"].to(device)
+        for way, weights, autocast in (("fp16 weights, fp16 autocast", torch.float16, True),
+                                       ("fp32 weights, fp16 autocast", torch.float32, True),
+                                       ("fp32 compute", torch.float32, False)):
+            largest.clear()
+            with torch.no_grad(), torch.autocast(device, dtype=torch.float16, enabled=autocast):
+                out = towers[weights](pixels["pixel_values"].to(device, weights),
+                                      grid_thw=grid).pooler_output
+            rows.append({"size": f"{width}x{height}", "visual_tokens": int(grid.prod()) // 4,
+                         "way": way, "finite": bool(torch.isfinite(out).all()),
+                         "max_abs_feature": float(out.float().abs().nan_to_num(posinf=-1).max()),
+                         "max_abs_block_output": largest.get("block")})
+    for hook in hooks:
+        hook.remove()
+    return {"model": str(model_path) if real_weights else "random weights (the 3B's shape)",
+            "settles_it": real_weights, "rows": rows}
 
 
 def main() -> None:

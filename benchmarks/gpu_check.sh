@@ -7,8 +7,10 @@
 # (a) the GPU-marked tests and every notebook on the GPU with the tiny stand-in (--smoke: the
 #     GPU-marked tests only, which skip without CUDA; CI runs the notebooks in scripts/test.sh);
 # (b-d) benchmarks/gpu_check.py: a random model with the real 3B configuration, each GPU preset,
-#     the course's recipe and the public one side by side, peaks against the memory estimate,
-#     one JSON file in OUT_DIR.
+#     the course's recipe and the public one side by side (4-bit presets also with PEFT's float32
+#     upcast, frozen_fp32: true), peaks against the memory estimate, then the vision tower in
+#     fp16 at the sizes reported to overflow (decisive only with real weights:
+#     QVL_REAL_MODEL=FOLDER), one JSON file in OUT_DIR.
 # It installs nothing from the network. Packages the GPU machine lacks (bitsandbytes, pydantic,
 # ...) travel as wheels in .whl/ (made by benchmarks/gpu_wheels.sh) and are put on PYTHONPATH.
 set -euo pipefail

@@ -74,8 +74,42 @@ def learning_table(r: dict[str, Any]) -> list[str]:
                         f"them (room): **{r['shortest_with_room']} epochs**."]
 
 
+def lean_qlora_table(r: dict[str, Any]) -> list[str]:
+    def gib(n: int) -> str:
+        return f"{n / 1024 ** 3:.2f} GiB"
+
+    lines = ["## Lean QLoRA: frozen parts in 16 bits vs PEFT's float32 upcast", "", _header(r), "",
+             "Real Qwen2.5-VL-3B (exact weights; peak = the estimate for one typical sample):", "",
+             "| preset | quantization | weights lean | weights upcast | peak lean | peak upcast | "
+             "peak ratio |", "|---|---|---:|---:|---:|---:|---:|"]
+    for m in r["memory"]:
+        lines.append(f"| {m['preset']} | {m['quantization']} | {gib(m['weights_lean'])} | "
+                     f"{gib(m['weights_upcast'])} | {gib(m['peak_lean'])} | "
+                     f"{gib(m['peak_upcast'])} | {m['peak_ratio']:.2f}x |")
+    t = r["tolerance"]
+    lines += ["", "Tiny stand-in, 4-bit, bf16 mixed precision on the CPU, the `tiny_cpu` preset "
+              f"(tolerance: logged losses within {t['max_loss_difference']} nats at every step, "
+              f"tuned answers the same on >= {t['answers_agree_at_least']:.0%} of held-out "
+              "samples):", "",
+              "| run | frozen dtype | train s | tuned | base | tuned, blank | margins |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['name']} | {row['frozen_dtypes']} | {row['train_seconds']} | "
+                     f"{row['tuned']:.3f} | {row['base']:.3f} | {row['tuned_blank']:.3f} | "
+                     f"{'kept' if row['keeps_margins'] else 'missed'} |")
+    lines += ["", "| compared | with | largest loss difference (step) | same tuned answers | "
+              "within tolerance |", "|---|---|---:|---:|---|"]
+    for c, name in [*((c, f"s{i}-lean") for i, c in enumerate(r["comparisons"])),
+                    (r["noise_floor"], "s0-upcast-again (noise floor)")]:
+        lines.append(f"| {name} | {c['against']} | {c['max_loss_difference']:.3f} "
+                     f"({c['at_step']}) | {c['answers_agree']:.0%} | "
+                     f"{'yes' if c['within_tolerance'] else 'no'} |")
+    agree = "yes" if r["agree"] else "no"
+    return lines + ["", f"Lean and upcast agree, and every run keeps the margins: **{agree}**."]
+
+
 TABLES = {"padding": padding_table, "collator": collator_table, "training": training_table,
-          "doctor_scale": doctor_table, "learning": learning_table}
+          "doctor_scale": doctor_table, "learning": learning_table, "lean_qlora": lean_qlora_table}
 
 
 def write_summary(folder: Path) -> Path:

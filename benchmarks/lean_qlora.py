@@ -1,0 +1,162 @@
+"""Lean QLoRA: the frozen parts that 4-bit does not quantize kept in 16 bits (the course's
+default) against PEFT's float32 upcast (``frozen_fp32: true``), side by side in one run.
+
+* **memory** (exact, no GPU needed): the real Qwen2.5-VL-3B's weights in training memory and the
+  estimated peak under every GPU preset, both ways (:func:`qvl_helpers.memory.preset_estimates`).
+* **numerics** (the tiny stand-in on this CPU): the shipped ``tiny_cpu`` preset on the 4-bit
+  path with bf16 mixed precision (what a bf16 GPU runs), trained both ways on two seeds, plus
+  the upcast path once more on seed 0 (CPU training is not bit-reproducible: that repeat is the
+  noise floor). Each run is scored as ``benchmarks/learning.py`` scores it (held-out exact match
+  of base, prompt, tuned, tuned with blank images); the loss curves and the tuned model's
+  held-out answers are compared with the upcast run of the same seed.
+
+Agreement is judged against :data:`LOSS_TOLERANCE` and :data:`ANSWERS_AGREE_AT_LEAST`, and both
+ways must keep the margins of ``benchmarks/learning.py``.
+
+    python -m benchmarks.lean_qlora      # about 2 minutes on 2 quiet cores
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .common import REPO
+from .learning import _course_env, keeps_margins
+
+SEEDS = (0, 1)
+#: Largest absolute difference of the logged training losses (nats) allowed between the two
+#: ways at any logged step: 1.5% of the loss at step 1 (about 10), and about what the same
+#: settings differ by from one CPU run to the next (the repeat measures that beside it).
+LOSS_TOLERANCE = 0.15
+#: Share of held-out samples on which the two ways' tuned models must give the same answer.
+ANSWERS_AGREE_AT_LEAST = 0.9
+
+
+def memory_rows() -> list[dict[str, Any]]:
+    """Per GPU preset: the 3B's weights and estimated peak, lean and upcast."""
+    from dataclasses import replace
+
+    from qvl_helpers import memory
+    from qvl_helpers.tiny import real_3b_config
+
+    config, rows = real_3b_config(), []
+    for preset, est in memory.preset_estimates().items():
+        upcast = memory.estimate(config, replace(est.setup, frozen_fp32=True), est.work,
+                                 model=est.model)
+        lean = memory.estimate(config, replace(est.setup, frozen_fp32=False), est.work,
+                               model=est.model)
+        rows.append({"preset": preset, "quantization": est.setup.quantization,
+                     "workload": f"{est.work.batch_size} x {est.work.padded_length}",
+                     "weights_lean": lean.parts["weights"],
+                     "weights_upcast": upcast.parts["weights"],
+                     "peak_lean": lean.peak, "peak_upcast": upcast.peak,
+                     "needed_lean": lean.needed, "needed_upcast": upcast.needed,
+                     "peak_ratio": round(lean.peak / upcast.peak, 3),
+                     "verdicts_lean": {g.name: lean.fits(g) for g in memory.GPUS},
+                     "verdicts_upcast": {g.name: upcast.fits(g) for g in memory.GPUS}})
+    return rows
+
+
+def train_and_score(seed: int, frozen_fp32: bool, name: str, output_dir: str) -> dict[str, Any]:
+    """In this process: the tiny preset, 4-bit, bf16 mixed precision, trained and scored."""
+    from qvl_helpers.config import PRESETS_DIR, load_config
+    from qvl_helpers.evaluate import evaluate_run, read_predictions
+    from qvl_helpers.train import train
+
+    cfg = load_config(presets=[PRESETS_DIR / "tiny_cpu.yaml"],
+                      sets={"seed": seed, "quantization": "4bit", "dtype": "bf16",
+                            "frozen_fp32": frozen_fp32, "output_dir": output_dir,
+                            "run_name": name})
+    seen: dict[str, str] = {}
+
+    class Probe:  # records the dtype the first language-model projection computes in
+        def __call__(self, module: Any, args: Any, out: Any) -> None:
+            seen.setdefault("projection_output", str(out.dtype).removeprefix("torch."))
+
+    import qvl_helpers.train as course_train
+
+    prepare = course_train.prepare_model
+
+    def probed(*args: Any, **kwargs: Any) -> Any:
+        model = prepare(*args, **kwargs)
+        frozen = {str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                  if not p.requires_grad and p.is_floating_point()}
+        seen["frozen_dtypes"] = ",".join(sorted(frozen))
+        layer = next(m for n, m in model.named_modules() if n.endswith("layers.0.mlp.up_proj"))
+        layer.register_forward_hook(Probe())
+        return model
+
+    course_train.prepare_model = probed
+    result = train(cfg, verbose=False)
+    eval_dir = Path(output_dir) / "eval" / name
+    report = evaluate_run(result.run_dir, eval_dir, systems="base,prompt,tuned",
+                          image_ablation="blank")
+    score = {k: s["metrics"]["exact_match"]["value"] for k, s in report["systems"].items()}
+    log = [json.loads(line) for line in
+           (result.run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    return {"seed": seed, "frozen_fp32": frozen_fp32, "name": name, "steps": result.steps,
+            "train_seconds": round(result.seconds, 1), **seen,
+            "tuned": score["tuned"], "base": score["base"], "prompt": score["prompt"],
+            "tuned_blank": score["tuned-blank"], "majority": report["most_common_answer_rate"],
+            "n": report["n"], "final_train_loss": result.train_loss,
+            "losses": {str(r["step"]): r["loss"] for r in log if "loss" in r},
+            "answers": [p["prediction"] for p in read_predictions(eval_dir, "tuned")]}
+
+
+def compare(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """How far ``row``'s loss curve and tuned answers are from ``reference``'s."""
+    steps = sorted(set(row["losses"]) & set(reference["losses"]), key=int)
+    worst = max((abs(row["losses"][s] - reference["losses"][s]), int(s)) for s in steps)
+    same = sum(a == b for a, b in zip(row["answers"], reference["answers"], strict=True))
+    return {"against": reference["name"], "steps_compared": len(steps),
+            "max_loss_difference": round(worst[0], 4), "at_step": worst[1],
+            "answers_agree": round(same / len(row["answers"]), 4),
+            "within_tolerance": worst[0] <= LOSS_TOLERANCE
+            and same / len(row["answers"]) >= ANSWERS_AGREE_AT_LEAST}
+
+
+def run() -> dict[str, Any]:
+    """The memory table, then every training variant, each in its own process."""
+    variants = [(seed, fp32, f"s{seed}-{'upcast' if fp32 else 'lean'}")
+                for seed in SEEDS for fp32 in (True, False)]
+    variants.append((0, True, "s0-upcast-again"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = _course_env(Path(tmp))
+        for seed, fp32, name in variants:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.lean_qlora", "--one",
+                                  json.dumps([seed, fp32, name, tmp])], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=1800)
+            if out.returncode != 0:
+                raise RuntimeError(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["keeps_margins"] = keeps_margins(row)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "answers")}),
+                  file=sys.stderr)
+            rows.append(row)
+    by_name = {r["name"]: r for r in rows}
+    comparisons = [compare(by_name[f"s{seed}-lean"], by_name[f"s{seed}-upcast"]) for seed in SEEDS]
+    noise = compare(by_name["s0-upcast-again"], by_name["s0-upcast"])
+    speed = {f"s{seed}": round(by_name[f"s{seed}-upcast"]["train_seconds"]
+                               / by_name[f"s{seed}-lean"]["train_seconds"], 3) for seed in SEEDS}
+    return {"memory": memory_rows(), "rows": rows, "comparisons": comparisons,
+            "noise_floor": noise, "lean_speedup": speed,
+            "tolerance": {"max_loss_difference": LOSS_TOLERANCE,
+                          "answers_agree_at_least": ANSWERS_AGREE_AT_LEAST},
+            "agree": all(c["within_tolerance"] for c in comparisons)
+            and all(r["keeps_margins"] for r in rows)}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        seed, fp32, name, tmp = json.loads(sys.argv[2])
+        print(json.dumps(train_and_score(seed, fp32, name, tmp)))
+    else:
+        from .common import write_result
+
+        print(write_result("lean_qlora", run()))
