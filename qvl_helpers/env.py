@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS_DIR, REAL_MODEL_ID, CourseConfig, load_config
+from .config import PRESETS_DIR, REAL_MODEL_ID, CourseConfig, compute_dtype_name, load_config
 from .qwen import tokens_in
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -183,7 +183,7 @@ def check_gpus(gpus: list[GpuInfo]) -> list[Check]:
         return [
             Check("gpu", WARN, "no CUDA GPU: the course runs on the CPU with the tiny stand-in "
                                "model (it shows the pipeline, not real results)"),
-            Check("dtype", OK, "CPU: float32 compute"),
+            Check("dtype", OK, "CPU: float32 compute (bf16 mixed precision with dtype: bf16)"),
         ]
     checks = []
     for i, g in enumerate(gpus):
@@ -348,8 +348,9 @@ def gpu_preset_mismatch(cfg: CourseConfig, choice: Any,
     preset = origin.file.name if origin.file is not None else f"this preset ({origin})"
     knobs = f"quantization {cfg.quantization}, max_pixels {cfg.max_pixels}, batch_size " \
             f"{cfg.batch_size}"
-    if cfg.dtype == "fp16":  # train.resolve_dtype: fp16 falls back to float32 on a CPU
-        knobs += "; its dtype fp16 needs a GPU, so the CPU computes in float32"
+    here = compute_dtype_name(cfg.dtype, cuda=False)
+    if cfg.dtype != "auto" and here != cfg.dtype:
+        knobs += f"; its dtype {cfg.dtype} needs a GPU, so the CPU computes in float32"
     elif cfg.dtype == "bf16":
         knobs += "; its dtype bf16 runs on the CPU too, as bf16 mixed precision"
     if choice.is_tiny and str(cfg.model).strip() == "auto":

@@ -78,6 +78,10 @@ class ModelError(QVLError):
     """The chosen model cannot be found, built or loaded."""
 
 
+class TrainingError(QVLError):
+    """Training stopped for a reason the learner can act on."""
+
+
 class DatasetError(QVLError):
     """A record or data file is malformed (the input has problems: exit 1)."""
 

@@ -42,12 +42,12 @@ def current() -> EntryPoint | None:
     return _RUNNING.get()
 
 
-def how_to_set(key: str, value: str = "DIR") -> str | None:
+def how_to_set(key: str, value: str = "DIR", *, in_yaml: bool = False) -> str | None:
     """How to give ``key`` another value here: the command's own flag, else course.yaml (and
     ``--set`` where the command has it); None for a command that has neither (e.g. ``qvl chat``
-    reads no course.yaml path)."""
+    reads no course.yaml path). ``in_yaml``: name the value in the course.yaml form too."""
     entry = current()
-    yaml = f"set {key}: in course.yaml"
+    yaml = f"set {key}: {value} in course.yaml" if in_yaml else f"set {key}: in course.yaml"
     if entry is None:
         return yaml
     flag = "--" + key.replace("_", "-")

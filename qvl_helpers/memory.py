@@ -38,6 +38,8 @@ LANGUAGE_LINEAR = re.compile(
 #: (double quantization), one float32 absmax per 256 of those, a 16-value NF4 code and a
 #: 256-value code for the absmax, and one float32 offset (bitsandbytes 0.50, checked by the tests).
 NF4_BLOCK, NF4_NESTED_BLOCK, NF4_CONSTANT_BYTES = 64, 256, 16 * 4 + 256 * 4 + 4
+#: The language model's input embedding (tied to ``lm_head`` in the 3B), by parameter name.
+INPUT_EMBEDDING = "language_model.embed_tokens.weight"
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Setup:
     """What is trained and how: the settings the memory depends on."""
 
     quantization: str = "4bit"      # 4bit | 8bit | none
-    compute_bytes: int = 2          # bf16/fp16 on a GPU; 4 (float32) on a CPU
+    compute_bytes: int = 2          # bf16/fp16 on a GPU; 4 (float32) on a CPU unless bf16
     trained: str = "language"
     lora_r: int = 8
     lora_dropout: float = 0.05
@@ -87,20 +89,43 @@ class Setup:
     gradient_checkpointing: bool = True
     vision_no_grad: bool = True
     answer_logits: bool = True
-    frozen_fp32: bool = False       # 4/8-bit: what is not quantized in float32
+    frozen_fp32: bool = False       # 4/8-bit: what is not quantized in float32 (PEFT's way)
+    fp16: bool = False              # the compute dtype is float16 (T4, V100), not bf16
+
+    @property
+    def compute_name(self) -> str:
+        return "fp32" if self.compute_bytes == 4 else ("fp16" if self.fp16 else "bf16")
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization in ("4bit", "8bit")
+
+    @property
+    def upcast(self) -> bool:
+        """Everything not quantized in float32: ``frozen_fp32`` on a 4/8-bit model."""
+        return self.quantized and self.frozen_fp32
+
+    @property
+    def float32_embedding(self) -> bool:
+        """The input embedding in float32, which keeps the language model's residual stream in
+        float32: PEFT's upcast, and the lean 4/8-bit path in fp16 (see
+        :func:`qvl_helpers.model.freeze_quantized`)."""
+        return self.upcast or (self.quantized and self.fp16 and self.compute_bytes == 2)
 
     @classmethod
-    def from_config(cls, cfg: Any, *, gpu: bool = True) -> Setup:
-        """The setup of ``cfg`` on a GPU (``gpu``) or on this machine's CPU."""
+    def from_config(cls, cfg: Any, *, gpu: bool = True, bf16_supported: bool = True) -> Setup:
+        """The setup of ``cfg`` on a GPU (``gpu``; ``bf16_supported`` decides ``dtype: auto``) or
+        on this machine's CPU."""
+        from .config import compute_dtype_name
+
         quantization = cfg.quantization if cfg.quantization != "auto" else (
             "4bit" if gpu else "none")
-        # a CPU trains in float32 unless bf16 is asked for (train.resolve_dtype)
-        compute_bytes = 2 if (cfg.dtype != "fp32" if gpu else cfg.dtype == "bf16") else 4
-        return cls(quantization=quantization, compute_bytes=compute_bytes,
+        dtype = compute_dtype_name(cfg.dtype, cuda=gpu, bf16_supported=bf16_supported)
+        return cls(quantization=quantization, compute_bytes=4 if dtype == "fp32" else 2,
                    trained=cfg.trained, lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout,
                    batch_size=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing,
                    vision_no_grad=cfg.vision_no_grad, answer_logits=cfg.answer_logits,
-                   frozen_fp32=cfg.frozen_fp32 and quantization != "none")
+                   frozen_fp32=cfg.frozen_fp32, fp16=dtype == "fp16")
 
 
 @dataclass(frozen=True)
@@ -194,16 +219,16 @@ def nf4_bytes(numel: int) -> int:
 
 def weight_bytes(shape: Shape, setup: Setup) -> int:
     """The base model's parameters as they sit in memory during training."""
-    quantized = setup.quantization in ("4bit", "8bit")
-    other = 4 if quantized and setup.frozen_fp32 else setup.compute_bytes
     total = 0
     for t in shape.tensors:
         if t.quantizable and setup.quantization == "4bit":
             total += nf4_bytes(t.numel)
         elif t.quantizable and setup.quantization == "8bit":
             total += t.numel + 4 * t.shape[0]  # int8 weights + one float32 scale per row
+        elif setup.upcast or (setup.float32_embedding and t.name.endswith(INPUT_EMBEDDING)):
+            total += 4 * t.numel
         else:
-            total += t.numel * other
+            total += setup.compute_bytes * t.numel
     return total
 
 
@@ -220,7 +245,7 @@ class Trainable:
 
 def trainable(shape: Shape, setup: Setup) -> Trainable:
     """LoRA's A and B matrices (float32: PEFT keeps adapters of 16-bit models in float32) on
-    every targeted linear layer, plus full copies of ``modules_to_save`` (the merger)."""
+    every targeted linear layer, plus full float32 copies of ``modules_to_save`` (the merger)."""
     from .model import lora_targets
 
     pattern, full = lora_targets(setup.trained)
@@ -228,7 +253,7 @@ def trainable(shape: Shape, setup: Setup) -> Trainable:
     params = sum(setup.lora_r * (i + o) for _, i, o in targets)
     nbytes = 4 * params
     tensors = 2 * len(targets)
-    copy_bytes = 4 if setup.quantization != "none" else setup.compute_bytes
+    copy_bytes = 4  # full copies train in float32 (model.trainable_in_fp32)
     for suffix in full:
         names = {n for n, _ in shape.modules if n.endswith("." + suffix) or n == suffix}
         copied = [t for t in shape.tensors if any(t.name.startswith(n + ".") for n in names)]
@@ -265,8 +290,8 @@ def activation_parts(shape: Shape, setup: Setup, work: Workload,
     lora_extra = n * 7 * setup.lora_r * b  # each wrapped projection keeps its r-wide middle
     if setup.lora_dropout > 0:  # and a dropped copy of its input (q, k, v each their own)
         lora_extra += n * (6 * shape.hidden + shape.intermediate) * (b + 1)  # + 1-byte mask
-    if setup.gradient_checkpointing:
-        language = shape.layers * n * shape.hidden * b
+    if setup.gradient_checkpointing:  # each layer's input, in the residual stream's dtype
+        language = shape.layers * n * shape.hidden * (4 if setup.float32_embedding else b)
         recompute = lm_layer + lora_extra
     else:
         language, recompute = shape.layers * (lm_layer + lora_extra), 0
@@ -329,7 +354,7 @@ class Estimate:
     def text(self, gpus: Sequence[Gpu] = GPUS, advice: dict[str, str] | None = None) -> str:
         w = self.work
         lines = [f"Memory estimate for {self.model} ({self.setup.quantization}, "
-                 f"{self.setup.compute_bytes * 8}-bit compute), longest batch: "
+                 f"{self.setup.compute_name} compute), longest batch: "
                  f"{w.batch_size} x {w.padded_length} tokens ({w.visual_tokens} visual):"]
         for key, value in self.parts.items():
             kind = "exact" if key in self.exact else f"±{self.cal.error:.0%}"
@@ -367,7 +392,7 @@ def estimate(config: Any, setup: Setup, work: Workload, *, model: str = "",
     exact = tuple(parts)
     parts.update(activation_parts(shape, setup, work, cal))
     other = None  # 4/8-bit in a 16-bit compute dtype: the weights with frozen_fp32 flipped
-    if setup.quantization != "none" and setup.compute_bytes != 4:
+    if setup.quantized and setup.compute_bytes != 4:
         other = weight_bytes(shape, replace(setup, frozen_fp32=not setup.frozen_fp32))
     return Estimate(parts, exact, setup, work, cal, model or getattr(config, "_name_or_path", ""),
                     gpu, other)
@@ -376,8 +401,7 @@ def estimate(config: Any, setup: Setup, work: Workload, *, model: str = "",
 #: Changes to try when a run does not fit, in the order that costs the least quality; after
 #: them, fewer visual tokens (a lower max_pixels).
 CHANGES: tuple[tuple[str, Any], ...] = (
-    ("frozen_fp32: false", lambda s, w: (replace(s, frozen_fp32=False)
-                                         if s.quantization != "none" else s, w)),
+    ("frozen_fp32: false", lambda s, w: (replace(s, frozen_fp32=False) if s.upcast else s, w)),
     ("answer_logits: true", lambda s, w: (replace(s, answer_logits=True), w)),
     ("gradient_checkpointing: true", lambda s, w: (replace(s, gradient_checkpointing=True), w)),
     ("quantization: 4bit", lambda s, w: (replace(s, quantization="4bit"), w)),
@@ -474,7 +498,8 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool,
         return (f"Memory estimate: not available for {model_path} (model type "
                 f"{getattr(config, 'model_type', 'unknown')}; the estimate knows Qwen2.5-VL).")
     work = Workload.from_budget(budget, cfg.batch_size)
-    here = estimate(config, Setup.from_config(cfg, gpu=cuda), work, gpu=cuda,
+    bf16 = _gpu_bf16() if cuda else True
+    here = estimate(config, Setup.from_config(cfg, gpu=cuda, bf16_supported=bf16), work, gpu=cuda,
                     model="the tiny stand-in" if is_tiny else str(model_path))
     blocks = [here.text(advice=advice_for(config, here)) if cuda else here.text(gpus=())]
     if is_tiny:
@@ -483,6 +508,12 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool,
         blocks.append("On a GPU, with these settings and this data:\n"
                       + real.text(advice=advice_for(config, real)))
     return "\n\n".join(blocks)
+
+
+def _gpu_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported()
 
 
 #: Which GPU each shipped preset is made for.
@@ -509,30 +540,33 @@ def preset_estimates(image: tuple[int, int] = (1280, 960),
     return out
 
 
-def real_3b_weights(quantization: str, compute_bytes: int = 2, *,
-                    frozen_fp32: bool = False) -> int:
+def real_3b_weights(quantization: str, compute_bytes: int = 2, *, frozen_fp32: bool = False,
+                    fp16: bool = False) -> int:
     """Bytes of the real 3B's weights as they sit in memory while training with
-    ``quantization``: the ``weights`` part of every estimate of the 3B (:func:`estimate`)."""
+    ``quantization`` (``fp16``: in float16 compute, a T4's): the ``weights`` part of every
+    estimate of the 3B (:func:`estimate`)."""
     from .tiny import real_3b_config
 
     return weight_bytes(model_shape(real_3b_config()),
                         Setup(quantization=quantization, compute_bytes=compute_bytes,
-                              frozen_fp32=frozen_fp32))
+                              frozen_fp32=frozen_fp32, fp16=fp16))
 
 
 def weights_text(quantizations: Sequence[str] = ("4bit", "none")) -> str:
-    """One line per quantization: the real 3B's weights in training memory (the figure the
-    memory estimates show), and for 4/8-bit what PEFT's float32 upcast would hold, so that prose
-    never has to state either."""
-    names = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "16-bit (bf16)"}
+    """The real 3B's weights in training memory (the figures the memory estimates show): per
+    quantization, in bf16 and, for 4/8-bit, in fp16 (which keeps the input embedding in
+    float32), with what PEFT's float32 upcast would hold; so that prose never has to state them."""
+    names = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "16-bit"}
     lines = []
     for q in quantizations:
-        note = "exact"
-        if q != "none":
-            upcast = human(real_3b_weights(q, frozen_fp32=True))
-            note += f"; {upcast} with frozen_fp32: true, PEFT's float32 upcast"
-        lines.append(f"Qwen2.5-VL-3B weights while training, {names.get(q, q):<14}"
-                     f"{human(real_3b_weights(q)):>10} ({note})")
+        for fp16 in (False, True) if q != "none" else (False,):
+            note = "exact"
+            if q != "none":
+                upcast = human(real_3b_weights(q, frozen_fp32=True))
+                note += f"; {upcast} with frozen_fp32: true, PEFT's float32 upcast"
+            label = f"{names.get(q, q)}, {'fp16' if fp16 else 'bf16'}"
+            lines.append(f"Qwen2.5-VL-3B weights while training, {label:<16}"
+                         f"{human(real_3b_weights(q, fp16=fp16)):>10} ({note})")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, TrainingError
 
 COMPONENTS = ("vision tower", "merger", "language model", "lm_head")
 
@@ -275,7 +275,8 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
     without building a graph (``enable_input_require_grads`` would otherwise make its patch
     embedding require gradients, and every block would keep its activations for nothing).
     ``frozen_fp32``: on a 4/8-bit model, what is not quantized goes to float32 as PEFT does
-    (:func:`freeze_quantized`); otherwise it stays in the dtype it was loaded in.
+    (:func:`freeze_quantized`); otherwise it stays in the dtype it was loaded in. What trains is
+    float32 (:func:`trainable_in_fp32`).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -299,8 +300,7 @@ def add_lora(model: Any, *, trained: str = "language", r: int = 8, alpha: int = 
                         modules_to_save=full or None, task_type="CAUSAL_LM")
     with quiet_upstream_deprecations():
         model = get_peft_model(model, config)
-    if quantized:
-        trainable_in_fp32(model)
+    trainable_in_fp32(model)
     if vision_no_grad:
         freeze_idle_vision(model)
     return model
@@ -314,33 +314,46 @@ def is_quantized(model: Any) -> bool:
 
 def freeze_quantized(model: Any, *, frozen_fp32: bool = False) -> Any:
     """Freeze a 4/8-bit model for LoRA, keeping what is not quantized (vision tower, embeddings,
-    norms, ``lm_head``: about 1 B parameters of the 3B) in the dtype it was loaded in.
+    norms, ``lm_head``: about a quarter of the 3B) in the dtype it was loaded in, except an fp16
+    input embedding, which goes to float32.
 
     PEFT's ``prepare_model_for_kbit_training`` (peft 0.21) casts all of it to float32
     (``frozen_fp32``: do that), about 1.8 GiB more for the 3B, for little change in what is
     computed: under the Trainer's mixed precision every matmul runs in the compute dtype either
-    way (autocast casts a float32 weight at each call), and the norms normalise in float32
-    inside. What changes is the language model's residual stream, which a float32 embedding
-    keeps in float32; in the compute dtype it is what 16-bit LoRA and the model's own inference
-    run (``benchmarks/results/lean_qlora.json``: the tiny stand-in's loss curve and answers, both
-    ways). The vision tower's stream is in the compute dtype either way (its patch embedding is
-    a convolution, which autocast runs in it), so a float32 copy does not keep an fp16 tower
-    from overflowing (``tests/test_lean.py``); :func:`check_vision_features` guards that.
+    way (autocast casts a float32 weight at each call; bitsandbytes casts its input to the
+    compute dtype), and the norms normalise in float32 inside. What the float32 copy changes is
+    the language model's residual stream, which starts as the input embedding's output and stays
+    in its dtype (bitsandbytes casts each projection's output back to its input's dtype):
+
+    * in bf16 it runs in bf16, as in 16-bit LoRA and the model's own inference
+      (``benchmarks/results/lean_qlora.json``: the tiny stand-in's loss and answers both ways);
+    * in fp16 it could overflow (Qwen2 language models are reported to, in fp16), so the input
+      embedding (tied to ``lm_head`` in the 3B: 0.58 GiB) stays float32 and the stream with it,
+      exactly as with PEFT's upcast (``tests/test_lean.py`` compares the two on the CPU).
+
+    The vision tower's stream is in the compute dtype either way (its patch embedding is a
+    convolution, which autocast runs in it), so a float32 copy does not keep an fp16 tower from
+    overflowing (``tests/test_lean.py``); :func:`check_vision_features` guards that.
     """
+    import torch
+
     if frozen_fp32:
         from peft import prepare_model_for_kbit_training
 
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     for param in model.parameters():
         param.requires_grad_(False)
+    embedding = model.get_input_embeddings()
+    if embedding.weight.dtype == torch.float16:
+        embedding.weight.data = embedding.weight.data.float()  # a tied lm_head follows
     return model
 
 
 def trainable_in_fp32(model: Any) -> int:
-    """Cast trainable 16-bit parameters to float32 (returns how many): on a quantized base these
-    are the full copies of ``modules_to_save`` (the merger), which were copied from 16-bit
-    frozen weights. Training them in 16 bits would round away small AdamW updates, and fp16
-    ones would stop the fp16 gradient scaler ("Attempting to unscale FP16 gradients")."""
+    """Cast trainable 16-bit parameters to float32 (returns how many): the full copies of
+    ``modules_to_save`` (the merger), copied from 16-bit weights (PEFT already keeps LoRA's own
+    matrices in float32). Training them in 16 bits would round away small AdamW updates, and
+    fp16 ones would stop the fp16 gradient scaler ("Attempting to unscale FP16 gradients")."""
     import torch
 
     cast = 0
@@ -394,35 +407,45 @@ def check_vision_features(model: Any) -> Any:
     Returns the hook's handle (``handle.remove()`` ends the check), or None without a tower.
 
     Such features make the loss NaN a few layers later, and the loss guard's advice (a lower
-    ``lr``) cannot help a tower whose weights training has not touched: in fp16 (T4, V100)
-    Qwen2.5-VL-3B's tower is reported to overflow on large images (llama.cpp issue 17534:
+    ``lr``) cannot help vision blocks that training has not touched: in fp16 (T4, V100)
+    Qwen2.5-VL-3B's tower is reported to overflow on some large images (llama.cpp issue 17534:
     activations to -inf at 1024x484), which a float32 copy of its weights does not prevent
-    (:func:`freeze_quantized`) and float32 compute does. A frozen tower is checked at every
-    batch; one that trains (LoRA in the vision blocks, a trained merger) only at the first, before
-    any update: after that, non-finite features may be divergence, the loss guard's case. The
-    check is one reduction over the tower's output.
+    (:func:`freeze_quantized`) and float32 compute does. Frozen blocks (``trained: language`` or
+    ``language+merger``) have their output checked at every batch, and a frozen merger its
+    output too; trained ones only until the first training batch: after an update, non-finite
+    features may be divergence, which the loss guard names. One reduction per checked tensor.
     """
     import torch
 
     visual = vision_tower(model)
     if visual is None:
         return None
-    trains = any(p.requires_grad for p in visual.parameters())
+    trained = {name.split(".")[0] for name, p in visual.named_parameters() if p.requires_grad}
+    blocks_frozen = not (trained - {"merger"})
+    merger_frozen = "merger" not in trained
+    patch = int(getattr(visual, "patch_size", 14))
 
     def check(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        features = getattr(output, "pooler_output", output)
-        if torch.is_tensor(features) and not bool(torch.isfinite(features).all()):
-            grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-            raise vision_overflow_error(features, grid)
-        if trains and module.training:
-            handle.remove()
+        first = not getattr(check, "trained_once", False)
+        outputs = [(getattr(output, "last_hidden_state", None), blocks_frozen or first),
+                   (getattr(output, "pooler_output", output), merger_frozen and blocks_frozen
+                    or first)]
+        for features, checked in outputs:
+            if checked and torch.is_tensor(features) and not bool(torch.isfinite(features).all()):
+                grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+                raise vision_overflow_error(features, grid, patch)
+        if module.training:
+            check.trained_once = True
+            if not blocks_frozen:
+                handle.remove()
 
     handle = visual.register_forward_hook(check, with_kwargs=True)
     return handle
 
 
-def vision_overflow_error(features: Any, grid_thw: Any) -> ModelError:
-    """The sentence and fix for non-finite vision features (see :func:`check_vision_features`)."""
+def vision_overflow_error(features: Any, grid_thw: Any, patch: int = 14) -> TrainingError:
+    """The sentence and fix for non-finite vision features (see :func:`check_vision_features`);
+    ``patch``: the tower's patch side in pixels."""
     import torch
 
     from .fixes import how_to_set
@@ -430,26 +453,23 @@ def vision_overflow_error(features: Any, grid_thw: Any) -> ModelError:
     kind = "NaN" if bool(torch.isnan(features).any()) else "infinite"
     images = ""
     if torch.is_tensor(grid_thw) and grid_thw.numel():
-        sides = [f"{int(w) * 14}x{int(h) * 14}" for _, h, w in grid_thw.tolist()]
+        sides = [f"{int(w) * patch}x{int(h) * patch}" for _, h, w in grid_thw.tolist()]
         images = f" for {len(sides)} image(s) of {', '.join(sides)} pixels (after resizing)"
     dtype = str(features.dtype).removeprefix("torch.")
     if features.dtype == torch.float16:
-        hint = "set dtype: fp32 in course.yaml"
-        if "--set" in (how_to_set("dtype", "fp32") or ""):  # qvl train has --set
-            hint += " (or pass --set dtype=fp32)"
-        return ModelError(
+        hint = how_to_set("dtype", "fp32", in_yaml=True) or "set dtype: fp32 in course.yaml"
+        return TrainingError(
             f"the vision tower's features became {kind}{images}: float16 overflowed (its largest "
-            "value is 65504; Qwen2.5-VL-3B's tower is reported to exceed it on large images), "
-            "and training on them would learn from noise.",
+            "value is 65504; Qwen2.5-VL-3B's tower is reported to exceed it on some large "
+            "images), and training on them would learn from noise.",
             fix=f"{hint} to compute in float32 (slower, and more memory: see the dry run's "
                 "estimate), try a lower max_pixels, or train on a GPU with bf16 "
                 "(configs/24gb_qlora.yaml).")
-    return ModelError(
+    return TrainingError(
         f"the vision tower's features became {kind}{images} in {dtype}, whose range does not "
-        "overflow like float16's: the model's weights or the images' pixels hold NaN or "
-        "infinite values.",
-        fix="load the base model again (a damaged download or a bad merge), and check this "
-            "batch's images with `qvl data check`.")
+        "overflow like float16's, before training changed the tower: the base model's weights "
+        "hold NaN or infinite values.",
+        fix="load the base model again (a damaged download or a bad merge).")
 
 
 def lora_modules(model: Any) -> list[str]:

@@ -39,7 +39,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from .collate import IGNORE_INDEX, Collator, make_collator
 from .config import CourseConfig, ensure_model
 from .data.records import Record
-from .errors import ConfigError, DatasetError, OutputExistsError, QVLError
+from .errors import ConfigError, DatasetError, OutputExistsError, QVLError, TrainingError
 from .errors import count as _count
 from .memory import report_for_run
 from .outputs import OutputFolderError, apply_umask, disk_full, ensure_folder, is_disk_full, write_json
@@ -79,10 +79,6 @@ PACKING_NOTE = ("several samples per row without padding needs each sample's own
 KILL_DURING_SAVE = "QVL_KILL_DURING_SAVE_AT_STEP"
 
 
-class TrainingError(QVLError):
-    """Training stopped for a reason the learner can act on."""
-
-
 # ----------------------------------------------------------------------------- data and setup
 
 
@@ -120,12 +116,13 @@ def resolve_quantization(cfg: CourseConfig) -> str:
 
 
 def resolve_dtype(cfg: CourseConfig) -> torch.dtype:
-    from .model import compute_dtype
+    """The dtype this machine trains ``cfg`` in (:func:`~qvl_helpers.config.compute_dtype_name`)."""
+    from .config import compute_dtype_name
 
-    if not torch.cuda.is_available():  # float32, or bf16 mixed precision when asked for
-        return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    return compute_dtype() if cfg.dtype == "auto" else named[cfg.dtype]
+    cuda = torch.cuda.is_available()
+    name = compute_dtype_name(cfg.dtype, cuda=cuda,
+                              bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def train_collator(cfg: CourseConfig, processor: Any,

@@ -165,11 +165,17 @@ def test_a_float32_copy_of_the_vision_tower_computes_in_16_bit_under_autocast(
     assert (features[torch.float32] - features[compute]).abs().max() <= 4 * eps * scale
 
 
+def _nan_pixel(batch):
+    spoilt = batch["pixel_values"].clone()
+    spoilt[0, 0] = float("nan")  # no dtype overflows here: as if the weights held a NaN
+    return {**batch, "pixel_values": spoilt}
+
+
 @pytest.mark.parametrize(("dtype", "said"), [(torch.float16, "float16 overflowed"),
                                              (torch.float32, "in float32, whose range")])
 def test_non_finite_vision_features_stop_with_the_cause_and_a_fix_for_the_command(
         tiny_dir, batch, dtype, said):
-    from qvl_helpers.errors import ModelError
+    from qvl_helpers.errors import TrainingError
     from qvl_helpers.fixes import running
     from qvl_helpers.model import check_vision_features
 
@@ -177,50 +183,97 @@ def test_non_finite_vision_features_stop_with_the_cause_and_a_fix_for_the_comman
     handle = check_vision_features(model)
     inputs = {**batch, "pixel_values": batch["pixel_values"].to(dtype)}
     model(**inputs)  # finite features pass
-    spoilt = inputs["pixel_values"] * 3000  # beyond float16's range inside the tower
-    if dtype == torch.float32:
-        spoilt = inputs["pixel_values"].clone()
-        spoilt[0, 0] = float("nan")  # float32 does not overflow here: a NaN pixel
-    with running("train", ["--set", "--config"]), pytest.raises(ModelError) as caught:
-        model(**{**inputs, "pixel_values": spoilt})
-    grid = batch["image_grid_thw"]
-    sides = [f"{int(w) * 14}x{int(h) * 14}" for _, h, w in grid.tolist()]
+    spoilt = ({**inputs, "pixel_values": inputs["pixel_values"] * 3000}  # beyond fp16's range
+              if dtype == torch.float16 else _nan_pixel(inputs))
+    with running("train", ["--set", "--config"]), pytest.raises(TrainingError) as caught:
+        model(**spoilt)
     assert said in caught.value.message
-    assert f"{len(sides)} image(s) of {', '.join(sides)} pixels" in caught.value.message
+    # the batch's four 112x112 shapes, resized within max_pixels 12544 (112 x 112): unchanged
+    assert "4 image(s) of 112x112, 112x112, 112x112, 112x112 pixels" in caught.value.message
     if dtype == torch.float16:
-        assert "--set dtype=fp32" in caught.value.fix
+        assert "set dtype: fp32 in course.yaml (or pass --set dtype=fp32)" in caught.value.fix
     handle.remove()
-    model(**{**inputs, "pixel_values": spoilt})  # unchecked: no error
+    model(**spoilt)  # unchecked: no error
+
+
+def test_frozen_blocks_are_checked_at_every_batch_even_when_the_merger_trains(tiny_dir, batch):
+    from qvl_helpers.errors import TrainingError
+    from qvl_helpers.model import check_vision_features
+
+    model = _lora_model(tiny_dir, trained="language+merger")
+    check_vision_features(model)
+    for _ in range(2):  # training batches: the merger is updated, the blocks never are
+        model(**batch)
+    with pytest.raises(TrainingError, match="vision tower's features became NaN"):
+        model(**_nan_pixel(batch))
 
 
 def test_a_trained_tower_is_checked_before_its_first_update_only(tiny_dir, batch):
-    """After updates, non-finite features of a trained tower may be divergence: the loss guard
+    """After updates, non-finite features of trained blocks may be divergence: the loss guard
     names that (with lr), not this check."""
-    from qvl_helpers.errors import ModelError
+    from qvl_helpers.errors import TrainingError
     from qvl_helpers.model import check_vision_features
 
     model = _lora_model(tiny_dir, trained="language+vision")
     check_vision_features(model)
-    spoilt = batch["pixel_values"].clone()
-    spoilt[0, 0] = float("nan")
-    with pytest.raises(ModelError, match="vision tower's features became NaN"):
-        model(**{**batch, "pixel_values": spoilt})  # as loaded: the weights or the input
+    with pytest.raises(TrainingError, match="vision tower's features became NaN"):
+        model(**_nan_pixel(batch))  # as loaded: the weights or the input
     model(**batch)  # the first finite training batch ends the check
-    assert not torch.isfinite(model(**{**batch, "pixel_values": spoilt}).loss)
+    assert not torch.isfinite(model(**_nan_pixel(batch)).loss)
 
 
-def test_training_guards_the_vision_features_and_keeps_frozen_parts_as_loaded(tiny_dir,
+def test_training_guards_the_vision_features_and_keeps_frozen_parts_as_loaded(tiny_dir, batch,
                                                                                 clean_env):
     from qvl_helpers.config import load_config
+    from qvl_helpers.errors import TrainingError
     from qvl_helpers.train import prepare_model
 
     cfg = load_config(sets={"trained": "language+merger", "lora_r": "4"})
     model = prepare_model(cfg, str(tiny_dir), "4bit", torch.bfloat16, 0, say=lambda *a: None)
-    visual = next(m for n, m in model.named_modules() if n.endswith("model.visual"))
-    assert visual._forward_hooks  # check_vision_features is on
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
     assert frozen == {torch.bfloat16}
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TrainingError):
+        model(**_nan_pixel(batch))  # check_vision_features is on
     upcast = prepare_model(cfg.model_copy(update={"frozen_fp32": True}), str(tiny_dir), "4bit",
                            torch.bfloat16, 0, say=lambda *a: None)
     assert {p.dtype for p in upcast.parameters() if p.is_floating_point()} == {torch.float32}
+
+
+def _streams_and_loss(tiny_dir, batch, frozen_fp32: bool):
+    torch.manual_seed(0)
+    model = add_lora(load_model(str(tiny_dir), "4bit", torch.float16), trained="language", r=4,
+                     alpha=8, dropout=0.0, frozen_fp32=frozen_fp32)
+    streams = set()
+    for layer in model.base_model.model.model.language_model.layers:
+        layer.register_forward_hook(lambda m, a, out: streams.add(
+            (out[0] if isinstance(out, tuple) else out).dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        loss = model(**batch).loss
+    return streams, float(loss)
+
+
+def test_lean_fp16_keeps_the_language_stream_in_float32_as_the_upcast_does(tiny_dir, batch):
+    """On a T4 (fp16) the lean path keeps the input embedding in float32, so the language
+    model's residual stream is float32 as with PEFT's upcast, and the loss is the same."""
+    lean, upcast = (_streams_and_loss(tiny_dir, batch, f) for f in (False, True))
+    assert lean[0] == upcast[0] == {torch.float32}
+    assert lean[1] == pytest.approx(upcast[1], rel=1e-3)
+
+
+def test_trained_copies_are_float32_so_the_fp16_gradient_scaler_steps(tiny_dir, batch):
+    """A full copy (the merger) made from fp16 weights would stop the fp16 gradient scaler
+    ("Attempting to unscale FP16 gradients"); add_lora trains it in float32."""
+    model = add_lora(load_model(str(tiny_dir), "none", torch.float16), trained="language+merger",
+                     r=4, alpha=8, dropout=0.0, gradient_checkpointing=False).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in trainable} == {torch.float32}
+    before = [p.detach().clone() for p in trainable]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(**batch).loss
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainable, strict=True))

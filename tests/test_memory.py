@@ -60,8 +60,8 @@ TRAINED = ["language", "language+vision", "language+merger"]
 #: (quantization, compute dtype, frozen_fp32): 16-bit LoRA in float32 (the CPU's), and the
 #: 4/8-bit paths loaded in bf16 (a GPU's compute dtype), lean and with PEFT's float32 upcast.
 LAYOUTS = [("none", torch.float32, False), ("4bit", torch.bfloat16, False),
-           ("4bit", torch.bfloat16, True), ("8bit", torch.bfloat16, False),
-           ("8bit", torch.bfloat16, True)]
+           ("4bit", torch.bfloat16, True), ("4bit", torch.float16, False),
+           ("8bit", torch.bfloat16, False), ("8bit", torch.bfloat16, True)]
 
 
 #: every trained-part preset on 16-bit and 4-bit; 8-bit (the same code) with one
@@ -76,7 +76,7 @@ def test_weights_and_adapters_are_byte_exact_on_the_tiny_model(tiny_dir, quantiz
     model = _lora(tiny_dir, quantization, trained, dtype=dtype, frozen_fp32=frozen_fp32)
     config = model.base_model.model.config
     setup = Setup(quantization=quantization, compute_bytes=dtype.itemsize, trained=trained,
-                  lora_r=4, frozen_fp32=frozen_fp32)
+                  lora_r=4, frozen_fp32=frozen_fp32, fp16=dtype == torch.float16)
     shape = model_shape(config)
     train = memory.trainable(shape, setup)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -86,9 +86,13 @@ def test_weights_and_adapters_are_byte_exact_on_the_tiny_model(tiny_dir, quantiz
     assert train.params == sum(p.numel() for p in trainable)
     assert train.tensors == len(trainable)
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
-    assert frozen == ({torch.float32} if frozen_fp32 or quantization == "none" else {dtype})
-    if quantization != "none":  # what trains on a quantized base is float32 (the merger's copy)
-        assert {p.dtype for p in trainable} == {torch.float32}
+    if frozen_fp32 or quantization == "none":
+        assert frozen == {torch.float32}
+    else:  # as loaded; an fp16 input embedding in float32 (it carries the residual stream)
+        assert frozen == {dtype} | ({torch.float32} if dtype == torch.float16 else set())
+        embedding = model.get_input_embeddings().weight.dtype
+        assert embedding == (torch.float32 if dtype == torch.float16 else dtype)
+    assert {p.dtype for p in trainable} == {torch.float32}  # LoRA and the merger's copy
 
 
 def test_optimizer_state_is_byte_exact_with_the_trainers_own_optimizer(tiny_dir):
@@ -267,8 +271,13 @@ def test_every_gpu_preset_fits_the_gpu_it_is_made_for_with_a_typical_sample(clea
         assert estimates[preset].fits(gpus[gpu]) == "fits", (preset, estimates[preset].text())
     table = memory.preset_table(estimates)
     assert all(p in table for p in memory.PRESET_GPUS)
-    needed = [estimates[p].needed for p in memory.PRESET_GPUS]  # larger images on larger GPUs
-    assert needed == sorted(needed)
+    tokens = [estimates[p].work.padded_length for p in memory.PRESET_GPUS]
+    assert tokens == sorted(tokens)  # larger images on larger GPUs
+    lora = [estimates[p].needed for p in ("40gb_lora", "80gb_lora")]
+    assert lora == sorted(lora)
+    # the T4's fp16 keeps the input embedding and the residual stream in float32 (safe, not lean)
+    t4, qlora24 = estimates["t4_qlora"], estimates["24gb_qlora"]
+    assert t4.parts["weights"] - qlora24.parts["weights"] == 2 * 151_936 * 2048
 
 
 # ----------------------------------------------------------------------------- qvl train --dry-run
@@ -291,8 +300,9 @@ def test_dry_run_of_every_preset_prints_the_breakdown_and_verdicts(
         assert part in real
     assert all(g.name in real for g in GPUS)
     assert "packing off:" in out and "answer_logits True" in out and "frozen_fp32 False" in out
-    lean, upcast = (memory.human(memory.real_3b_weights(q, frozen_fp32=f)) for q, f in
-                    (("4bit", False), ("4bit", True)))
+    fp16 = "(4bit, fp16 compute)" in real  # the T4 preset
+    lean, upcast = (memory.human(memory.real_3b_weights("4bit", frozen_fp32=f, fp16=fp16))
+                    for f in (False, True))
     weights = next(line for line in real.splitlines() if line.strip().startswith("weights"))
     if "(4bit," in real:  # the 3B's weights, lean, then PEFT's way
         assert f"{lean:>10}  (exact; {upcast} with frozen_fp32: true)" in weights
@@ -340,9 +350,11 @@ def test_another_model_type_gets_a_sentence_not_a_traceback(tmp_path):
     assert "not available" in text and "llama" in text
 
 
-def test_the_readmes_state_the_lean_qlora_saving_the_estimate_counts():
-    saving = memory.real_3b_weights("4bit", frozen_fp32=True) - memory.real_3b_weights("4bit")
+def test_the_readmes_state_the_lean_qlora_savings_the_estimate_counts():
+    upcast = memory.real_3b_weights("4bit", frozen_fp32=True)
     root = Path(__file__).resolve().parent.parent
-    for readme, words in (("README.md", "about {} GiB less"), ("README.zh.md", "约少 {} GiB")):
-        text = " ".join((root / readme).read_text(encoding="utf-8").split())
-        assert words.format(f"{saving / GIB:.1f}") in text, readme
+    for fp16 in (False, True):
+        saving = (upcast - memory.real_3b_weights("4bit", fp16=fp16)) / GIB
+        for readme, words in (("README.md", "about {} GiB less"), ("README.zh.md", "约少 {} GiB")):
+            text = " ".join((root / readme).read_text(encoding="utf-8").split())
+            assert words.format(f"{saving:.1f}") in text, (readme, fp16)

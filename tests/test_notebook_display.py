@@ -275,7 +275,7 @@ def test_the_3b_weights_in_00_and_03_are_one_figure() -> None:
     estimates = memory.preset_estimates()
     shown = memory.weights_text(["4bit", "none"]).splitlines()
     for preset, est in estimates.items():
-        figure = memory.human(memory.real_3b_weights(est.setup.quantization))
+        figure = memory.human(memory.real_3b_weights(est.setup.quantization, fp16=est.setup.fp16))
         four_bit = est.setup.quantization == "4bit"
         upcast = memory.human(memory.real_3b_weights("4bit", frozen_fp32=True))
         tail = f"; {upcast} with frozen_fp32: true)" if four_bit else ")"
