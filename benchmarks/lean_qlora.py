@@ -4,16 +4,23 @@ default) against PEFT's float32 upcast (``frozen_fp32: true``), side by side in 
 * **memory** (exact, no GPU needed): the real Qwen2.5-VL-3B's weights in training memory and the
   estimated peak under every GPU preset, both ways (:func:`qvl_helpers.memory.preset_estimates`).
 * **numerics** (the tiny stand-in on this CPU): the shipped ``tiny_cpu`` preset on the 4-bit
-  path with bf16 mixed precision (what a bf16 GPU runs), trained both ways on two seeds, plus
-  the upcast path once more on seed 0 (CPU training is not bit-reproducible: that repeat is the
-  noise floor). Each run is scored as ``benchmarks/learning.py`` scores it (held-out exact match
-  of base, prompt, tuned, tuned with blank images); the loss curves and the tuned model's
-  held-out answers are compared with the upcast run of the same seed.
+  path with bf16 mixed precision (what a bf16 GPU runs), trained both ways on two seeds, and the
+  upcast way once more per seed: CPU training is not bit-reproducible, and those repeats measure
+  how far the same settings drift from one run to the next (the noise floor). Each run is
+  scored as ``benchmarks/learning.py`` scores it (held-out exact match of base, prompt, tuned,
+  tuned with blank images).
 
-Agreement is judged against :data:`LOSS_TOLERANCE` and :data:`ANSWERS_AGREE_AT_LEAST`, and both
-ways must keep the margins of ``benchmarks/learning.py``.
+Compared with the upcast run of the same seed: the loss at step 1 (one forward pass of the same
+initial weights, before any update: the frozen dtype's own effect, within
+:data:`FIRST_LOSS_TOLERANCE`), the mean absolute difference of the logged training losses and
+the final validation loss (against the noise floor: at most :data:`NOISE_FACTOR` times the
+larger repeat's), and the tuned model's held-out answers. The tiny task saturates (every run
+answers nearly all held-out samples right), so the answers show that both ways learn, not that
+they differ little; the losses carry the comparison. fp16 is not trained here (a CPU has no fp16
+autocast for the Trainer); on fp16 the lean path keeps the language model's stream in float32
+as the upcast does (``tests/test_lean.py``).
 
-    python -m benchmarks.lean_qlora      # about 2 minutes on 2 quiet cores
+    python -m benchmarks.lean_qlora      # about 2.5 minutes on 2 quiet cores
 """
 
 from __future__ import annotations
@@ -29,12 +36,11 @@ from .common import REPO
 from .learning import _course_env, keeps_margins
 
 SEEDS = (0, 1)
-#: Largest absolute difference of the logged training losses (nats) allowed between the two
-#: ways at any logged step: 1.5% of the loss at step 1 (about 10), and about what the same
-#: settings differ by from one CPU run to the next (the repeat measures that beside it).
-LOSS_TOLERANCE = 0.15
-#: Share of held-out samples on which the two ways' tuned models must give the same answer.
-ANSWERS_AGREE_AT_LEAST = 0.9
+#: Largest relative difference of the step-1 loss between the two ways (same weights, no update).
+FIRST_LOSS_TOLERANCE = 0.01
+#: The two ways' curves may differ by at most this many times what a repeat of the same settings
+#: differs by (the larger of the two seeds' repeats).
+NOISE_FACTOR = 1.5
 
 
 def memory_rows() -> list[dict[str, Any]]:
@@ -74,9 +80,9 @@ def train_and_score(seed: int, frozen_fp32: bool, name: str, output_dir: str) ->
                             "run_name": name})
     seen: dict[str, str] = {}
 
-    class Probe:  # records the dtype the first language-model projection computes in
+    class Probe:  # a 4-bit projection's output dtype: its input's, the residual stream's
         def __call__(self, module: Any, args: Any, out: Any) -> None:
-            seen.setdefault("projection_output", str(out.dtype).removeprefix("torch."))
+            seen.setdefault("language_stream", str(out.dtype).removeprefix("torch."))
 
     import qvl_helpers.train as course_train
 
@@ -105,26 +111,38 @@ def train_and_score(seed: int, frozen_fp32: bool, name: str, output_dir: str) ->
             "tuned_blank": score["tuned-blank"], "majority": report["most_common_answer_rate"],
             "n": report["n"], "final_train_loss": result.train_loss,
             "losses": {str(r["step"]): r["loss"] for r in log if "loss" in r},
+            "final_eval_loss": [r["eval_loss"] for r in log if "eval_loss" in r][-1],
             "answers": [p["prediction"] for p in read_predictions(eval_dir, "tuned")]}
 
 
 def compare(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    """How far ``row``'s loss curve and tuned answers are from ``reference``'s."""
+    """How far ``row``'s losses and tuned answers are from ``reference``'s."""
     steps = sorted(set(row["losses"]) & set(reference["losses"]), key=int)
-    worst = max((abs(row["losses"][s] - reference["losses"][s]), int(s)) for s in steps)
+    gaps = [abs(row["losses"][s] - reference["losses"][s]) for s in steps]
     same = sum(a == b for a, b in zip(row["answers"], reference["answers"], strict=True))
+    first = steps[0]
     return {"against": reference["name"], "steps_compared": len(steps),
-            "max_loss_difference": round(worst[0], 4), "at_step": worst[1],
-            "answers_agree": round(same / len(row["answers"]), 4),
-            "within_tolerance": worst[0] <= LOSS_TOLERANCE
-            and same / len(row["answers"]) >= ANSWERS_AGREE_AT_LEAST}
+            "first_loss_relative_difference": round(
+                abs(row["losses"][first] / reference["losses"][first] - 1), 5),
+            "mean_loss_difference": round(sum(gaps) / len(gaps), 4),
+            "max_loss_difference": round(max(gaps), 4),
+            "final_eval_loss_difference": round(
+                abs(row["final_eval_loss"] - reference["final_eval_loss"]), 4),
+            "answers_agree": round(same / len(row["answers"]), 4)}
+
+
+def agrees(c: dict[str, Any], floor: dict[str, float]) -> bool:
+    """Lean and upcast agree: the same step-1 loss, and curves no further apart than repeats."""
+    return (c["first_loss_relative_difference"] <= FIRST_LOSS_TOLERANCE
+            and c["mean_loss_difference"] <= NOISE_FACTOR * floor["mean_loss_difference"]
+            and c["final_eval_loss_difference"]
+            <= NOISE_FACTOR * floor["final_eval_loss_difference"])
 
 
 def run() -> dict[str, Any]:
     """The memory table, then every training variant, each in its own process."""
-    variants = [(seed, fp32, f"s{seed}-{'upcast' if fp32 else 'lean'}")
-                for seed in SEEDS for fp32 in (True, False)]
-    variants.append((0, True, "s0-upcast-again"))
+    variants = [(seed, fp32, f"s{seed}-{way}") for seed in SEEDS
+                for fp32, way in ((True, "upcast"), (False, "lean"), (True, "upcast-again"))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         env = _course_env(Path(tmp))
@@ -140,15 +158,20 @@ def run() -> dict[str, Any]:
                   file=sys.stderr)
             rows.append(row)
     by_name = {r["name"]: r for r in rows}
+    noise = [compare(by_name[f"s{seed}-upcast-again"], by_name[f"s{seed}-upcast"])
+             for seed in SEEDS]
+    floor = {k: max(n[k] for n in noise)
+             for k in ("mean_loss_difference", "final_eval_loss_difference")}
     comparisons = [compare(by_name[f"s{seed}-lean"], by_name[f"s{seed}-upcast"]) for seed in SEEDS]
-    noise = compare(by_name["s0-upcast-again"], by_name["s0-upcast"])
+    for c in comparisons:
+        c["agrees"] = agrees(c, floor)
     speed = {f"s{seed}": round(by_name[f"s{seed}-upcast"]["train_seconds"]
                                / by_name[f"s{seed}-lean"]["train_seconds"], 3) for seed in SEEDS}
     return {"memory": memory_rows(), "rows": rows, "comparisons": comparisons,
-            "noise_floor": noise, "lean_speedup": speed,
-            "tolerance": {"max_loss_difference": LOSS_TOLERANCE,
-                          "answers_agree_at_least": ANSWERS_AGREE_AT_LEAST},
-            "agree": all(c["within_tolerance"] for c in comparisons)
+            "noise_floor": noise, "floor": floor, "upcast_over_lean_seconds": speed,
+            "tolerance": {"first_loss_relative": FIRST_LOSS_TOLERANCE,
+                          "noise_factor": NOISE_FACTOR},
+            "agree": all(c["agrees"] for c in comparisons)
             and all(r["keeps_margins"] for r in rows)}
 
 
