@@ -27,8 +27,8 @@ import yaml
 from . import metrics as M
 from .evaluate import read_predictions
 from .gallery import lead_system
+from .qwen import HUB_MAX_PIXELS
 from .runs import IDENTITY, RUN_CONFIG
-from .tiny import HUB_MAX_PIXELS
 
 #: The largest max_pixels the model's processor accepts (Qwen2.5-VL's own default).
 MAX_PIXELS_LIMIT = HUB_MAX_PIXELS

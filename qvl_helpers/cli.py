@@ -97,11 +97,17 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def _processor_for(model: str) -> object:
-    """The processor of the model named by a ``--model`` flag."""
-    from .config import choose_model, ensure_model
+    """The processor of the model named by a ``--model`` flag; for Qwen2.5-VL's own hub ids the
+    one built offline (:mod:`~qvl_helpers.real_tokenizer`: the same tokenizer and image
+    settings, no download, no weights)."""
+    from .config import choose_model, ensure_model, load_config
     from .model import load_processor
+    from .real_tokenizer import SAME_PROCESSOR, real_processor
 
-    return load_processor(ensure_model(choose_model(model, "--model")))
+    choice = choose_model(model, "--model")
+    if choice.name in SAME_PROCESSOR:
+        return real_processor(load_config().cache_dir)
+    return load_processor(ensure_model(choice))
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

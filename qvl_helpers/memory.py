@@ -485,11 +485,12 @@ def saved_activation_bytes(run_step: Any, exclude: Sequence[Any] = ()) -> int:
 # ----------------------------------------------------------------------------- for a run
 
 
-def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool,
-                   is_tiny: bool) -> str:
+def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool, is_tiny: bool,
+                   records: Sequence[Any] | None = None) -> str:
     """What ``qvl train --dry-run`` prints: the estimate for the model this run trains (on this
     machine), and, while the tiny stand-in is used, for the real 3B on a GPU with the same
-    settings and data (tokens counted with the stand-in's tokenizer: a little more text)."""
+    settings and data. With ``records`` (the training samples) the 3B's text is counted with
+    Qwen's own tokenizer (:mod:`qvl_helpers.real_tokenizer`); without, with the stand-in's."""
     from .qwen import REAL_MODEL_ID
     from .tiny import real_3b_config
 
@@ -503,9 +504,19 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool,
                     model="the tiny stand-in" if is_tiny else str(model_path))
     blocks = [here.text(advice=advice_for(config, here)) if cuda else here.text(gpus=())]
     if is_tiny:
+        how = "text counted with the stand-in's tokenizer, which needs more tokens than Qwen's"
+        if records is not None:
+            from .real_tokenizer import real_processor
+            from .tokens import token_budget
+
+            real_budget = token_budget(records, real_processor(cfg.cache_dir),
+                                       min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                       max_length=cfg.max_length)
+            work, how = (Workload.from_budget(real_budget, cfg.batch_size),
+                         "text counted with Qwen's own tokenizer")
         config = real_3b_config()
         real = estimate(config, Setup.from_config(cfg, gpu=True), work, model=REAL_MODEL_ID)
-        blocks.append("On a GPU, with these settings and this data:\n"
+        blocks.append(f"On a GPU, with these settings and this data ({how}):\n"
                       + real.text(advice=advice_for(config, real)))
     return "\n\n".join(blocks)
 

@@ -31,3 +31,35 @@ EXTRA_TOKENS = [
 def tokens_in(pixels: int) -> int:
     """Visual tokens that ``pixels`` (a max_pixels or min_pixels value) allows per image."""
     return pixels // PIXELS_PER_TOKEN
+
+
+#: The hub's image processor settings (preprocessor_config.json): the pixel range images are
+#: resized into when nothing narrower is asked for, and CLIP's normalisation.
+HUB_MIN_PIXELS = 3136
+HUB_MAX_PIXELS = 12845056
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+#: Qwen2.5-VL-Instruct's chat template (chat_template.json on the hub). Split over lines here for
+#: reading only: the adjacent strings join into the exact original, which has no whitespace
+#: control, so every character between the tags is output.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)

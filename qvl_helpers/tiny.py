@@ -29,41 +29,15 @@ from typing import Any
 from .errors import ModelError
 from .model import quiet_loading
 from .outputs import apply_umask
-from .qwen import EXTRA_TOKENS, SPECIAL_TOKENS
+from .qwen import SPECIAL_TOKENS
+from .real_tokenizer import REGULAR_TOKENS, qwen2_tokenizer, qwen_processor
 
 BUILDER_VERSION = 1
 MARKER_FILE = "qvl_tiny.json"
 
 #: Qwen2.5-VL's special tokens, in the order of their real ids (151643 ... 151656).
-#: Qwen2.5-VL-Instruct's chat template (chat_template.json on the hub). Split over lines here for
-#: reading only: the adjacent strings join into the exact original, which has no whitespace
-#: control, so every character between the tags is output.
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 #: Preprocessor settings of Qwen/Qwen2.5-VL-3B-Instruct on the hub.
-HUB_MIN_PIXELS = 3136
-HUB_MAX_PIXELS = 12845056
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 #: Sizes of the stand-in. Real 3B values in comments.
 TINY_SIZES: dict[str, Any] = {
@@ -154,7 +128,6 @@ def _corpus() -> list[str]:
 def build_tokenizer() -> Any:
     """Train the byte-level BPE and wrap it in the real ``Qwen2Tokenizer`` class."""
     from tokenizers import (
-        AddedToken,
         Regex,
         Tokenizer,
         models,
@@ -162,7 +135,6 @@ def build_tokenizer() -> Any:
         pre_tokenizers,
         trainers,
     )
-    from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     bpe = Tokenizer(models.BPE())
@@ -178,33 +150,12 @@ def build_tokenizer() -> Any:
     )
     bpe.train_from_iterator(_corpus() * 3, trainer)
     trained = json.loads(bpe.to_str())["model"]
-    vocab: dict[str, int] = dict(trained["vocab"])
-    # Special tokens go after the BPE vocabulary, in the real order, like in Qwen's tokenizer.
-    for token in SPECIAL_TOKENS + EXTRA_TOKENS:
-        vocab[token] = len(vocab)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=[tuple(m) for m in trained["merges"]],
-        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None,
-        extra_special_tokens=SPECIAL_TOKENS[1:], errors="replace", model_max_length=131072,
-    )
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in EXTRA_TOKENS])
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return qwen2_tokenizer(trained["vocab"], trained["merges"])
 
 
 def build_processor() -> Any:
     """The ``Qwen2_5_VLProcessor`` with the hub's image settings and the tiny tokenizer."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-
-    image_kwargs = dict(min_pixels=HUB_MIN_PIXELS, max_pixels=HUB_MAX_PIXELS, patch_size=14,
-                        temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN,
-                        image_std=CLIP_STD)
-    return Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**image_kwargs),
-        video_processor=Qwen2VLVideoProcessor(**image_kwargs),
-        tokenizer=build_tokenizer(),
-        chat_template=CHAT_TEMPLATE,
-    )
+    return qwen_processor(build_tokenizer())
 
 
 def build_config(tokenizer: Any) -> Any:
@@ -218,7 +169,7 @@ def build_config(tokenizer: Any) -> Any:
 def real_3b_config() -> Any:
     """The real Qwen2.5-VL-3B-Instruct's configuration, built offline from :data:`REAL_3B`
     (for the memory estimate and the GPU check's random 3B: no download)."""
-    ids = {token: 151643 + i for i, token in enumerate(SPECIAL_TOKENS)}
+    ids = {token: REGULAR_TOKENS + i for i, token in enumerate(SPECIAL_TOKENS)}
     return qwen25vl_config({**REAL_3B, "initializer_range": 0.02}, REAL_3B["vocab_size"], ids)
 
 

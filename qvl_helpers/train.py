@@ -526,7 +526,8 @@ def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[Record]]
 
 
 def _dry_run_text(cfg: CourseConfig, model_path: str, prepared: Any, budgets: dict[str, Any],
-                  targets: list[str], world: int, resume_from: ResumePoint | None) -> str:
+                  targets: list[str], world: int, resume_from: ResumePoint | None,
+                  train_records: Sequence[Record]) -> str:
     per_step = cfg.batch_size * cfg.grad_accum * world
     n = prepared.counts.get("train", 0)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
@@ -545,7 +546,7 @@ def _dry_run_text(cfg: CourseConfig, model_path: str, prepared: Any, budgets: di
     lines += ["lean         " + ", ".join(f"{key} {getattr(cfg, key)}" for key in LEAN_SWITCHES),
               f"             packing off: {PACKING_NOTE}", "",
               report_for_run(cfg, model_path, budgets["train"], cuda=torch.cuda.is_available(),
-                             is_tiny=cfg.resolve_model().is_tiny)]
+                             is_tiny=cfg.resolve_model().is_tiny, records=train_records)]
     return "\n".join(lines)
 
 
@@ -830,7 +831,7 @@ def _train(cfg: CourseConfig, state: Any, hold: Callable[[CourseConfig], Any], s
     cfg, folder = plan.cfg, run_dir(plan.cfg)
     if dry_run:
         say(_dry_run_text(cfg, plan.model_path, plan.prepared, plan.budgets, plan.targets, world,
-                          plan.resume_from))
+                          plan.resume_from, plan.records["train"]))
         if time_steps:
             say(time_estimate(plan, world, state, time_steps).text())
         say("\nDry run: everything checked; nothing was trained.")

@@ -294,7 +294,8 @@ def test_dry_run_of_every_preset_prints_the_breakdown_and_verdicts(
     assert main(["train", "--config", str(preset), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "Memory estimate for the tiny stand-in" in out  # what trains here (CPU)
-    real = out.split("On a GPU, with these settings and this data:")[1]
+    real = out.split("On a GPU, with these settings and this data (text counted with Qwen's own "
+                     "tokenizer):")[1]
     assert "Memory estimate for Qwen/Qwen2.5-VL-3B-Instruct" in real
     for part in ("weights", "LoRA adapters", "optimizer (AdamW)", "logits and loss"):
         assert part in real

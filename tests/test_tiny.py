@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from qvl_helpers.tiny import EXTRA_TOKENS, SPECIAL_TOKENS, build_tiny_model
+from qvl_helpers.qwen import EXTRA_TOKENS, SPECIAL_TOKENS
+from qvl_helpers.tiny import build_tiny_model
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
