@@ -251,3 +251,31 @@ def label_mask_html(processor: Any, batch: dict[str, Any], row: int = 0) -> str:
               "<span style='background:#e3f2fd;color:#1565c0'>visual tokens (masked)</span></p>")
     return (legend + "<div style='font-family:monospace;white-space:normal;line-height:1.6'>"
             + "".join(pieces) + "</div>")
+
+
+def token_pieces(tokenizer: Any, text: str) -> list[tuple[str, list[int]]]:
+    """``text`` as ``tokenizer`` splits it: (piece, its ids) in order. A byte-level BPE may split
+    one character (a Chinese one, an emoji) over several tokens; such tokens stay together as
+    one piece, so every piece is readable and the pieces join back into ``text``."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    pieces: list[tuple[str, list[int]]] = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        piece = tokenizer.decode(ids[start:end])
+        if "\ufffd" not in piece or end == len(ids):
+            pieces.append((piece, ids[start:end]))
+            start = end
+    return pieces
+
+
+def tokens_side_by_side(text: str, tokenizers: dict[str, Any]) -> str:
+    """``text`` in each named tokenizer's tokens (a processor's tokenizer is taken from it): the
+    count, then each piece with its id(s), pieces separated by ``|``."""
+    lines = [f"{text!r}"]
+    for name, tok in tokenizers.items():
+        tok = getattr(tok, "tokenizer", tok)
+        pieces = token_pieces(tok, text)
+        count = sum(len(ids) for _, ids in pieces)
+        shown = " | ".join(f"{piece}:{','.join(map(str, ids))}" for piece, ids in pieces)
+        lines.append(f"  {name:<12}{count:>4} token{'s' if count != 1 else ' '}  {shown}")
+    return "\n".join(lines)

@@ -134,3 +134,17 @@ def test_without_gguf_the_build_says_how_to_get_it(monkeypatch):
         read_vocabulary()
     assert "gguf package is not installed" in refused.value.message
     assert "scripts/env.sh" in refused.value.fix and refused.value.file.endswith(".gguf")
+
+
+@pytest.mark.parametrize("text", ["合计 ¥59.50，谢谢惠顾 🧾", '{"store": "全家便利店", "total": "35.50"}',
+                                  "What colour is the shape?"])
+def test_token_pieces_are_readable_and_give_back_the_text_and_the_ids(real, text):
+    from qvl_helpers.tokens import token_pieces, tokens_side_by_side
+
+    pieces = token_pieces(real.tokenizer, text)
+    assert "".join(piece for piece, _ in pieces) == text
+    assert [i for _, ids in pieces for i in ids] == real.tokenizer.encode(text,
+                                                                          add_special_tokens=False)
+    assert all("\ufffd" not in piece for piece, _ in pieces)
+    count = len(real.tokenizer.encode(text, add_special_tokens=False))
+    assert f"Qwen2.5-VL  {count:>4} token" in tokens_side_by_side(text, {"Qwen2.5-VL": real})
