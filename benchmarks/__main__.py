@@ -2,7 +2,7 @@
 ``benchmarks/results/``, then the summary table ``benchmarks/results/README.md``.
 
     python -m benchmarks                 # all (the learning curve alone about 6 minutes on 2 quiet
-                                         # cores, lean QLoRA about 2)
+                                         # cores, lean QLoRA about 2, real_vocab about 1.5)
     python -m benchmarks padding collator   # some
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 import time
 
-from . import collator, doctor_scale, lean_qlora, learning, padding, training
+from . import collator, doctor_scale, lean_qlora, learning, padding, real_vocab, training
 from .common import RESULTS, write_result
 from .summary import write_summary
 
 BENCHMARKS = {"padding": padding.run, "collator": collator.run, "training": training.run,
               "doctor_scale": doctor_scale.run, "learning": learning.run,
-              "lean_qlora": lean_qlora.run}
+              "lean_qlora": lean_qlora.run, "real_vocab": real_vocab.run}
 
 
 def main(names: list[str]) -> None:

@@ -39,16 +39,20 @@ QUANTIZATIONS = ("none", "4bit")
 TUNED_AT_LEAST, BASE_BELOW, BLANK_ABOVE_MAJORITY = 0.9, 0.1, 0.1
 
 
-def train_and_score(epochs: float, seed: int, quantization: str, output_dir: str) -> dict[str, Any]:
-    """In this process: train the preset for ``epochs`` and evaluate it as the tests do."""
+def train_and_score(epochs: float, seed: int, quantization: str, output_dir: str,
+                    model: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """In this process: train the preset for ``epochs`` and evaluate it as the tests do
+    (``model``: another stand-in folder than the course.yaml's)."""
     from qvl_helpers.config import PRESETS_DIR, load_config
     from qvl_helpers.evaluate import evaluate_run
     from qvl_helpers.train import train
 
-    name = f"e{epochs}-s{seed}-{quantization}"
-    cfg = load_config(presets=[PRESETS_DIR / "tiny_cpu.yaml"],
-                      sets={"num_epochs": epochs, "seed": seed, "quantization": quantization,
-                            "output_dir": output_dir, "run_name": name})
+    name = name or f"e{epochs}-s{seed}-{quantization}"
+    sets: dict[str, Any] = {"num_epochs": epochs, "seed": seed, "quantization": quantization,
+                            "output_dir": output_dir, "run_name": name}
+    if model is not None:
+        sets["model"] = model
+    cfg = load_config(presets=[PRESETS_DIR / "tiny_cpu.yaml"], sets=sets)
     result = train(cfg, verbose=False)
     report = evaluate_run(result.run_dir, systems="base,prompt,tuned", image_ablation="blank")
     score = {k: s["metrics"]["exact_match"]["value"] for k, s in report["systems"].items()}

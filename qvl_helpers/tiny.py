@@ -158,10 +158,11 @@ def build_processor() -> Any:
     return qwen_processor(build_tokenizer())
 
 
-def build_config(tokenizer: Any) -> Any:
-    """A ``Qwen2_5_VLConfig`` with the real structure at tiny size."""
+def build_config(tokenizer: Any, vocab_size: int | None = None) -> Any:
+    """A ``Qwen2_5_VLConfig`` with the real structure at tiny size (``vocab_size``: the
+    embedding's rows; default the tokenizer's, padded to a multiple of 64)."""
     tok = tokenizer.convert_tokens_to_ids
-    vocab_size = -(-len(tokenizer) // 64) * 64  # padded like the real 151936 > 151665 tokens
+    vocab_size = vocab_size or -(-len(tokenizer) // 64) * 64  # padded: the real has 151936 rows
     ids = {token: tok(token) for token in SPECIAL_TOKENS}
     return qwen25vl_config(TINY_SIZES, vocab_size, ids)
 
@@ -211,14 +212,21 @@ def _is_tiny_build(folder: Path) -> bool:
     return (folder / MARKER_FILE).is_file()
 
 
-def _write_build(out: Path, seed: int) -> None:
-    """Build everything into ``out`` (an empty folder)."""
+def _write_build(out: Path, seed: int, real_tokenizer: bool = False) -> None:
+    """Build everything into ``out`` (an empty folder); ``real_tokenizer``: with Qwen's own
+    tokenizer and the real 151,936-row embedding (a variant ``benchmarks/real_vocab.py``
+    measures), instead of the stand-in's 1,024."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    processor = build_processor()
+    if real_tokenizer:
+        from .real_tokenizer import build_real_tokenizer
+
+        processor = qwen_processor(build_real_tokenizer())
+    else:
+        processor = build_processor()
     tokenizer = processor.tokenizer
-    config = build_config(tokenizer)
+    config = build_config(tokenizer, REAL_3B["vocab_size"] if real_tokenizer else None)
     fork_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=fork_devices):  # leave the caller's RNG untouched
         torch.manual_seed(seed)
@@ -234,10 +242,12 @@ def _write_build(out: Path, seed: int) -> None:
     processor.save_pretrained(out)
     marker = {"builder": "qvl_helpers.tiny", "builder_version": BUILDER_VERSION, "seed": seed,
               "note": "random weights: a structural stand-in for Qwen/Qwen2.5-VL-3B-Instruct"}
+    if real_tokenizer:
+        marker["tokenizer"] = "real (qvl_helpers.real_tokenizer)"
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
-def _install_build(out: Path, seed: int, *, replace: bool) -> Path:
+def _install_build(out: Path, seed: int, *, replace: bool, real_tokenizer: bool = False) -> Path:
     """Build in a temporary sibling folder, then move it to ``out`` in one rename.
 
     A killed build therefore never leaves a half-written model at ``out``. With ``replace`` an
@@ -247,7 +257,7 @@ def _install_build(out: Path, seed: int, *, replace: bool) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        _write_build(tmp, seed)
+        _write_build(tmp, seed, real_tokenizer)
         apply_umask(tmp)  # mkdtemp and safetensors create owner-only modes
         try:
             if out.exists():
@@ -261,7 +271,7 @@ def _install_build(out: Path, seed: int, *, replace: bool) -> Path:
     return out
 
 
-def build_tiny_model(out: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(out: str | Path, seed: int = 0, *, real_tokenizer: bool = False) -> Path:
     """Build the tiny model into ``out`` and return its path.
 
     An existing folder is replaced only when it is empty or holds an earlier tiny build.
@@ -273,7 +283,7 @@ def build_tiny_model(out: str | Path, seed: int = 0) -> Path:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_tiny_build(out))):
         raise ModelError("the output folder exists and is not an earlier tiny-model build.",
                          file=out, fix="choose a new or empty folder (nothing was overwritten).")
-    return _install_build(out, seed, replace=True)
+    return _install_build(out, seed, replace=True, real_tokenizer=real_tokenizer)
 
 
 def ensure_tiny_model(folder: str | Path, seed: int = 0) -> Path:
