@@ -2,7 +2,8 @@
 BPE) against the same tiny model with the real tokenizer and the real 151,936-row embedding
 (:func:`qvl_helpers.tiny.build_tiny_model` with ``real_tokenizer=True``), side by side in one
 run: the shipped ``tiny_cpu`` preset (16-bit, 5 epochs) on two seeds each, CPU seconds per
-training step, and the learning margins of ``benchmarks/learning.py`` (held-out exact match of
+training step, the saved model folder's size (every export and merge writes one), and the learning
+margins of ``benchmarks/learning.py`` (held-out exact match of
 tuned >= 0.9, base < 0.1, blank images at most the most-common-answer rate + 0.1).
 
     python -m benchmarks.real_vocab      # about 1.5 minutes on 2 quiet cores
@@ -32,6 +33,9 @@ def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = _course_env(Path(tmp))
         real = str(build_tiny_model(Path(tmp) / "real-vocab", real_tokenizer=True))
+        shipped = build_tiny_model(Path(tmp) / "shipped")
+        folder_bytes = {name: sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+                        for name, path in (("shipped", shipped), ("real tokenizer", real))}
         for seed in SEEDS:
             for variant, model in (("shipped", None), ("real tokenizer", real)):
                 out = subprocess.run(
@@ -49,6 +53,7 @@ def run() -> dict[str, Any]:
     per_step = {v: round(sum(r["seconds_per_step"] for r in rows if r["variant"] == v)
                          / len(SEEDS), 4) for v in ("shipped", "real tokenizer")}
     return {"epochs": EPOCHS, "rows": rows, "seconds_per_step": per_step,
+            "model_folder_bytes": folder_bytes,
             "real_over_shipped": round(per_step["real tokenizer"] / per_step["shipped"], 3),
             "real_keeps_margins": all(r["keeps_margins"] for r in rows
                                       if r["variant"] == "real tokenizer")}

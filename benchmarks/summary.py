@@ -127,6 +127,9 @@ def real_vocab_table(r: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['variant']} | {row['seed']} | {row['steps']} | "
                      f"{row['seconds_per_step']:.4f} | {row['tuned']:.3f} | {row['base']:.3f} | "
                      f"{row['tuned_blank']:.3f} | {'kept' if row['keeps_margins'] else 'missed'} |")
+    sizes = r.get("model_folder_bytes", {})
+    lines += ["", "Saved model folder: " + ", ".join(f"{k} {v / 2 ** 20:.1f} MiB"
+                                                    for k, v in sizes.items()) + "."] if sizes else []
     return lines + ["", f"Time per step, real tokenizer / shipped: **{r['real_over_shipped']:.2f}x**; "
                         f"the real-tokenizer stand-in keeps every margin: "
                         f"**{'yes' if r['real_keeps_margins'] else 'no'}**."]
