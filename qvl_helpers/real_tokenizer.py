@@ -119,6 +119,13 @@ def ensure_real_tokenizer(cache_dir: str | Path) -> Path:
     folder = Path(cache_dir).expanduser().resolve() / f"qwen2_5_vl-tokenizer-v{BUILDER_VERSION}"
     if (folder / MARKER_FILE).is_file():
         return folder
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        from .errors import ModelError
+
+        raise ModelError("the real tokenizer's cache folder holds something else (no "
+                         f"{MARKER_FILE}: not a complete build of this course).", file=folder,
+                         fix="delete that folder (the course rebuilds it in seconds) or set "
+                             "QVL_CACHE_DIR to another place.")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
     try:

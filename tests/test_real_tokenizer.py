@@ -148,3 +148,16 @@ def test_token_pieces_are_readable_and_give_back_the_text_and_the_ids(real, text
     assert all("\ufffd" not in piece for piece, _ in pieces)
     count = len(real.tokenizer.encode(text, add_special_tokens=False))
     assert f"Qwen2.5-VL  {count:>4} token" in tokens_side_by_side(text, {"Qwen2.5-VL": real})
+
+
+def test_a_damaged_cache_folder_is_named_not_overwritten(tmp_path):
+    from qvl_helpers.errors import ModelError
+    from qvl_helpers.real_tokenizer import BUILDER_VERSION, ensure_real_tokenizer
+
+    folder = tmp_path / f"qwen2_5_vl-tokenizer-v{BUILDER_VERSION}"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")  # no marker: not our build
+    with pytest.raises(ModelError) as refused:
+        ensure_real_tokenizer(tmp_path)
+    assert refused.value.file == str(folder) and "delete that folder" in refused.value.fix
+    assert (folder / "tokenizer.json").read_text(encoding="utf-8") == "{}"
