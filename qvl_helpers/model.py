@@ -425,8 +425,11 @@ def check_vision_features(model: Any) -> Any:
     merger_frozen = "merger" not in trained
     patch = int(getattr(visual, "patch_size", 14))
 
+    trained_once = False  # a training batch has been through: updates may follow
+
     def check(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        first = not getattr(check, "trained_once", False)
+        nonlocal trained_once
+        first = not trained_once
         outputs = [(getattr(output, "last_hidden_state", None), blocks_frozen or first),
                    (getattr(output, "pooler_output", output), merger_frozen and blocks_frozen
                     or first)]
@@ -435,7 +438,7 @@ def check_vision_features(model: Any) -> Any:
                 grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
                 raise vision_overflow_error(features, grid, patch)
         if module.training:
-            check.trained_once = True
+            trained_once = True
             if not blocks_frozen:
                 handle.remove()
 

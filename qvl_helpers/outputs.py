@@ -20,7 +20,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,32 @@ def install_folder(work: Path, out: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         work.rename(out)
+    return out
+
+
+def build_in_place(out: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool],
+                   *, replace: bool = False) -> Path:
+    """A cache folder built safely: ``build(tmp)`` writes into a private sibling, which then
+    moves to ``out`` in one rename, so a killed build never leaves half a folder at ``out``. With
+    ``replace`` an existing ``out`` (the caller checked it is an earlier build) is removed first;
+    without it a concurrent process that finished first wins (``is_complete(out)``) and its build
+    is kept. Several processes may call it at once."""
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        build(tmp)
+        apply_umask(tmp)  # mkdtemp and safetensors create owner-only modes
+        try:
+            if out.exists():
+                shutil.rmtree(out) if replace else out.rmdir()
+            tmp.rename(out)
+        except OSError:
+            if not is_complete(out):  # not another process's finished build: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -19,11 +19,10 @@ at their real ids; the chat template is the hub's (:data:`~qvl_helpers.qwen.CHAT
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .outputs import build_in_place
 from .qwen import (
     CHAT_TEMPLATE,
     CLIP_MEAN,
@@ -126,24 +125,14 @@ def ensure_real_tokenizer(cache_dir: str | Path) -> Path:
                          f"{MARKER_FILE}: not a complete build of this course).", file=folder,
                          fix="delete that folder (the course rebuilds it in seconds) or set "
                              "QVL_CACHE_DIR to another place.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         qwen_processor(build_real_tokenizer()).save_pretrained(tmp)
         marker = {"builder": "qvl_helpers.real_tokenizer", "builder_version": BUILDER_VERSION,
                   "source": f"qvl_helpers/vocab/{VOCAB_FILE} (llama.cpp; Qwen2's vocabulary)"}
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        from .outputs import apply_umask
 
-        apply_umask(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:
-            if not (folder / MARKER_FILE).is_file():  # not another process's build: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return build_in_place(folder, build, lambda f: (f / MARKER_FILE).is_file())
 
 
 def real_processor(cache_dir: str | Path) -> Any:

@@ -21,14 +21,12 @@ The build is deterministic: the same seed gives byte-identical files.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
 from .model import quiet_loading
-from .outputs import apply_umask
+from .outputs import build_in_place
 from .qwen import SPECIAL_TOKENS
 from .real_tokenizer import REGULAR_TOKENS, qwen2_tokenizer, qwen_processor
 
@@ -248,27 +246,10 @@ def _write_build(out: Path, seed: int, real_tokenizer: bool = False) -> None:
 
 
 def _install_build(out: Path, seed: int, *, replace: bool, real_tokenizer: bool = False) -> Path:
-    """Build in a temporary sibling folder, then move it to ``out`` in one rename.
-
-    A killed build therefore never leaves a half-written model at ``out``. With ``replace`` an
-    existing ``out`` (already checked to be an earlier build) is removed first; without it a
-    concurrent process that finished first wins and its build is kept.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        _write_build(tmp, seed, real_tokenizer)
-        apply_umask(tmp)  # mkdtemp and safetensors create owner-only modes
-        try:
-            if out.exists():
-                shutil.rmtree(out) if replace else out.rmdir()
-            tmp.rename(out)
-        except OSError:
-            if not _is_tiny_build(out):  # not another process's finished build: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    """Build into ``out`` through :func:`~qvl_helpers.outputs.build_in_place` (a killed build
+    never leaves a half-written model; with ``replace`` an earlier build is replaced)."""
+    return build_in_place(out, lambda tmp: _write_build(tmp, seed, real_tokenizer),
+                          _is_tiny_build, replace=replace)
 
 
 def build_tiny_model(out: str | Path, seed: int = 0, *, real_tokenizer: bool = False) -> Path:
