@@ -30,7 +30,7 @@ ensure_docker() {
     if docker info > /dev/null 2>&1; then return; fi
     if ! command -v dockerd > /dev/null; then
         [ "$(id -u)" = 0 ] || { echo "error: no Docker daemon, and installing one needs root." >&2; exit 2; }
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io > "$work/apt.log" 2>&1 \
+        DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=5 install -y -qq docker.io > "$work/apt.log" 2>&1 \
             || { echo "error: installing docker.io failed:" >&2; tail -20 "$work/apt.log" >&2; exit 2; }
     fi
     # No bridge or iptables: this stage builds and runs with --network host.
@@ -52,7 +52,7 @@ choose_base() {
     base="$LOCAL_BASE"
     if docker image inspect "$LOCAL_BASE" > /dev/null 2>&1; then return; fi
     if ! command -v debootstrap > /dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap > "$work/apt.log" 2>&1 \
+        DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=5 install -y -qq debootstrap > "$work/apt.log" 2>&1 \
             || { echo "error: installing debootstrap failed:" >&2; tail -20 "$work/apt.log" >&2; exit 2; }
     fi
     local root="$work/rootfs"
