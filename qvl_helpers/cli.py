@@ -22,6 +22,7 @@ from .errors import DatasetError, QVLError, count
 
 if TYPE_CHECKING:  # the command line imports nothing heavy before a command runs
     from .config import CourseConfig
+    from .export import ExportRequest
 
 
 def positive_int(text: str) -> int:
@@ -276,6 +277,16 @@ def non_negative_float(text: str) -> float:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_export, check_request, export, plan_export
 
+    args.gguf = args.gguf or bool(args.quantize)
+    if args.gguf:
+        from .gguf_export import require_llama_cpp
+
+        require_llama_cpp()  # before anything long: a missing extra is one sentence, exit 2
+        if not args.verify:
+            print("qvl export: error: GGUF files are made only from a verified merge, so "
+                  "--gguf and --no-verify do not go together. Fix: drop --no-verify.",
+                  file=sys.stderr)
+            return 2
     if args.check_only:
         given = [flag for flag, on in (("--force", args.force), ("--no-verify", not args.verify),
                                        ("--temperature", args.temperature != 0.0)) if on]
@@ -290,14 +301,23 @@ def cmd_export(args: argparse.Namespace) -> int:
                   "--run RUN for outputs/export/RUN). Fix: add --out DIR.", file=sys.stderr)
             return 2
         folder = args.out or plan_export(args.run).out_dir
-        check_export(check_request(folder, run=args.run, model=args.model, adapter=args.adapter,
-                                   data=args.data, n_verify=args.samples))
+        request = check_request(folder, run=args.run, model=args.model, adapter=args.adapter,
+                                data=args.data, n_verify=args.samples)
+        if args.gguf:
+            from .gguf_export import check_gguf
+
+            check_gguf(Path(folder), request)
+        else:
+            check_export(request)
         return 0
     request = plan_export(args.run, model=args.model, adapter=args.adapter, out_dir=args.out,
                           verify=args.verify, force=args.force, n_verify=args.samples,
-                          temperature=args.temperature)
+                          temperature=args.temperature, gguf=args.gguf,
+                          quantize=tuple(dict.fromkeys(args.quantize)))
     if args.data:
         request.samples = Path(args.data)
+    if args.gguf and not args.force and _is_verified_export(request.out_dir):
+        return _gguf_for_existing(request)
     folder = export(request)
     print(f"exported to {folder}/ (model card: {folder / 'README.md'})")
     return 0
@@ -386,6 +406,30 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     _add_use_commands(sub)
 
 
+def _is_verified_export(folder: Path) -> bool:
+    from .export import EXPORT_INFO
+    from .outputs import read_json
+
+    return bool((read_json(Path(folder) / EXPORT_INFO) or {}).get("verified"))
+
+
+def _gguf_for_existing(request: ExportRequest) -> int:
+    """``--gguf`` on an export that exists and is verified: add the GGUF files to it."""
+    from .gguf_export import GGUF_FOLDER, add_gguf
+    from .outputs import OutputExistsError
+
+    folder = Path(request.out_dir)
+    if (folder / GGUF_FOLDER).exists():
+        raise OutputExistsError("already holds GGUF files; nothing was overwritten.",
+                                file=folder / GGUF_FOLDER,
+                                fix="check them with --check-only --gguf, or pass --force to "
+                                    "export again with new ones.")
+    print(f"{folder} is a verified export: adding GGUF files to it (--force exports again).")
+    add_gguf(folder, request)
+    print(f"GGUF files in {folder / GGUF_FOLDER}/ (how to run them: {folder / 'README.md'})")
+    return 0
+
+
 def _run_flags(p: argparse.ArgumentParser, *, run: str, data: str) -> None:
     """--run, or --model/--adapter/--data: what eval and export work on."""
     p.add_argument("--run", help=f"a run folder (outputs/runs/NAME): {run}")
@@ -411,6 +455,13 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
                    help="held-out samples the verification compares (default: 4)")
     p.add_argument("--temperature", type=non_negative_float, default=0.0,
                    help="0 (default): greedy generation_config.json; above 0: sampling")
+    p.add_argument("--gguf", action="store_true",
+                   help="also write llama.cpp's GGUF pair (NAME-f16.gguf, mmproj-NAME-f16.gguf) "
+                        "into the export's gguf/ and verify it in llama.cpp (needs the gguf "
+                        "extra; with --check-only: verify those files again)")
+    p.add_argument("--quantize", action="append", default=[], choices=("Q8_0", "Q4_K_M"),
+                   help="with --gguf (implied): also a quantized language model of this type, "
+                        "from the f16 file (may repeat)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("chat", help="ask a model about an image (answers stream as they come)")

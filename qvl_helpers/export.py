@@ -74,6 +74,8 @@ class ExportRequest:
     force: bool = False
     n_verify: int = 4
     temperature: float = 0.0           # 0: greedy; > 0 writes sampling settings instead
+    gguf: bool = False                 # also llama.cpp's GGUF pair, verified in llama.cpp
+    quantize: tuple[str, ...] = ()     # with gguf: quantized language models (Q8_0, Q4_K_M)
 
 
 @dataclass
@@ -544,6 +546,10 @@ def export(request: ExportRequest, say: Any = print) -> Path:
                                 "qvl export again; an earlier export is untouched.") from None
         raise
     say(verdict_line(measured, request.verify))
+    if request.gguf:
+        from .gguf_export import add_gguf
+
+        add_gguf(out, request, say)
     return out
 
 

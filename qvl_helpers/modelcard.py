@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from .outputs import read_json, write_text
+from .outputs import human_size, read_json, write_text
 from .qwen import REAL_MODEL_ID
 from .runs import RUN_CONFIG
 
@@ -92,6 +92,51 @@ def _usage(min_pixels: int, max_pixels: int) -> list[str]:
             "From a terminal: `qvl chat --model THIS_FOLDER --image photo.jpg \"question\"`.", ""]
 
 
+def gguf_section(info: dict[str, Any]) -> list[str]:
+    """How to run the GGUF pair (only when ``qvl export --gguf`` made one)."""
+    from .gguf_export import LLAMA_CPP_PYTHON, verdict_line
+
+    summary = info.get("gguf")
+    if not summary or "files" not in summary:
+        return []
+    files = {kind: f"gguf/{f['file']}" for kind, f in summary["files"].items()}
+    text, mmproj = files["f16"], files["mmproj"]
+    lo, hi = summary["image_tokens"]
+    verdict = verdict_line(summary) if summary.get("verified") else \
+        f"**Not verified**: {summary.get('problem', 'see export.json')}"
+    lines = ["## Run it locally (GGUF, llama.cpp)", "",
+             "| file | what | size |", "|---|---|---|"]
+    for kind, f in summary["files"].items():
+        what = "vision projector (f16)" if kind == "mmproj" else f"language model ({kind})"
+        lines.append(f"| `{files[kind]}` | {what} | {human_size(f['bytes'])} |")
+    return lines + [
+        "", verdict, "",
+        "An OpenAI-compatible server on the two files (llama-cpp-python's, with its "
+        "`qwen2.5-vl` chat format; loopback only):", "", "```bash",
+        f"pip install 'llama-cpp-python[server]=={LLAMA_CPP_PYTHON}'",
+        f"python -m llama_cpp.server --model {text} --clip_model_path {mmproj} "
+        "--chat_format qwen2.5-vl --n_ctx 4096 --host 127.0.0.1 --port 8000", "```", "",
+        "Ask it about an image:", "", "```bash",
+        "IMG=$(base64 -w0 photo.png)",
+        "curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' "
+        "-d '{\"temperature\": 0, \"messages\": [{\"role\": \"user\", \"content\": ["
+        "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/png;base64,'"
+        "\"$IMG\"'\"}}, {\"type\": \"text\", \"text\": \"What is in this picture?\"}]}]}'",
+        "```", "",
+        f"Training saw images of {lo} to {hi} visual tokens; that server resizes within llama.cpp's "
+        "defaults for Qwen2.5-VL (8 to 4096), so shrink larger images before sending them. "
+        "llama.cpp's own server takes the limits:", "", "```bash",
+        f"llama-server -m {text} --mmproj {mmproj} --image-min-tokens {lo} "
+        f"--image-max-tokens {hi} --temp 0 --host 127.0.0.1 --port 8080", "```", "",
+        "LM Studio: put both files in one folder under its models folder "
+        "(`~/.lmstudio/models/you/NAME/`); it pairs the `mmproj-` file with the model. "
+        "Ollama: a Modelfile with `FROM ./" + text.split("/")[-1] + "` imports the language "
+        "model, text only; a separate vision projector (a second `FROM`, or `ADAPTER`) does not "
+        "load for Qwen-family vision models there (ollama/ollama issues 14730 and 15346), so "
+        "for images use llama.cpp or LM Studio. LM Studio and Ollama were not run by the course.",
+        ""]
+
+
 def model_card(request: Any, info: dict[str, Any]) -> str:
     """The card's Markdown text for an export (``info``: what the merge recorded)."""
     base = str(request.model)
@@ -106,6 +151,7 @@ def model_card(request: Any, info: dict[str, Any]) -> str:
     lines += _training(Path(request.adapter), request.run)
     lines += _evaluation(find_report(request.run, Path(request.adapter)))
     lines += _usage(info["min_pixels"], info["max_pixels"])
+    lines += gguf_section(info)
     licence = (f"The base model's licence applies: [{QWEN_LICENCE[1]}]({QWEN_LICENCE[2]})."
                if is_real_model(base) else "The base model's licence applies.")
     lines += ["## Licence", "", licence, "", "## Limitations", "",

@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
 trap 'rm -rf "$QVL_OUTPUT_DIR"' EXIT
 
 stage "ruff" ruff check .
-stage "unit tests" python -m pytest tests -q -m "not notebooks" --durations=10 "$@"
+stage "unit tests" python -m pytest tests -q -m "not notebooks and not gguf" --durations=10 "$@"
 # Every notebook in order, on a learner's own data with the hard record shapes (tests/learner_data.py);
 # the Docker stage of CI runs them once more on the bundled data, inside the image.
 stage "notebooks" python -m pytest tests/test_learner_course.py -q -m notebooks \

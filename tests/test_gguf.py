@@ -1,0 +1,260 @@
+"""``qvl export --gguf``: llama.cpp's GGUF pair from the verified merge, verified in llama.cpp.
+
+The tests marked ``gguf`` need the ``gguf`` extra (llama-cpp-python, built from source) and the
+converter (fetched once from its source distribution): ``.ci/run`` installs both and runs them;
+``scripts/test.sh`` leaves them out. The rest (the comparison's rules, the one-sentence message
+without the extra, the pre-tokenizer rule, the model card) run everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from inprocess import run_main
+
+from qvl_helpers.gguf_export import (
+    TIE_TOLERANCE,
+    Observed,
+    compare,
+    parting,
+    pre_tokenizer_name,
+    verdict_line,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- everywhere
+
+def test_without_the_extra_gguf_export_says_how_to_add_it(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as without the extra
+    code, out, err = run_main(capsys, "export", "--run", tmp_path / "runs" / "r", "--gguf")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "not installed" in err and "pip install -e '.[gguf]'" in err
+    assert not (tmp_path / "export").exists()  # nothing was started
+
+
+def test_the_stand_in_and_the_real_tokenizer_split_text_by_qwen2_rules(tiny_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    assert pre_tokenizer_name(tiny_dir) == "qwen2"
+    other = tmp_path / "other"
+    other.mkdir()
+    saved = json.loads((tiny_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    saved["normalizer"] = None  # another tokenizer's rules: llama.cpp decides by its own hash
+    (other / "tokenizer.json").write_text(json.dumps(saved), encoding="utf-8")
+    assert pre_tokenizer_name(other) is None
+
+
+def observed(draw: st.DrawFn, n: int) -> tuple[Observed, Observed]:
+    """A transformers and a llama.cpp observation of ``n`` samples, parting at random steps."""
+    pieces = st.lists(st.sampled_from(["a", "b", " c", "{", "\"", "总", "计"]), min_size=1,
+                      max_size=6)
+    margin = st.floats(0, 0.3, allow_nan=False)
+    ref, other = Observed(), Observed()
+    for _ in range(n):
+        said = draw(pieces)
+        cut = draw(st.integers(0, len(said)))
+        theirs = said[:cut] + draw(st.lists(st.sampled_from(["x", "y"]), max_size=3))
+        length = draw(st.integers(5, 9))
+        for seen, answer in ((ref, said), (other, theirs)):
+            seen.pieces.append(answer)
+            seen.answers.append("".join(answer))
+            seen.margins.append([draw(margin) for _ in answer])
+            seen.prompt_tokens.append(length)
+        other.prompt_tokens[-1] += draw(st.sampled_from([0, 0, 0, 1]))
+    return ref, other
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.integers(1, 5))
+def test_f16_fails_exactly_when_an_answer_parts_beyond_a_near_tie(data: st.DataObject,
+                                                                   n: int) -> None:
+    ref, other = data.draw(st.composite(lambda draw: observed(draw, n))())
+    records = [{"id": f"s{i}", "messages": []} for i in range(n)]
+    result = compare(ref, other, records, exact=True)
+    expected_problems = 0
+    for i in range(n):
+        expected_problems += ref.prompt_tokens[i] != other.prompt_tokens[i]
+        step = parting(ref, other, i)
+        if step is None:
+            assert ref.answers[i] == other.answers[i]
+            continue
+        assert ref.answers[i] != other.answers[i]
+        # the text up to the parting step is the same in both answers
+        assert other.answers[i].startswith("".join(ref.pieces[i][:step]))
+        ours = ref.margins[i][step] if step < len(ref.margins[i]) else float("inf")
+        theirs = other.margins[i][step] if step < len(other.margins[i]) else float("inf")
+        expected_problems += ours + theirs > TIE_TOLERANCE
+    assert len(result["problems"]) == expected_problems
+    assert result["same_answers"] == sum(a == b for a, b in zip(ref.answers, other.answers, strict=True))
+    assert result["agreement"] == result["same_answers"] / n
+    assert len(result["partings"]) == n - result["same_answers"]
+    # quantized files only report: never a problem for another answer
+    assert len(compare(ref, other, records, exact=False)["problems"]) == \
+        sum(a != b for a, b in zip(ref.prompt_tokens, other.prompt_tokens, strict=True))
+    # the verdict's numbers are the comparison's
+    summary = {"results": {"f16": result, "Q8_0": result}}
+    line = verdict_line(summary)
+    assert f"gives {result['same_answers']} of {n} answers exactly" in line
+    assert f"Q8_0: {result['same_answers']} of {n} the same ({result['agreement']:.0%})" in line
+    assert ("near tie" in line) == bool(result["partings"])
+
+
+def test_the_model_card_shows_how_to_run_the_pair_it_holds() -> None:
+    from qvl_helpers.modelcard import gguf_section
+
+    summary = {"verified": True, "image_tokens": [4, 16],
+               "files": {"f16": {"file": "shapes-f16.gguf", "bytes": 900_000},
+                         "mmproj": {"file": "mmproj-shapes-f16.gguf", "bytes": 520_000},
+                         "Q8_0": {"file": "shapes-Q8_0.gguf", "bytes": 500_000}},
+               "results": {"f16": {"samples": 3, "same_answers": 3, "agreement": 1.0,
+                                   "partings": [], "problems": []}}}
+    card = "\n".join(gguf_section({"gguf": summary}))
+    assert "--model gguf/shapes-f16.gguf --clip_model_path gguf/mmproj-shapes-f16.gguf" in card
+    assert "--image-min-tokens 4 --image-max-tokens 16" in card
+    assert "`gguf/shapes-Q8_0.gguf` | language model (Q8_0)" in card
+    assert verdict_line(summary) in card
+    assert gguf_section({}) == []  # no GGUF, no section
+
+
+# --------------------------------------------------------------------------- with llama.cpp
+
+def _needs_llama_cpp() -> None:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pytest.skip("needs the gguf extra (pip install -e '.[gguf]', a 10-minute build); "
+                    ".ci/run installs it and runs these tests")
+
+
+@pytest.fixture(scope="module")
+def gguf_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The suite's trained run exported with ``--gguf --quantize Q8_0`` (once)."""
+    import contextlib
+    import io
+
+    from qvl_helpers.cli import main
+
+    _needs_llama_cpp()  # before the training the run needs
+    trained_run = request.getfixturevalue("trained_run")
+    out = tmp_path_factory.mktemp("gguf") / "export"
+    said, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(err):
+        code = main(["export", "--run", str(trained_run.run), "--out", str(out), "--gguf",
+                     "--quantize", "Q8_0"])
+    return {"code": code, "out": out, "stdout": said.getvalue(), "stderr": err.getvalue(),
+            "run": trained_run.run}
+
+
+@pytest.mark.gguf
+def test_export_writes_the_pair_and_verifies_it_in_llama_cpp(gguf_export: dict) -> None:
+    assert gguf_export["code"] == 0, gguf_export["stderr"][-2000:]
+    out = gguf_export["out"]
+    names = sorted(p.name for p in (out / "gguf").iterdir())
+    assert names == ["export-Q8_0.gguf", "export-f16.gguf", "mmproj-export-f16.gguf"]
+    info = json.loads((out / "export.json").read_text())
+    summary = info["gguf"]
+    assert summary["verified"] and info["verified"]
+    f16 = summary["results"]["f16"]
+    assert f16["samples"] == summary["samples"] > 0 and not f16["problems"]
+    assert verdict_line(summary) in gguf_export["stdout"]
+    assert verdict_line(summary) in (out / "README.md").read_text(encoding="utf-8")
+    assert not (out / "gguf" / "UNVERIFIED.txt").exists()
+
+
+@pytest.mark.gguf
+def test_a_second_gguf_run_never_overwrites_unasked(gguf_export: dict,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    before = (gguf_export["out"] / "gguf" / "export-f16.gguf").stat().st_mtime_ns
+    code, _, err = run_main(capsys, "export", "--run", gguf_export["run"], "--out",
+                            gguf_export["out"], "--gguf")
+    assert code == 2 and "already holds GGUF files; nothing was overwritten" in err
+    assert (gguf_export["out"] / "gguf" / "export-f16.gguf").stat().st_mtime_ns == before
+
+
+@pytest.mark.gguf
+def test_a_gguf_with_one_altered_tensor_fails_verification(gguf_export: dict, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    import numpy as np
+    from gguf import GGUFReader
+
+    copy = tmp_path / "export"
+    shutil.copytree(gguf_export["out"], copy)
+    reader = GGUFReader(copy / "gguf" / "export-f16.gguf", "r+")
+    tensor = next(t for t in reader.tensors if t.name == "output_norm.weight")
+    data = np.asarray(tensor.data)
+    data[...] = -data  # one tensor altered in place: the final norm's weights flip sign
+    del reader, data, tensor
+    code, _, err = run_main(capsys, "export", "--run", gguf_export["run"], "--out", copy,
+                            "--check-only", "--gguf")
+    assert code == 1, err
+    assert "the GGUF files do not answer like the merged model" in err
+    info = json.loads((copy / "export.json").read_text())
+    assert info["gguf"]["verified"] is False
+    assert (copy / "gguf" / "UNVERIFIED.txt").is_file()
+
+
+@pytest.mark.gguf
+def test_the_model_cards_server_answers_a_chat_request_with_an_image(gguf_export: dict,
+                                                                     tmp_path: Path) -> None:
+    """The server command of the model card, run on loopback: an OpenAI-style chat request with
+    an image gets the answer the verification recorded for that sample."""
+    import shlex
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from qvl_helpers.data import load_records
+    from qvl_helpers.evaluate import plan_for_run
+    from qvl_helpers.gguf_export import data_url, same_pixels
+
+    out = gguf_export["out"]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    (command,) = [line for line in card.splitlines() if line.startswith("python -m llama_cpp.server")]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = shlex.split(command.replace("--port 8000", f"--port {port}"))
+    info = json.loads((out / "export.json").read_text())
+    first = info["gguf"]["results"]["f16"]["answers"][0]
+    record = next(r for r in load_records(plan_for_run(gguf_export["run"]).data)
+                  if r["id"] == first["sample"])
+    (image,) = [p["image"] for p in same_pixels([record], 3136, 12544, tmp_path)[0]["messages"][0]
+                ["content"] if p["type"] == "image"]
+    question = next(p["text"] for p in record["messages"][0]["content"] if p["type"] == "text")
+    server = subprocess.Popen([sys.executable, *args[1:]], cwd=out, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert time.monotonic() < deadline, "the server did not start in 2 minutes"
+                time.sleep(0.5)
+        body = {"temperature": 0, "max_tokens": 32, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(image)}},
+            {"type": "text", "text": question}]}]}
+        reply = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}), timeout=120)
+        answer = json.loads(reply.read())["choices"][0]["message"]["content"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert answer == first["llama_cpp"] == first["transformers"]
