@@ -187,8 +187,12 @@ def quantize(source: Path, target: Path, kind: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
     params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
-                                      ctypes.byref(params)) != 0 or not target.is_file():
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=bool(os.environ.get("QVL_DEBUG"))):  # a line per tensor
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                                ctypes.byref(params)) != 0
+    if failed or not target.is_file():
         raise ModelError(f"llama.cpp could not quantize {source.name} to {kind}.", file=source,
                          fix="free disk space if it is short, then run the same command again.")
     return target
@@ -201,7 +205,10 @@ class Observed:
     """What one runtime answered on the verification samples."""
 
     answers: list[str] = field(default_factory=list)
-    prompt_tokens: list[int] = field(default_factory=list)
+    #: M-RoPE positions the prompt takes: its text tokens, plus each image's larger side in
+    #: visual tokens (what llama.cpp counts; transformers gives the image one token per 28 px²)
+    prompt_positions: list[int] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)  # transformers: the prompts' lengths
     pieces: list[list[str]] = field(default_factory=list)     # the answers' tokens as text
     margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 per step
 
@@ -255,9 +262,17 @@ def data_url(path: str | Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def limited_handler(mmproj: Path, lo: int, hi: int) -> Any:
-    """llama-cpp-python's ``Qwen25VLChatHandler`` with the export's image limits (in visual
-    tokens) instead of llama.cpp's defaults for Qwen2.5-VL (8 to 4096 tokens)."""
+def course_handler(lo: int, hi: int) -> type:
+    """llama-cpp-python's ``Qwen25VLChatHandler`` (the ``qwen2.5-vl`` chat format of its server)
+    with two corrections, as a class taking the same arguments:
+
+    - **the prompt ends in ``<|im_start|>assistant\\n``, as Qwen's chat template renders it.**
+      The handler's template ends in that newline, but Jinja drops a template's last newline
+      by default, so 0.3.36 sends ``<|im_start|>assistant`` and the model starts its answer
+      where training never did (the stand-in answers nothing at all);
+    - **images are resized within the export's limits** (``lo``..``hi`` pixels, as visual
+      tokens) instead of llama.cpp's defaults for Qwen2.5-VL (8 to 4096 tokens).
+    """
     require_llama_cpp()
     from llama_cpp.llama_chat_format import Qwen25VLChatHandler
 
@@ -274,9 +289,14 @@ def limited_handler(mmproj: Path, lo: int, hi: int) -> Any:
             params.image_max_tokens = max(1, hi // PIXELS_PER_TOKEN)
             return params
 
-    handler = Qwen25VLChatHandler(clip_model_path=str(mmproj), verbose=False)
-    handler._mtmd_cpp = WithLimits(handler._mtmd_cpp)
-    return handler
+    class CourseQwen25VLChatHandler(Qwen25VLChatHandler):
+        CHAT_FORMAT = Qwen25VLChatHandler.CHAT_FORMAT + "{{ '' }}"  # keeps the last newline
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._mtmd_cpp = WithLimits(self._mtmd_cpp)
+
+    return CourseQwen25VLChatHandler
 
 
 def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, hi: int,
@@ -284,25 +304,30 @@ def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, 
     """Greedy answers of the GGUF pair in llama.cpp, with each step's top-two margin."""
     require_llama_cpp()
     from llama_cpp import Llama
+    from llama_cpp._utils import suppress_stdout_stderr
 
-    from .model import quiet_loading
-
+    # llama.cpp's C code logs every image it encodes to the terminal (mtmd's own logger, which
+    # verbose=False does not reach); its failures still come back as Python exceptions.
+    quiet = suppress_stdout_stderr(disable=bool(os.environ.get("QVL_DEBUG")))
     seen = Observed()
-    with quiet_loading():
-        llm = Llama(model_path=str(text), chat_handler=limited_handler(mmproj, lo, hi),
+    with quiet:
+        handler = course_handler(lo, hi)(clip_model_path=str(mmproj), verbose=False)
+        llm = Llama(model_path=str(text), chat_handler=handler,
                     n_ctx=n_ctx, n_gpu_layers=0, logits_all=True, seed=0, verbose=False,
                     n_threads=os.cpu_count() or 1)
     try:
         for record in records:
-            out = llm.create_chat_completion(
-                messages=openai_messages(record), temperature=0.0, top_k=1, top_p=1.0,
-                min_p=0.0, repeat_penalty=1.0, max_tokens=budget, logprobs=True, top_logprobs=2)
+            with quiet:
+                out = llm.create_chat_completion(
+                    messages=openai_messages(record), temperature=0.0, top_k=1, top_p=1.0,
+                    min_p=0.0, repeat_penalty=1.0, max_tokens=budget, logprobs=True,
+                    top_logprobs=2)
             choice = out["choices"][0]
             steps = (choice.get("logprobs") or {}).get("content") or []
             seen.answers.append(choice["message"]["content"] or "")
-            seen.prompt_tokens.append(out["usage"]["prompt_tokens"])
+            seen.prompt_positions.append(out["usage"]["prompt_tokens"])  # positions, in fact
             seen.pieces.append([s["token"] for s in steps])
-            seen.margins.append([_margin([t["logprob"] for t in s["top_logprobs"]])
+            seen.margins.append([_margin([float(t["logprob"]) for t in s["top_logprobs"]])
                                  for s in steps])
     finally:
         llm.close()
@@ -327,8 +352,19 @@ def observe_transformers(folder: Path, records: list[Record], facts: dict[str, A
                         max_pixels=size["longest_edge"])
     merged = observe_in_fresh_process(folder, records, facts)
     pieces = [[processor.tokenizer.decode([t]) for t in tokens] for tokens in merged["tokens"]]
+    asked = [ask([r]) for r in records]
     return Observed(answers=merged["answers"], pieces=pieces, margins=merged["margins"],
-                    prompt_tokens=[int(ask([r])["input_ids"].shape[1]) for r in records])
+                    prompt_positions=[prompt_positions(batch) for batch in asked],
+                    prompt_tokens=[int(batch["input_ids"].shape[1]) for batch in asked])
+
+
+def prompt_positions(batch: dict[str, Any]) -> int:
+    """The M-RoPE positions of a one-sample prompt batch: each image's ``t·h·w / 4`` visual
+    tokens take ``max(t, h/2, w/2)`` positions, every other token one."""
+    length = int(batch["input_ids"].shape[1])
+    for t, h, w in batch.get("image_grid_thw", []).tolist() if "image_grid_thw" in batch else []:
+        length += max(t, h // 2, w // 2) - t * h * w // 4
+    return length
 
 
 # --------------------------------------------------------------------------- comparing
@@ -352,19 +388,20 @@ def compare(reference: Observed, other: Observed, records: list[Record],
     in transformers): prompt lengths, same answers, and for each parting answer the step, the
     two answers and both margins there. ``exact`` (f16): a parting beyond a near tie, or another
     prompt length, is a problem."""
+    inf = float("inf")
     problems, partings, same = [], [], 0
     for i, record in enumerate(records):
         who = f"sample {record.get('id', i)}"
-        if reference.prompt_tokens[i] != other.prompt_tokens[i]:
-            problems.append(f"{who}: llama.cpp reads a prompt of {other.prompt_tokens[i]} tokens, "
-                            f"transformers {reference.prompt_tokens[i]}")
+        if reference.prompt_positions[i] != other.prompt_positions[i]:
+            problems.append(f"{who}: llama.cpp reads a prompt of {other.prompt_positions[i]} "
+                            f"positions, transformers {reference.prompt_positions[i]}")
         step = parting(reference, other, i)
         if step is None:
             same += 1
             continue
-        ours = reference.margins[i][step] if step < len(reference.margins[i]) else float("inf")
-        theirs = other.margins[i][step] if step < len(other.margins[i]) else float("inf")
-        tie = ours + theirs <= TIE_TOLERANCE
+        ours = float(reference.margins[i][step]) if step < len(reference.margins[i]) else inf
+        theirs = float(other.margins[i][step]) if step < len(other.margins[i]) else inf
+        tie = bool(ours + theirs <= TIE_TOLERANCE)
         partings.append({"sample": record.get("id", i), "step": step, "near_tie": tie,
                          "margins": [round(ours, 4), round(theirs, 4)],
                          "transformers": reference.answers[i], "llama_cpp": other.answers[i]})
@@ -389,7 +426,7 @@ def gguf_files(folder: Path) -> dict[str, Path]:
             found["mmproj"] = path
         else:
             found[path.stem.rsplit("-", 1)[-1]] = path
-    return found
+    return dict(sorted(found.items(), key=lambda item: item[0] != "f16"))  # f16 first
 
 
 def verify_gguf(folder: Path, records: list[Record], facts: dict[str, Any],
@@ -416,7 +453,7 @@ def verify_gguf(folder: Path, records: list[Record], facts: dict[str, Any],
         say(f"GGUF: the merged model answers {count(len(same), 'held-out sample')} in "
             "transformers (a fresh process) ...")
         reference = observe_transformers(folder, same, facts)
-        n_ctx = max(reference.prompt_tokens) + budget + 64
+        n_ctx = max(reference.prompt_tokens) + budget + 64  # llama.cpp keeps every token
         results = {}
         for kind, path in files.items():
             if kind == "mmproj":

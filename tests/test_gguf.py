@@ -46,7 +46,11 @@ def test_without_the_extra_gguf_export_says_how_to_add_it(monkeypatch: pytest.Mo
 
 def test_the_stand_in_and_the_real_tokenizer_split_text_by_qwen2_rules(tiny_dir: Path,
                                                                        tmp_path: Path) -> None:
+    from qvl_helpers.config import load_config
+    from qvl_helpers.real_tokenizer import ensure_real_tokenizer
+
     assert pre_tokenizer_name(tiny_dir) == "qwen2"
+    assert pre_tokenizer_name(ensure_real_tokenizer(load_config().cache_dir)) == "qwen2"
     other = tmp_path / "other"
     other.mkdir()
     saved = json.loads((tiny_dir / "tokenizer.json").read_text(encoding="utf-8"))
@@ -70,8 +74,8 @@ def observed(draw: st.DrawFn, n: int) -> tuple[Observed, Observed]:
             seen.pieces.append(answer)
             seen.answers.append("".join(answer))
             seen.margins.append([draw(margin) for _ in answer])
-            seen.prompt_tokens.append(length)
-        other.prompt_tokens[-1] += draw(st.sampled_from([0, 0, 0, 1]))
+            seen.prompt_positions.append(length)
+        other.prompt_positions[-1] += draw(st.sampled_from([0, 0, 0, 1]))
     return ref, other
 
 
@@ -84,7 +88,7 @@ def test_f16_fails_exactly_when_an_answer_parts_beyond_a_near_tie(data: st.DataO
     result = compare(ref, other, records, exact=True)
     expected_problems = 0
     for i in range(n):
-        expected_problems += ref.prompt_tokens[i] != other.prompt_tokens[i]
+        expected_problems += ref.prompt_positions[i] != other.prompt_positions[i]
         step = parting(ref, other, i)
         if step is None:
             assert ref.answers[i] == other.answers[i]
@@ -101,7 +105,7 @@ def test_f16_fails_exactly_when_an_answer_parts_beyond_a_near_tie(data: st.DataO
     assert len(result["partings"]) == n - result["same_answers"]
     # quantized files only report: never a problem for another answer
     assert len(compare(ref, other, records, exact=False)["problems"]) == \
-        sum(a != b for a, b in zip(ref.prompt_tokens, other.prompt_tokens, strict=True))
+        sum(a != b for a, b in zip(ref.prompt_positions, other.prompt_positions, strict=True))
     # the verdict's numbers are the comparison's
     summary = {"results": {"f16": result, "Q8_0": result}}
     line = verdict_line(summary)
