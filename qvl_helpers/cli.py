@@ -335,6 +335,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .gguf_export import serve
+
+    serve(Path(args.folder), kind=args.file, host=args.host, port=args.port, n_ctx=args.n_ctx)
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from .hub import push_folder
 
@@ -473,6 +480,17 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible server on an export's GGUF pair "
+                                     "(llama.cpp, CPU or GPU; needs the gguf extra)")
+    p.add_argument("folder", help="an export made with --gguf (outputs/export/NAME)")
+    p.add_argument("--file", default="f16", help="which language model: f16 (default), or a "
+                                                 "quantized one the export has (Q8_0, Q4_K_M)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--n-ctx", type=positive_int, default=4096, help="context length in tokens")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("push", help="upload an export or an adapter to the Hugging Face Hub "
                                     "(private unless --public; token from HF_TOKEN)")

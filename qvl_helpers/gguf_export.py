@@ -592,3 +592,46 @@ def check_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
                           file=folder, fix="pass --run (its test split) or --data TEST.jsonl.")
     info = {k: v for k, v in (read_json(folder / EXPORT_INFO) or {}).items() if k != "gguf"}
     return settle_gguf(folder, request, records, info, say)
+
+
+# --------------------------------------------------------------------------- serving
+
+def serve(folder: Path, kind: str = "f16", host: str = "127.0.0.1", port: int = 8000,
+          n_ctx: int = 4096) -> None:
+    """``qvl serve``: llama-cpp-python's OpenAI-compatible server (``/v1/chat/completions``) on
+    the export's GGUF pair, with the ``qwen2.5-vl`` chat format as the verification ran it
+    (:func:`course_handler`: Qwen's prompt, the training image limits). Runs until stopped.
+
+    Raises:
+        GGUFSetupError: llama.cpp or its server is missing.
+        ConfigError: the export has no such GGUF file.
+    """
+    from .errors import ConfigError
+    from .model import load_processor
+
+    require_llama_cpp()
+    try:
+        import uvicorn
+        from llama_cpp import llama_chat_format
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError:
+        raise GGUFSetupError("llama-cpp-python's server is not installed here.",
+                             fix=EXTRA_FIX) from None
+    files = gguf_files(folder)
+    if kind not in files or "mmproj" not in files:
+        raise ConfigError(f"this export has no {kind} GGUF file with a vision projector "
+                          f"(it has: {', '.join(files) or 'none'}).", file=folder / GGUF_FOLDER,
+                          fix="make them with qvl export --out FOLDER --gguf (--quantize TYPE "
+                              "for a quantized one), or choose one it has with --file.")
+    size = load_processor(folder).image_processor.size
+    # The server builds its handler by this name for chat_format qwen2.5-vl.
+    llama_chat_format.Qwen25VLChatHandler = course_handler(int(size["shortest_edge"]),
+                                                           int(size["longest_edge"]))
+    app = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[
+        ModelSettings(model=str(files[kind]), clip_model_path=str(files["mmproj"]),
+                      chat_format="qwen2.5-vl", n_ctx=n_ctx, n_gpu_layers=-1,
+                      model_alias=folder.name, verbose=False)])
+    print(f"serving {files[kind].name} with {files['mmproj'].name} on http://{host}:{port}/v1 "
+          "(OpenAI chat completions; Ctrl+C stops it)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -111,11 +111,11 @@ def gguf_section(info: dict[str, Any]) -> list[str]:
         lines.append(f"| `{files[kind]}` | {what} | {human_size(f['bytes'])} |")
     return lines + [
         "", verdict, "",
-        "An OpenAI-compatible server on the two files (llama-cpp-python's, with its "
-        "`qwen2.5-vl` chat format; loopback only):", "", "```bash",
-        f"pip install 'llama-cpp-python[server]=={LLAMA_CPP_PYTHON}'",
-        f"python -m llama_cpp.server --model {text} --clip_model_path {mmproj} "
-        "--chat_format qwen2.5-vl --n_ctx 4096 --host 127.0.0.1 --port 8000", "```", "",
+        "An OpenAI-compatible server on the pair, as the verification ran it (llama-cpp-python's "
+        "server with its `qwen2.5-vl` chat format, Qwen's prompt and the training image limits; "
+        "this machine only), with the course and its gguf extra installed "
+        "(`pip install -e '.[gguf]'` in the course's folder), run in this folder:", "",
+        "```bash", "qvl serve . --port 8000", "```", "",
         "Ask it about an image:", "", "```bash",
         "IMG=$(base64 -w0 photo.png)",
         "curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' "
@@ -123,17 +123,21 @@ def gguf_section(info: dict[str, Any]) -> list[str]:
         "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/png;base64,'"
         "\"$IMG\"'\"}}, {\"type\": \"text\", \"text\": \"What is in this picture?\"}]}]}'",
         "```", "",
-        f"Training saw images of {lo} to {hi} visual tokens; that server resizes within llama.cpp's "
-        "defaults for Qwen2.5-VL (8 to 4096), so shrink larger images before sending them. "
-        "llama.cpp's own server takes the limits:", "", "```bash",
+        f"Training saw images of {lo} to {hi} visual tokens (28 × 28 pixels each). "
+        f"llama-cpp-python's own `python -m llama_cpp.server --chat_format qwen2.5-vl` (version "
+        f"{LLAMA_CPP_PYTHON}) resizes within llama.cpp's defaults instead (8 to 4096 tokens) and "
+        "ends the prompt without the newline after `assistant` that Qwen's template has, so a "
+        "fine-tune may answer otherwise there; `qvl serve` corrects both. llama.cpp's own server "
+        "takes the limits (not run by the course):", "", "```bash",
         f"llama-server -m {text} --mmproj {mmproj} --image-min-tokens {lo} "
         f"--image-max-tokens {hi} --temp 0 --host 127.0.0.1 --port 8080", "```", "",
         "LM Studio: put both files in one folder under its models folder "
         "(`~/.lmstudio/models/you/NAME/`); it pairs the `mmproj-` file with the model. "
         "Ollama: a Modelfile with `FROM ./" + text.split("/")[-1] + "` imports the language "
-        "model, text only; a separate vision projector (a second `FROM`, or `ADAPTER`) does not "
-        "load for Qwen-family vision models there (ollama/ollama issues 14730 and 15346), so "
-        "for images use llama.cpp or LM Studio. LM Studio and Ollama were not run by the course.",
+        "model, text only; Ollama's tracker reports separate vision projectors (a second `FROM`, "
+        "or `ADAPTER`) failing to load for imported Qwen-family vision models (ollama/ollama "
+        "issues 14730 and 15346), so for images use llama.cpp or LM Studio. LM Studio and "
+        "Ollama were not run by the course.",
         ""]
 
 

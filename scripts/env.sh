@@ -25,7 +25,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pip_install() { "$VENV/bin/python" -m pip install --quiet --retries 10 "$@"; }
     pip_install --upgrade pip || pip_install --upgrade pip || true
     resume=()  # pip 25.1 and newer; an older pip that could not upgrade goes without
-    if "$VENV/bin/python" -m pip install --help | grep -q -- --resume-retries; then
+    if [[ "$("$VENV/bin/python" -m pip install --help)" == *--resume-retries* ]]; then
         resume=(--resume-retries 20)
     fi
     for attempt in 1 2 3; do

@@ -124,7 +124,8 @@ def test_the_model_card_shows_how_to_run_the_pair_it_holds() -> None:
                "results": {"f16": {"samples": 3, "same_answers": 3, "agreement": 1.0,
                                    "partings": [], "problems": []}}}
     card = "\n".join(gguf_section({"gguf": summary}))
-    assert "--model gguf/shapes-f16.gguf --clip_model_path gguf/mmproj-shapes-f16.gguf" in card
+    assert "\nqvl serve . --port 8000\n" in card
+    assert "-m gguf/shapes-f16.gguf --mmproj gguf/mmproj-shapes-f16.gguf" in card
     assert "--image-min-tokens 4 --image-max-tokens 16" in card
     assert "`gguf/shapes-Q8_0.gguf` | language model (Q8_0)" in card
     assert verdict_line(summary) in card
@@ -227,7 +228,7 @@ def test_the_model_cards_server_answers_a_chat_request_with_an_image(gguf_export
 
     out = gguf_export["out"]
     card = (out / "README.md").read_text(encoding="utf-8")
-    (command,) = [line for line in card.splitlines() if line.startswith("python -m llama_cpp.server")]
+    (command,) = [line for line in card.splitlines() if line.startswith("qvl serve")]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -239,7 +240,8 @@ def test_the_model_cards_server_answers_a_chat_request_with_an_image(gguf_export
     (image,) = [p["image"] for p in same_pixels([record], 3136, 12544, tmp_path)[0]["messages"][0]
                 ["content"] if p["type"] == "image"]
     question = next(p["text"] for p in record["messages"][0]["content"] if p["type"] == "text")
-    server = subprocess.Popen([sys.executable, *args[1:]], cwd=out, stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([sys.executable, "-m", "qvl_helpers.cli", *args[1:]], cwd=out,
+                              stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
