@@ -209,7 +209,7 @@ class Observed:
     #: visual tokens (what llama.cpp counts; transformers gives the image one token per 28 px²)
     prompt_positions: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)  # transformers: the prompts' lengths
-    pieces: list[list[str]] = field(default_factory=list)     # the answers' tokens as text
+    tokens: list[list[int]] = field(default_factory=list)     # the answers' token ids
     margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 per step
 
 
@@ -299,11 +299,30 @@ def course_handler(lo: int, hi: int) -> type:
     return CourseQwen25VLChatHandler
 
 
+class StepRecorder:
+    """A llama-cpp-python logits processor that notes, at each generated step, the token greedy
+    decoding picks (the largest logit) and its margin over the second largest, from the whole
+    row of logits: the token ids themselves, since the text llama-cpp-python returns drops the
+    bytes of an unfinished UTF-8 character that transformers shows as U+FFFD."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.margins: list[float] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        second, first = np.partition(scores, -2)[-2:]
+        self.tokens.append(int(np.argmax(scores)))
+        self.margins.append(float(first - second))
+        return scores
+
+
 def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, hi: int,
                       budget: int, n_ctx: int) -> Observed:
-    """Greedy answers of the GGUF pair in llama.cpp, with each step's top-two margin."""
+    """Greedy answers of the GGUF pair in llama.cpp: text, token ids, each step's margin."""
     require_llama_cpp()
-    from llama_cpp import Llama
+    from llama_cpp import Llama, LogitsProcessorList
     from llama_cpp._utils import suppress_stdout_stderr
 
     # llama.cpp's C code logs every image it encodes to the terminal (mtmd's own logger, which
@@ -312,31 +331,24 @@ def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, 
     seen = Observed()
     with quiet:
         handler = course_handler(lo, hi)(clip_model_path=str(mmproj), verbose=False)
-        llm = Llama(model_path=str(text), chat_handler=handler,
-                    n_ctx=n_ctx, n_gpu_layers=0, logits_all=True, seed=0, verbose=False,
-                    n_threads=os.cpu_count() or 1)
+        llm = Llama(model_path=str(text), chat_handler=handler, n_ctx=n_ctx, n_gpu_layers=0,
+                    seed=0, verbose=False, n_threads=os.cpu_count() or 1)
     try:
         for record in records:
+            steps = StepRecorder()
             with quiet:
                 out = llm.create_chat_completion(
                     messages=openai_messages(record), temperature=0.0, top_k=1, top_p=1.0,
-                    min_p=0.0, repeat_penalty=1.0, max_tokens=budget, logprobs=True,
-                    top_logprobs=2)
-            choice = out["choices"][0]
-            steps = (choice.get("logprobs") or {}).get("content") or []
-            seen.answers.append(choice["message"]["content"] or "")
+                    min_p=0.0, repeat_penalty=1.0, max_tokens=budget,
+                    logits_processor=LogitsProcessorList([steps]))
+            seen.answers.append(out["choices"][0]["message"]["content"] or "")
             seen.prompt_positions.append(out["usage"]["prompt_tokens"])  # positions, in fact
-            seen.pieces.append([s["token"] for s in steps])
-            seen.margins.append([_margin([float(t["logprob"]) for t in s["top_logprobs"]])
-                                 for s in steps])
+            # llama-cpp-python samples once more after the last token it returns
+            seen.tokens.append(steps.tokens[:budget])
+            seen.margins.append(steps.margins[:budget])
     finally:
         llm.close()
     return seen
-
-
-def _margin(values: list[float]) -> float:
-    ordered = sorted(values, reverse=True)
-    return ordered[0] - ordered[1] if len(ordered) > 1 else float("inf")
 
 
 def observe_transformers(folder: Path, records: list[Record], facts: dict[str, Any]) -> Observed:
@@ -351,9 +363,8 @@ def observe_transformers(folder: Path, records: list[Record], facts: dict[str, A
     ask = make_collator(processor, "generate", min_pixels=size["shortest_edge"],
                         max_pixels=size["longest_edge"])
     merged = observe_in_fresh_process(folder, records, facts)
-    pieces = [[processor.tokenizer.decode([t]) for t in tokens] for tokens in merged["tokens"]]
     asked = [ask([r]) for r in records]
-    return Observed(answers=merged["answers"], pieces=pieces, margins=merged["margins"],
+    return Observed(answers=merged["answers"], tokens=merged["tokens"], margins=merged["margins"],
                     prompt_positions=[prompt_positions(batch) for batch in asked],
                     prompt_tokens=[int(batch["input_ids"].shape[1]) for batch in asked])
 
@@ -370,16 +381,12 @@ def prompt_positions(batch: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------- comparing
 
 def parting(reference: Observed, other: Observed, i: int) -> int | None:
-    """The answer step where ``other``'s sample ``i`` first differs from ``reference``'s (by the
-    text the tokens spell), or None when the answers are the same."""
-    if reference.answers[i] == other.answers[i]:
-        return None
-    said, theirs = "", other.answers[i]
-    for step, piece in enumerate(reference.pieces[i]):
-        said += piece
-        if not theirs.startswith(said.rstrip("\ufffd")):
-            return step
-    return len(reference.pieces[i])
+    """The answer step where ``other``'s sample ``i`` first picks another token than
+    ``reference``'s (one stopping earlier counts as parting there), or None when the two
+    answers are the same tokens."""
+    from .export import first_difference
+
+    return first_difference(reference.tokens[i], other.tokens[i])
 
 
 def compare(reference: Observed, other: Observed, records: list[Record],
@@ -401,15 +408,16 @@ def compare(reference: Observed, other: Observed, records: list[Record],
             continue
         ours = float(reference.margins[i][step]) if step < len(reference.margins[i]) else inf
         theirs = float(other.margins[i][step]) if step < len(other.margins[i]) else inf
-        tie = bool(ours + theirs <= TIE_TOLERANCE)
+        tie = bool(ours + theirs <= TIE_TOLERANCE)  # one answer ending there is no tie
         partings.append({"sample": record.get("id", i), "step": step, "near_tie": tie,
-                         "margins": [round(ours, 4), round(theirs, 4)],
+                         "margins": [None if m == inf else round(m, 4) for m in (ours, theirs)],
                          "transformers": reference.answers[i], "llama_cpp": other.answers[i]})
         if exact and not tie:
+            where = (f"where the margins are {ours:.3f} and {theirs:.3f} logits (a near tie "
+                     f"is within {TIE_TOLERANCE} together)") if max(ours, theirs) < inf else \
+                "where one of the two answers ends"
             problems.append(f"{who}: another answer ({other.answers[i]!r} instead of "
-                            f"{reference.answers[i]!r}), parting at step {step} where the margins "
-                            f"are {ours:.3f} and {theirs:.3f} logits (a near tie is within "
-                            f"{TIE_TOLERANCE} together)")
+                            f"{reference.answers[i]!r}), parting at step {step} {where}")
     answers = [{"sample": r.get("id", i), "transformers": reference.answers[i],
                 "llama_cpp": other.answers[i]} for i, r in enumerate(records)]
     return {"samples": len(records), "same_answers": same, "agreement": same / len(records),
