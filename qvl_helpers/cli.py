@@ -316,6 +316,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                           quantize=tuple(dict.fromkeys(args.quantize)))
     if args.data:
         request.samples = Path(args.data)
+    if args.gguf and request.samples is None:
+        print("qvl export: error: --gguf verifies the GGUF files on held-out samples, and none "
+              "were given. Fix: pass --run (its test split) or --data TEST.jsonl.",
+              file=sys.stderr)
+        return 2
     if args.gguf and not args.force and _is_verified_export(request.out_dir):
         return _gguf_for_existing(request)
     folder = export(request)

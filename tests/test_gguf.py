@@ -263,3 +263,12 @@ def test_the_model_cards_server_answers_a_chat_request_with_an_image(gguf_export
         server.terminate()
         server.wait(timeout=30)
     assert answer == first["llama_cpp"] == first["transformers"]
+
+
+@pytest.mark.gguf
+def test_gguf_without_held_out_samples_is_refused_before_merging(
+        gguf_export: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "export", "--adapter", gguf_export["run"] / "adapter",
+                            "--out", tmp_path / "x", "--gguf")
+    assert code == 2 and "none were given" in err and "--data TEST.jsonl" in err
+    assert not (tmp_path / "x").exists()
