@@ -135,9 +135,32 @@ def real_vocab_table(r: dict[str, Any]) -> list[str]:
                         f"**{'yes' if r['real_keeps_margins'] else 'no'}**."]
 
 
+def gguf_cost_table(r: dict[str, Any]) -> list[str]:
+    plain, gguf = r["export"], r["export_with_gguf"]
+    lines = ["## What `qvl export --gguf` adds (tiny stand-in, CPU)", "", _header(r), "",
+             "One training of `tiny_cpu`, then the same run exported without and with "
+             "`--gguf --quantize Q8_0 --quantize Q4_K_M` (each in its own process; CPU seconds "
+             "include the fresh processes the verifications start).", "",
+             "| command | wall s | CPU s |", "|---|---:|---:|",
+             f"| qvl export | {plain['wall_seconds']} | {plain['cpu_seconds']} |",
+             f"| qvl export --gguf (+ Q8_0, Q4_K_M) | {gguf['wall_seconds']} | "
+             f"{gguf['cpu_seconds']} |", "",
+             f"CPU time with GGUF / without: **{r['gguf_over_export_cpu']:.2f}x**. Files: "
+             + ", ".join(f"{k} {v / 2 ** 10:.0f} KiB" for k, v in r["files"].items())
+             + "; same greedy answers as the merged model: "
+             + ", ".join(f"{k} {v:.0%}" for k, v in r["agreement"].items())
+             + f" (verified: {'yes' if r['verified'] else 'no'})."]
+    if "build" in r:
+        b = r["build"]
+        lines += ["", f"The gguf extra's one-off build (`pip wheel --no-cache-dir {b['package']}`, "
+                      f"compiling llama.cpp): {b['wall_seconds'] / 60:.1f} minutes wall, "
+                      f"{b['cpu_seconds'] / 60:.1f} minutes of CPU."]
+    return lines
+
+
 TABLES = {"padding": padding_table, "collator": collator_table, "training": training_table,
           "doctor_scale": doctor_table, "learning": learning_table, "lean_qlora": lean_qlora_table,
-          "real_vocab": real_vocab_table}
+          "real_vocab": real_vocab_table, "gguf_cost": gguf_cost_table}
 
 
 def write_summary(folder: Path) -> Path:
