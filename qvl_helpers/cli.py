@@ -279,9 +279,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     args.gguf = args.gguf or bool(args.quantize)
     if args.gguf:
-        from .gguf_export import require_llama_cpp
+        from .gguf_export import converter_dir, require_llama_cpp
 
         require_llama_cpp()  # before anything long: a missing extra is one sentence, exit 2
+        converter_dir()      # and llama.cpp's converter, fetched once (needs the index then)
         if not args.verify:
             print("qvl export: error: GGUF files are made only from a verified merge, so "
                   "--gguf and --no-verify do not go together. Fix: drop --no-verify.",
@@ -289,7 +290,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 2
     if args.check_only:
         given = [flag for flag, on in (("--force", args.force), ("--no-verify", not args.verify),
-                                       ("--temperature", args.temperature != 0.0)) if on]
+                                       ("--temperature", args.temperature != 0.0),
+                                       ("--quantize", bool(args.quantize))) if on]
         if given:
             print(f"qvl export: error: --check-only verifies an existing export and writes no "
                   f"new one, so {' and '.join(given)} would do nothing. Fix: drop "
@@ -316,13 +318,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                           quantize=tuple(dict.fromkeys(args.quantize)))
     if args.data:
         request.samples = Path(args.data)
-    if args.gguf and request.samples is None:
-        print("qvl export: error: --gguf verifies the GGUF files on held-out samples, and none "
-              "were given. Fix: pass --run (its test split) or --data TEST.jsonl.",
-              file=sys.stderr)
-        return 2
-    if args.gguf and not args.force and _is_verified_export(request.out_dir):
-        return _gguf_for_existing(request)
+    if args.gguf:
+        from .gguf_export import is_verified_export, require_samples
+
+        require_samples(request.samples)  # before the merge, not after it
+        if not args.force and is_verified_export(request.out_dir):
+            return _gguf_for_existing(request, args.temperature)
     folder = export(request)
     print(f"exported to {folder}/ (model card: {folder / 'README.md'})")
     return 0
@@ -418,19 +419,25 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     _add_use_commands(sub)
 
 
-def _is_verified_export(folder: Path) -> bool:
+def _gguf_for_existing(request: ExportRequest, temperature: float) -> int:
+    """``--gguf`` on an export that exists and is verified: add the GGUF files to it, if it was
+    made from the adapter asked for."""
+    from .errors import ConfigError
     from .export import EXPORT_INFO
-    from .outputs import read_json
-
-    return bool((read_json(Path(folder) / EXPORT_INFO) or {}).get("verified"))
-
-
-def _gguf_for_existing(request: ExportRequest) -> int:
-    """``--gguf`` on an export that exists and is verified: add the GGUF files to it."""
     from .gguf_export import GGUF_FOLDER, add_gguf
-    from .outputs import OutputExistsError
+    from .outputs import OutputExistsError, read_json
 
     folder = Path(request.out_dir)
+    made_from = (read_json(folder / EXPORT_INFO) or {}).get("adapter")
+    if made_from is None or Path(made_from).resolve() != Path(request.adapter).resolve():
+        raise ConfigError(f"this export was made from another adapter ({made_from}), not "
+                          f"{request.adapter}.", file=folder,
+                          fix="choose another --out for this adapter, or pass --force to "
+                              "export it again.")
+    if temperature:
+        raise ConfigError("--temperature changes the merged export, which exists already and "
+                          "gets only GGUF files here.", file=folder,
+                          fix="drop --temperature, or pass --force to export again.")
     if (folder / GGUF_FOLDER).exists():
         raise OutputExistsError("already holds GGUF files; nothing was overwritten.",
                                 file=folder / GGUF_FOLDER,

@@ -72,6 +72,8 @@ LEARNER_KEYS = ("model", "data", "image_root", "output_dir")
 OTHER_VARIABLES = {
     "QVL_CONFIG": "the course.yaml to use",
     "QVL_DEBUG": "1 shows tracebacks instead of one-line errors",
+    "QVL_LLAMA_CPP": "a llama.cpp checkout whose convert_hf_to_gguf.py qvl export --gguf uses",
+    "QVL_REQUIRE_GGUF": "1 fails the gguf tests without the gguf extra (scripts/gguf_test.sh)",
     "QVL_COURSE_REPO": "the course's git URL for the Colab/Kaggle setup cell",
     "QVL_HOSTED": "makes the setup cell act as on Colab/Kaggle (its tests)",
     "QVL_VARIANT": "the Docker image's variant (gpu, or cpu: the tiny model)",

@@ -45,6 +45,7 @@ from .outputs import human_size
 EXPORT_INFO = "export.json"   # what was merged from what, and the verification result
 UNVERIFIED = "UNVERIFIED.txt"  # present when the last verification failed
 MAX_SHARD = "2GB"
+TOP_CANDIDATES = 5  # the largest logits kept per generated step
 #: Largest |logit difference| allowed, relative to the largest |logit|, per precision: merging
 #: rounds W + B·A once, where the unmerged model rounds W·x and B·A·x separately, and a busy
 #: CPU may sum in another order (MKL uses fewer threads under load): with large random adapters
@@ -90,6 +91,8 @@ class Reference:
     answers: list[str] = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)     # the greedy answers' token ids
     margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 logit per step
+    #: per step, the TOP_CANDIDATES largest logits as {token id: logit} (GGUF verification)
+    top: list[list[dict[int, float]]] = field(default_factory=list)
 
 
 def plan_export(run: str | Path | None = None, *, model: str | None = None,
@@ -251,6 +254,9 @@ def observe(model: Any, processor: Any, records: list[Record], lo: int, hi: int,
             seen.tokens.append(tokens)
             seen.margins.append([float(v[0] - v[1]) for v in
                                  (step[0].float().topk(2).values for step in out.scores)])
+            seen.top.append([dict(zip(c.indices.tolist(), c.values.tolist(), strict=True))
+                             for c in (step[0].float().topk(TOP_CANDIDATES)
+                                       for step in out.scores)])
             seen.answers.append(processor.tokenizer.decode(tokens, skip_special_tokens=True))
     return seen
 
@@ -399,6 +405,7 @@ def _fresh_process_main(folder: str, tmp: str) -> None:
                    own_settings=True)  # its own generation_config.json, greedy enforced
     torch.save({"input_ids": seen.input_ids, "grids": seen.grids, "logits": seen.logits,
                 "answers": seen.answers, "tokens": seen.tokens, "margins": seen.margins,
+                "top": seen.top,
                 "dtype": str(model.dtype).removeprefix("torch.")},
                Path(tmp) / "observed.pt")
 

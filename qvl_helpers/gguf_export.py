@@ -15,10 +15,11 @@ the language model (``NAME-f16.gguf``) and the vision projector (``mmproj-NAME-f
   held-out samples with their images, greedy. The merged folder answers the same prompts in
   transformers in a fresh process. Both get the same pixels (each image resized beforehand, with
   the export's image limits, to the size the processor would choose), so only the two runtimes
-  differ. f16 must give the same prompt length and the same answers; where an answer parts, it
-  may part only at a near tie (both runtimes' top-two margins there within
-  :data:`TIE_TOLERANCE` logits), anything else fails. Quantized files report their agreement
-  rate (they are expected to differ sometimes) and the prompt check.
+  differ. f16 must give the same prompt length (in M-RoPE positions) and the same answer tokens;
+  where an answer parts, it may part only at a near tie: where transformers picked token A and
+  llama.cpp token B, how much each prefers its own pick over the other's, added up, is within
+  :data:`TIE_TOLERANCE` logits. Anything else fails. Quantized files report how often they
+  give the same answer (they are expected to differ sometimes).
 
 Everything is recorded in ``export.json`` (``gguf``) and the model card.
 """
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from .data.records import Record, answers_of, image_parts, parts_of
-from .errors import ModelError, QVLError, count
+from .errors import ConfigError, ModelError, QVLError, count
+from .qwen import tokens_in
 
 #: The llama-cpp-python release verified here (its llama.cpp converts and runs Qwen2.5-VL).
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -45,14 +47,14 @@ CONVERTER = "convert_hf_to_gguf.py"
 #: What the converter needs from the source distribution's vendor/llama.cpp.
 CONVERTER_PARTS = (CONVERTER, "conversion/", "gguf-py/gguf/", "LICENSE")
 QUANT_TYPES = ("Q8_0", "Q4_K_M")
-#: Largest sum of the two runtimes' top-1 minus top-2 logit margins at the token where an f16
-#: answer parts from the merged model's, for the parting to count as a near tie: f16 rounds each
-#: weight to 11 significant bits and llama.cpp sums in its own order.
+#: Where an f16 answer parts from the merged model's (transformers picked A, llama.cpp B): the
+#: largest logit(A) - logit(B) in transformers plus logit(B) - logit(A) in llama.cpp for the
+#: parting to count as a near tie. f16 rounds each weight to 11 significant bits and llama.cpp
+#: sums in its own order; a broken file disagrees by whole logits.
 TIE_TOLERANCE = 0.1
-#: Visual tokens per 28 × 28 pixels (14-pixel patches, merged 2 × 2).
-PIXELS_PER_TOKEN = 28 * 28
-EXTRA_FIX = ("add llama.cpp: pip install -e '.[gguf]' (it builds llama.cpp once, about 10 "
-             "minutes on 2 cores; pip keeps the build), then run the same qvl export again.")
+EXTRA = ("pip install -e '.[gguf]' -c constraints.txt in the course's folder (it builds "
+         "llama.cpp once, about 10 minutes on 2 cores; pip keeps the build)")
+EXTRA_FIX = f"add it with {EXTRA}, then run the same command again."
 
 
 class GGUFSetupError(QVLError):
@@ -189,7 +191,7 @@ def quantize(source: Path, target: Path, kind: str) -> Path:
     params.nthread = os.cpu_count() or 1
     from llama_cpp._utils import suppress_stdout_stderr
 
-    with suppress_stdout_stderr(disable=bool(os.environ.get("QVL_DEBUG"))):  # a line per tensor
+    with suppress_stdout_stderr(disable=os.environ.get("QVL_DEBUG") == "1"):  # a line per tensor
         failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
                                                 ctypes.byref(params)) != 0
     if failed or not target.is_file():
@@ -210,7 +212,8 @@ class Observed:
     prompt_positions: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)  # transformers: the prompts' lengths
     tokens: list[list[int]] = field(default_factory=list)     # the answers' token ids
-    margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 per step
+    #: per answer step, the largest logits as {token id: logit}
+    top: list[list[dict[int, float]]] = field(default_factory=list)
 
 
 def same_pixels(records: list[Record], lo: int, hi: int, into: Path) -> list[Record]:
@@ -285,8 +288,8 @@ def course_handler(lo: int, hi: int) -> type:
 
         def mtmd_context_params_default(self) -> Any:
             params = self._mtmd.mtmd_context_params_default()
-            params.image_min_tokens = max(1, lo // PIXELS_PER_TOKEN)
-            params.image_max_tokens = max(1, hi // PIXELS_PER_TOKEN)
+            params.image_min_tokens = max(1, tokens_in(lo))
+            params.image_max_tokens = max(1, tokens_in(hi))
             return params
 
     class CourseQwen25VLChatHandler(Qwen25VLChatHandler):
@@ -301,20 +304,22 @@ def course_handler(lo: int, hi: int) -> type:
 
 class StepRecorder:
     """A llama-cpp-python logits processor that notes, at each generated step, the token greedy
-    decoding picks (the largest logit) and its margin over the second largest, from the whole
-    row of logits: the token ids themselves, since the text llama-cpp-python returns drops the
-    bytes of an unfinished UTF-8 character that transformers shows as U+FFFD."""
+    decoding picks (the largest logit) and the largest logits, from the whole row: token ids
+    themselves, since the text llama-cpp-python returns drops the bytes of an unfinished UTF-8
+    character that transformers shows as U+FFFD."""
 
     def __init__(self) -> None:
         self.tokens: list[int] = []
-        self.margins: list[float] = []
+        self.top: list[dict[int, float]] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import numpy as np
 
-        second, first = np.partition(scores, -2)[-2:]
+        from .export import TOP_CANDIDATES
+
+        best = np.argpartition(scores, -TOP_CANDIDATES)[-TOP_CANDIDATES:]
         self.tokens.append(int(np.argmax(scores)))
-        self.margins.append(float(first - second))
+        self.top.append({int(t): float(scores[t]) for t in best})
         return scores
 
 
@@ -327,7 +332,7 @@ def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, 
 
     # llama.cpp's C code logs every image it encodes to the terminal (mtmd's own logger, which
     # verbose=False does not reach); its failures still come back as Python exceptions.
-    quiet = suppress_stdout_stderr(disable=bool(os.environ.get("QVL_DEBUG")))
+    quiet = suppress_stdout_stderr(disable=os.environ.get("QVL_DEBUG") == "1")
     seen = Observed()
     with quiet:
         handler = course_handler(lo, hi)(clip_model_path=str(mmproj), verbose=False)
@@ -345,7 +350,7 @@ def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, 
             seen.prompt_positions.append(out["usage"]["prompt_tokens"])  # positions, in fact
             # llama-cpp-python samples once more after the last token it returns
             seen.tokens.append(steps.tokens[:budget])
-            seen.margins.append(steps.margins[:budget])
+            seen.top.append(steps.top[:budget])
     finally:
         llm.close()
     return seen
@@ -364,7 +369,7 @@ def observe_transformers(folder: Path, records: list[Record], facts: dict[str, A
                         max_pixels=size["longest_edge"])
     merged = observe_in_fresh_process(folder, records, facts)
     asked = [ask([r]) for r in records]
-    return Observed(answers=merged["answers"], tokens=merged["tokens"], margins=merged["margins"],
+    return Observed(answers=merged["answers"], tokens=merged["tokens"], top=merged["top"],
                     prompt_positions=[prompt_positions(batch) for batch in asked],
                     prompt_tokens=[int(batch["input_ids"].shape[1]) for batch in asked])
 
@@ -389,13 +394,24 @@ def parting(reference: Observed, other: Observed, i: int) -> int | None:
     return first_difference(reference.tokens[i], other.tokens[i])
 
 
+def preference(top: list[dict[int, float]], step: int, own: list[int],
+               other: list[int]) -> float | None:
+    """How much one runtime preferred its own token at ``step`` over the other runtime's:
+    logit(own) - logit(other), from its largest logits there. None when it cannot be told (the
+    other token is not among them, or one answer has ended)."""
+    if step >= len(own) or step >= len(other) or step >= len(top):
+        return None
+    mine, theirs = top[step].get(own[step]), top[step].get(other[step])
+    return None if mine is None or theirs is None else float(mine - theirs)
+
+
 def compare(reference: Observed, other: Observed, records: list[Record],
             exact: bool) -> dict[str, Any]:
     """How ``other`` (a GGUF file in llama.cpp) answered against ``reference`` (the merged model
     in transformers): prompt lengths, same answers, and for each parting answer the step, the
-    two answers and both margins there. ``exact`` (f16): a parting beyond a near tie, or another
-    prompt length, is a problem."""
-    inf = float("inf")
+    two answers and each runtime's preference for its own token there. ``exact`` (f16): a
+    parting that is not a near tie (:data:`TIE_TOLERANCE`), or another prompt length, is a
+    problem."""
     problems, partings, same = [], [], 0
     for i, record in enumerate(records):
         who = f"sample {record.get('id', i)}"
@@ -406,16 +422,19 @@ def compare(reference: Observed, other: Observed, records: list[Record],
         if step is None:
             same += 1
             continue
-        ours = float(reference.margins[i][step]) if step < len(reference.margins[i]) else inf
-        theirs = float(other.margins[i][step]) if step < len(other.margins[i]) else inf
-        tie = bool(ours + theirs <= TIE_TOLERANCE)  # one answer ending there is no tie
+        ref_tokens, other_tokens = reference.tokens[i], other.tokens[i]
+        ours = preference(reference.top[i], step, ref_tokens, other_tokens)
+        theirs = preference(other.top[i], step, other_tokens, ref_tokens)
+        tie = ours is not None and theirs is not None and ours + theirs <= TIE_TOLERANCE
         partings.append({"sample": record.get("id", i), "step": step, "near_tie": tie,
-                         "margins": [None if m == inf else round(m, 4) for m in (ours, theirs)],
+                         "preferences": [None if v is None else round(v, 4)
+                                         for v in (ours, theirs)],
                          "transformers": reference.answers[i], "llama_cpp": other.answers[i]})
         if exact and not tie:
-            where = (f"where the margins are {ours:.3f} and {theirs:.3f} logits (a near tie "
-                     f"is within {TIE_TOLERANCE} together)") if max(ours, theirs) < inf else \
-                "where one of the two answers ends"
+            where = (f"where transformers prefers its token by {ours:.3f} logits and llama.cpp "
+                     f"its own by {theirs:.3f} (a near tie is within {TIE_TOLERANCE} together)"
+                     if ours is not None and theirs is not None else
+                     "where one answer ends or picks a token far down the other's list")
             problems.append(f"{who}: another answer ({other.answers[i]!r} instead of "
                             f"{reference.answers[i]!r}), parting at step {step} {where}")
     answers = [{"sample": r.get("id", i), "transformers": reference.answers[i],
@@ -425,6 +444,26 @@ def compare(reference: Observed, other: Observed, records: list[Record],
 
 
 # --------------------------------------------------------------------------- the step
+
+def is_verified_export(folder: Path) -> bool:
+    """An export whose merge passed its verification (export.json says so)."""
+    from .export import EXPORT_INFO
+    from .outputs import read_json
+
+    return bool((read_json(Path(folder) / EXPORT_INFO) or {}).get("verified"))
+
+
+def require_samples(records: Any, folder: Path | None = None) -> None:
+    """The GGUF verification needs held-out samples.
+
+    Raises:
+        ConfigError: there are none (says how to give them).
+    """
+    if not records:
+        raise ConfigError("--gguf verifies the GGUF files on held-out samples, and none were "
+                          "given.", file=folder, fix="pass --run (its test split) or --data "
+                                                     "TEST.jsonl.")
+
 
 def gguf_files(folder: Path) -> dict[str, Path]:
     """The GGUF files an export holds, by kind (``f16``, ``mmproj``, ``Q8_0``, ...)."""
@@ -471,15 +510,16 @@ def verify_gguf(folder: Path, records: list[Record], facts: dict[str, Any],
             results[kind] = compare(reference, seen, same, exact=kind == "f16")
     problems = results["f16"]["problems"]
     summary = {"samples": len(records), "tie_tolerance": TIE_TOLERANCE,
-               "image_tokens": [max(1, lo // PIXELS_PER_TOKEN), max(1, hi // PIXELS_PER_TOKEN)],
+               "image_tokens": [max(1, tokens_in(lo)), max(1, tokens_in(hi))],
                "files": {kind: {"file": p.name, "bytes": p.stat().st_size}
                          for kind, p in files.items()},
                "results": results, "verified": not problems}
     if problems:
         error = VerificationError("the GGUF files do not answer like the merged model: "
                                   + "; ".join(problems) + ".", file=files["f16"],
-                                  fix="do not use these files; export them again with "
-                                      "qvl export --out FOLDER --gguf --force.")
+                                  fix="do not use these files; export again with the same "
+                                      "qvl export command and --force (with --run RUN, or "
+                                      "--data TEST.jsonl).")
         error.summary = summary
         raise error
     return summary
@@ -514,7 +554,6 @@ def add_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
     """
     import shutil
 
-    from .errors import ConfigError
     from .export import EXPORT_INFO, verification_records
     from .outputs import install_folder, read_json, staging_folder
 
@@ -526,9 +565,7 @@ def add_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
                           fix="verify it first with held-out samples: qvl export --out FOLDER "
                               "--check-only --data TEST.jsonl (or export with --run).")
     records = verification_records(request)
-    if not records:
-        raise ConfigError("verifying GGUF files needs held-out samples, and none were given.",
-                          file=folder, fix="pass --run (its test split) or --data TEST.jsonl.")
+    require_samples(records, folder)
     target = folder / GGUF_FOLDER
     work = staging_folder(target, "converting")
     try:
@@ -537,6 +574,7 @@ def add_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
         for kind in request.quantize:
             say(f"GGUF: quantizing to {kind} ...")
             quantize(text, work / f"{folder.name}-{kind}.gguf", kind)
+        write_marker(work, "not verified yet (the export was interrupted)")
         install_folder(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -552,14 +590,14 @@ def settle_gguf(folder: Path, request: Any, records: list[Record], info: dict[st
     Raises:
         VerificationError: the f16 pair failed.
     """
-    from .export import EXPORT_INFO, UNVERIFIED, VerificationError
+    from .export import EXPORT_INFO, VerificationError
     from .model import attention_implementation
     from .modelcard import write_model_card
-    from .outputs import write_json, write_text
+    from .outputs import write_json
 
-    marker = folder / GGUF_FOLDER / UNVERIFIED
-    write_text(marker, "These GGUF files are not verified yet.\nCheck them with: qvl export "
-                       "--out EXPORT_FOLDER --check-only --gguf\n")
+    why = "not verified yet (the check was interrupted)"
+    marker = write_marker(folder / GGUF_FOLDER, why)
+    write_json(folder / EXPORT_INFO, {**info, "gguf": {"verified": False, "problem": why}})
     facts = {"device": "cpu", "attention": attention_implementation()}
     try:
         summary = verify_gguf(folder, records, facts, say)
@@ -567,7 +605,7 @@ def settle_gguf(folder: Path, request: Any, records: list[Record], info: dict[st
         info["gguf"] = {**getattr(exc, "summary", {}), "verified": False, "problem": exc.message}
         write_json(folder / EXPORT_INFO, info)
         write_model_card(folder, request, info)
-        write_text(marker, f"These GGUF files are not verified: {exc.message}\n")
+        write_marker(folder / GGUF_FOLDER, exc.message)
         raise
     info["gguf"] = summary
     write_json(folder / EXPORT_INFO, info)
@@ -577,6 +615,16 @@ def settle_gguf(folder: Path, request: Any, records: list[Record], info: dict[st
     return summary
 
 
+def write_marker(gguf_folder: Path, why: str) -> Path:
+    """``UNVERIFIED.txt`` in the GGUF folder, saying why (``qvl serve`` refuses such files)."""
+    from .export import UNVERIFIED
+    from .outputs import write_text
+
+    return write_text(gguf_folder / UNVERIFIED, f"These GGUF files are not verified: {why}\n"
+                      "Check them with: qvl export --out EXPORT_FOLDER --check-only --gguf "
+                      "--run RUN (or --data TEST.jsonl)\n")
+
+
 def check_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
     """Verify an export's existing GGUF files again (``qvl export --check-only --gguf``).
 
@@ -584,7 +632,6 @@ def check_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
         ConfigError: the export has no GGUF files, or no held-out samples were given.
         VerificationError: the f16 pair failed (recorded in the folder).
     """
-    from .errors import ConfigError
     from .export import EXPORT_INFO, verification_records
     from .outputs import read_json
 
@@ -595,9 +642,7 @@ def check_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
                           fix="make one with: qvl export --out FOLDER --gguf (add --run or "
                               "--data for the verification).")
     records = verification_records(request)
-    if not records:
-        raise ConfigError("verifying GGUF files needs held-out samples, and none were given.",
-                          file=folder, fix="pass --run (its test split) or --data TEST.jsonl.")
+    require_samples(records, folder)
     info = {k: v for k, v in (read_json(folder / EXPORT_INFO) or {}).items() if k != "gguf"}
     return settle_gguf(folder, request, records, info, say)
 
@@ -607,15 +652,17 @@ def check_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
 def serve(folder: Path, kind: str = "f16", host: str = "127.0.0.1", port: int = 8000,
           n_ctx: int = 4096) -> None:
     """``qvl serve``: llama-cpp-python's OpenAI-compatible server (``/v1/chat/completions``) on
-    the export's GGUF pair, with the ``qwen2.5-vl`` chat format as the verification ran it
-    (:func:`course_handler`: Qwen's prompt, the training image limits). Runs until stopped.
+    the export's verified GGUF pair, with the ``qwen2.5-vl`` chat format the verification used
+    (:func:`course_handler`: Qwen's prompt, the training image limits); on a GPU when
+    llama.cpp was built for one. Runs until stopped.
 
     Raises:
         GGUFSetupError: llama.cpp or its server is missing.
-        ConfigError: the export has no such GGUF file.
+        ConfigError: the export has no such GGUF file, or its files are not verified.
     """
-    from .errors import ConfigError
+    from .export import EXPORT_INFO
     from .model import load_processor
+    from .outputs import read_json
 
     require_llama_cpp()
     try:
@@ -625,13 +672,21 @@ def serve(folder: Path, kind: str = "f16", host: str = "127.0.0.1", port: int = 
         from llama_cpp.server.settings import ModelSettings, ServerSettings
     except ImportError:
         raise GGUFSetupError("llama-cpp-python's server is not installed here.",
-                             fix=EXTRA_FIX) from None
+                             fix=f"add it with {EXTRA}, then run qvl serve again.") from None
+    folder = Path(folder).resolve()
     files = gguf_files(folder)
     if kind not in files or "mmproj" not in files:
         raise ConfigError(f"this export has no {kind} GGUF file with a vision projector "
                           f"(it has: {', '.join(files) or 'none'}).", file=folder / GGUF_FOLDER,
                           fix="make them with qvl export --out FOLDER --gguf (--quantize TYPE "
                               "for a quantized one), or choose one it has with --file.")
+    summary = (read_json(folder / EXPORT_INFO) or {}).get("gguf") or {}
+    if not summary.get("verified"):
+        raise ConfigError("these GGUF files are not verified "
+                          f"({summary.get('problem', 'no verification recorded')}), so they are "
+                          "not served.", file=folder / GGUF_FOLDER,
+                          fix="check them: qvl export --out FOLDER --check-only --gguf --run RUN "
+                              "(or --data TEST.jsonl).")
     size = load_processor(folder).image_processor.size
     # The server builds its handler by this name for chat_format qwen2.5-vl.
     llama_chat_format.Qwen25VLChatHandler = course_handler(int(size["shortest_edge"]),

@@ -111,18 +111,19 @@ def gguf_section(info: dict[str, Any]) -> list[str]:
         lines.append(f"| `{files[kind]}` | {what} | {human_size(f['bytes'])} |")
     return lines + [
         "", verdict, "",
-        "An OpenAI-compatible server on the pair, as the verification ran it (llama-cpp-python's "
-        "server with its `qwen2.5-vl` chat format, Qwen's prompt and the training image limits; "
-        "this machine only), with the course and its gguf extra installed "
+        "An OpenAI-compatible server on the pair, with the chat format the verification used "
+        "(llama-cpp-python's server and its `qwen2.5-vl` handler, with Qwen's prompt and the "
+        "training image limits; this machine only), with the course and its gguf extra installed "
         "(`pip install -e '.[gguf]'` in the course's folder), run in this folder:", "",
         "```bash", "qvl serve . --port 8000", "```", "",
-        "Ask it about an image:", "", "```bash",
-        "IMG=$(base64 -w0 photo.png)",
+        "Ask it about an image (the request goes in a file: a photo in base64 is too long for "
+        "one command-line argument; on macOS, `base64 -i photo.png`):", "", "```bash",
+        "{ printf '{\"temperature\": 0, \"messages\": [{\"role\": \"user\", \"content\": "
+        "[{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/png;base64,'; "
+        "base64 -w0 photo.png; printf '\"}}, {\"type\": \"text\", \"text\": \"What is in "
+        "this picture?\"}]}]}'; } > request.json",
         "curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' "
-        "-d '{\"temperature\": 0, \"messages\": [{\"role\": \"user\", \"content\": ["
-        "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/png;base64,'"
-        "\"$IMG\"'\"}}, {\"type\": \"text\", \"text\": \"What is in this picture?\"}]}]}'",
-        "```", "",
+        "-d @request.json", "```", "",
         f"Training saw images of {lo} to {hi} visual tokens (28 × 28 pixels each). "
         f"llama-cpp-python's own `python -m llama_cpp.server --chat_format qwen2.5-vl` (version "
         f"{LLAMA_CPP_PYTHON}) resizes within llama.cpp's defaults instead (8 to 4096 tokens) and "
@@ -133,11 +134,12 @@ def gguf_section(info: dict[str, Any]) -> list[str]:
         f"--image-max-tokens {hi} --temp 0 --host 127.0.0.1 --port 8080", "```", "",
         "LM Studio: put both files in one folder under its models folder "
         "(`~/.lmstudio/models/you/NAME/`); it pairs the `mmproj-` file with the model. "
-        "Ollama: a Modelfile with `FROM ./" + text.split("/")[-1] + "` imports the language "
-        "model, text only; Ollama's tracker reports separate vision projectors (a second `FROM`, "
-        "or `ADAPTER`) failing to load for imported Qwen-family vision models (ollama/ollama "
-        "issues 14730 and 15346), so for images use llama.cpp or LM Studio. LM Studio and "
-        "Ollama were not run by the course.",
+        f"Ollama: a Modelfile with `FROM ./{text}` (in this folder) imports the language model "
+        "for text. Whether Ollama loads a separate llama.cpp vision projector for an imported "
+        "Qwen2.5-VL was not tried; its tracker reports such projectors (a second `FROM`, or "
+        "`ADAPTER`) failing to load for other imported Qwen vision models (ollama/ollama issues "
+        "14730 and 15346), so for images use llama.cpp or LM Studio. LM Studio and Ollama were "
+        "not run by the course.",
         ""]
 
 

@@ -20,7 +20,8 @@ install_gguf() {
     done
     return 1
 }
-if ! python -c "import llama_cpp" 2>/dev/null; then
+if ! python -c "from qvl_helpers.gguf_export import require_llama_cpp; require_llama_cpp()" 2>/dev/null; then
     stage "gguf extra (llama.cpp build)" install_gguf
 fi
+export QVL_REQUIRE_GGUF=1  # here a missing extra fails the tests instead of skipping them
 stage "gguf tests" python -m pytest tests/test_gguf.py -q -m gguf --durations=5 "$@"
