@@ -53,7 +53,7 @@ QUANT_TYPES = ("Q8_0", "Q4_K_M")
 #: sums in its own order; a broken file disagrees by whole logits.
 TIE_TOLERANCE = 0.1
 EXTRA = ("pip install -e '.[gguf]' -c constraints.txt in the course's folder (it builds "
-         "llama.cpp once, about 10 minutes on 2 cores; pip keeps the build)")
+         "llama.cpp once, about 6 minutes on 2 quiet cores; pip keeps the build)")
 EXTRA_FIX = f"add it with {EXTRA}, then run the same command again."
 
 

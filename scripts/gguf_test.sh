@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GGUF export's own checks (`qvl export --gguf`, tests marked gguf): installs the gguf extra
-# into .venv first (pip builds llama.cpp from source once, about 10 minutes on 2 cores, and keeps
+# into .venv first (pip builds llama.cpp from source once, about 6 minutes on 2 quiet cores, and keeps
 # the wheel in its cache), then runs them. .ci/run calls this after scripts/test.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"

@@ -155,7 +155,7 @@ def _needs_llama_cpp() -> None:
     except GGUFSetupError as exc:
         if os.environ.get("QVL_REQUIRE_GGUF") == "1":
             pytest.fail(str(exc))
-        pytest.skip("needs the gguf extra (pip install -e '.[gguf]', a 10-minute build); "
+        pytest.skip("needs the gguf extra (pip install -e '.[gguf]', a 6-minute build); "
                     ".ci/run installs it and runs these tests")
 
 
