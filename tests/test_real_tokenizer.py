@@ -31,6 +31,14 @@ def test_every_reference_line_of_llama_cpp_gives_its_ids(real):
                                                                           ids.split()], text
 
 
+def test_llama_cpp_is_told_the_real_tokenizer_splits_text_by_qwen2_rules(cache) -> None:
+    """What qvl export --gguf tells llama.cpp's converter (qvl_helpers.gguf_export)."""
+    from qvl_helpers.gguf_export import pre_tokenizer_name
+    from qvl_helpers.real_tokenizer import ensure_real_tokenizer
+
+    assert pre_tokenizer_name(ensure_real_tokenizer(cache)) == "qwen2"
+
+
 def test_the_added_tokens_sit_at_their_real_ids(real):
     tok = real.tokenizer
     for offset, token in enumerate(SPECIAL_TOKENS + EXTRA_TOKENS):
