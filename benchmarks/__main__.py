@@ -25,7 +25,7 @@ def main(names: list[str]) -> None:
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         sys.exit(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    from qvl_helpers.gguf_export import GGUFSetupError
+    from qvl_helpers.llama_run import GGUFSetupError
 
     for name in names or list(BENCHMARKS):
         start = time.perf_counter()

@@ -40,7 +40,7 @@ def _timed(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
 
 def run(build: bool = False) -> dict[str, Any]:
     """Train once, export twice (without and with GGUF), optionally build the extra."""
-    from qvl_helpers.gguf_export import LLAMA_CPP_PYTHON, require_llama_cpp
+    from qvl_helpers.llama_run import LLAMA_CPP_PYTHON, require_llama_cpp
 
     require_llama_cpp()
     qvl = [sys.executable, "-m", "qvl_helpers.cli"]

@@ -279,7 +279,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     args.gguf = args.gguf or bool(args.quantize)
     if args.gguf:
-        from .gguf_export import converter_dir, require_llama_cpp
+        from .gguf_export import converter_dir
+        from .llama_run import require_llama_cpp
 
         require_llama_cpp()  # before anything long: a missing extra is one sentence, exit 2
         converter_dir()      # and llama.cpp's converter, fetched once (needs the index then)

@@ -11,73 +11,51 @@ the language model (``NAME-f16.gguf``) and the vision projector (``mmproj-NAME-f
   into the course's cache (or from a llama.cpp checkout named by ``QVL_LLAMA_CPP``).
   :mod:`qvl_helpers.gguf_convert` runs it with two adaptations the tiny stand-in needs.
 - **Verified by running it.** The pair is loaded in llama.cpp (``llama-cpp-python``, on the CPU)
-  with ``Qwen25VLChatHandler``, the chat format its OpenAI-compatible server uses, and asked the
+  with the course's Qwen2.5-VL chat handler (:mod:`qvl_helpers.llama_run`), and asked the
   held-out samples with their images, greedy. The merged folder answers the same prompts in
   transformers in a fresh process. Both get the same pixels (each image resized beforehand, with
   the export's image limits, to the size the processor would choose), so only the two runtimes
   differ. f16 must give the same prompt length (in M-RoPE positions) and the same answer tokens;
   where an answer parts, it may part only at a near tie: where transformers picked token A and
   llama.cpp token B, how much each prefers its own pick over the other's, added up, is within
-  :data:`TIE_TOLERANCE` logits. Anything else fails. Quantized files report how often they
+  ``gguf_compare.TIE_TOLERANCE`` logits. Anything else fails. Quantized files report how often they
   give the same answer (they are expected to differ sometimes).
 
-Everything is recorded in ``export.json`` (``gguf``) and the model card.
+Everything is recorded in ``export.json`` (``gguf``) and the model card. The comparison's rules
+live in :mod:`qvl_helpers.gguf_compare`; running llama.cpp in :mod:`qvl_helpers.llama_run`.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import sys
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.records import Record, answers_of, image_parts, parts_of
-from .errors import ConfigError, ModelError, QVLError, count
+from .data.records import Record, answers_of
+from .errors import ConfigError, ModelError, count
+from .gguf_compare import TIE_TOLERANCE, compare, observe_transformers, verdict_line
+from .llama_run import (
+    EXTRA,
+    LLAMA_CPP_PYTHON,
+    GGUFSetupError,
+    course_handler,
+    observe_llama_cpp,
+    require_llama_cpp,
+    same_pixels,
+)
 from .qwen import tokens_in
 
-#: The llama-cpp-python release verified here (its llama.cpp converts and runs Qwen2.5-VL).
-LLAMA_CPP_PYTHON = "0.3.36"
+__all__ = ["GGUFSetupError", "LLAMA_CPP_PYTHON", "add_gguf", "check_gguf", "convert",
+           "converter_dir", "gguf_files", "quantize", "serve", "verdict_line", "verify_gguf"]
+
 GGUF_FOLDER = "gguf"
 CONVERTER = "convert_hf_to_gguf.py"
 #: What the converter needs from the source distribution's vendor/llama.cpp.
 CONVERTER_PARTS = (CONVERTER, "conversion/", "gguf-py/gguf/", "LICENSE")
 QUANT_TYPES = ("Q8_0", "Q4_K_M")
-#: Where an f16 answer parts from the merged model's (transformers picked A, llama.cpp B): the
-#: largest logit(A) - logit(B) in transformers plus logit(B) - logit(A) in llama.cpp for the
-#: parting to count as a near tie. f16 rounds each weight to 11 significant bits and llama.cpp
-#: sums in its own order; a broken file disagrees by whole logits.
-TIE_TOLERANCE = 0.1
-EXTRA = ("pip install -e '.[gguf]' -c constraints.txt in the course's folder (it builds "
-         "llama.cpp once, about 6 minutes on 2 quiet cores; pip keeps the build)")
-EXTRA_FIX = f"add it with {EXTRA}, then run the same command again."
-
-
-class GGUFSetupError(QVLError):
-    """llama.cpp (the ``gguf`` extra) or its converter is missing: the command cannot run (2)."""
-
-    exit_code = 2
-
-
-def require_llama_cpp() -> Any:
-    """The ``llama_cpp`` module at the verified version.
-
-    Raises:
-        GGUFSetupError: not installed, or another version (says how to add the extra).
-    """
-    try:
-        import llama_cpp
-    except ImportError:
-        raise GGUFSetupError("GGUF export needs llama.cpp's Python package (llama-cpp-python), "
-                             "which is not installed here.", fix=EXTRA_FIX) from None
-    if llama_cpp.__version__ != LLAMA_CPP_PYTHON:
-        raise GGUFSetupError(f"llama-cpp-python {llama_cpp.__version__} is installed; the course "
-                             f"verified {LLAMA_CPP_PYTHON}.", fix=EXTRA_FIX)
-    return llama_cpp
 
 
 # --------------------------------------------------------------------------- converting
@@ -200,249 +178,6 @@ def quantize(source: Path, target: Path, kind: str) -> Path:
     return target
 
 
-# --------------------------------------------------------------------------- running
-
-@dataclass
-class Observed:
-    """What one runtime answered on the verification samples."""
-
-    answers: list[str] = field(default_factory=list)
-    #: M-RoPE positions the prompt takes: its text tokens, plus each image's larger side in
-    #: visual tokens (what llama.cpp counts; transformers gives the image one token per 28 px²)
-    prompt_positions: list[int] = field(default_factory=list)
-    prompt_tokens: list[int] = field(default_factory=list)  # transformers: the prompts' lengths
-    tokens: list[list[int]] = field(default_factory=list)     # the answers' token ids
-    #: per answer step, the largest logits as {token id: logit}
-    top: list[list[dict[int, float]]] = field(default_factory=list)
-
-
-def same_pixels(records: list[Record], lo: int, hi: int, into: Path) -> list[Record]:
-    """The records with each image resized, as PNG in ``into``, to the size the processor picks
-    within ``lo``..``hi`` pixels: both runtimes then see the same pixels and neither resizes."""
-    import copy
-
-    from PIL import Image
-
-    from .images import load_rgb
-    from .tokens import smart_resize
-
-    resized = copy.deepcopy(records)
-    for i, record in enumerate(resized):
-        for j, part in enumerate(image_parts(record)):
-            image = load_rgb(part["image"])
-            height, width = smart_resize(image.height, image.width, lo, hi)
-            path = into / f"{i}-{j}.png"
-            image.resize((width, height), Image.Resampling.BICUBIC).save(path)
-            part["image"] = str(path)
-    return resized
-
-
-def openai_messages(record: Record) -> list[dict[str, Any]]:
-    """The record's conversation up to its last answer as OpenAI chat messages, images inline as
-    PNG data URLs in their places (what a client sends to the server)."""
-    from .collate import prompt_messages
-
-    messages = []
-    for message in prompt_messages(record):
-        content = []
-        for part in parts_of(message):
-            if part["type"] == "text":
-                content.append({"type": "text", "text": part["text"]})
-            else:
-                content.append({"type": "image_url", "image_url": {"url": data_url(part["image"])}})
-        if message["role"] == "system" or all(c["type"] == "text" for c in content):
-            content = "".join(c["text"] for c in content)
-        messages.append({"role": message["role"], "content": content})
-    return messages
-
-
-def data_url(path: str | Path) -> str:
-    """An image file as a PNG data URL."""
-    from .images import load_rgb
-
-    buffer = io.BytesIO()
-    load_rgb(path).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def course_handler(lo: int, hi: int) -> type:
-    """llama-cpp-python's ``Qwen25VLChatHandler`` (the ``qwen2.5-vl`` chat format of its server)
-    with two corrections, as a class taking the same arguments:
-
-    - **the prompt ends in ``<|im_start|>assistant\\n``, as Qwen's chat template renders it.**
-      The handler's template ends in that newline, but Jinja drops a template's last newline
-      by default, so 0.3.36 sends ``<|im_start|>assistant`` and the model starts its answer
-      where training never did (the stand-in answers nothing at all);
-    - **images are resized within the export's limits** (``lo``..``hi`` pixels, as visual
-      tokens) instead of llama.cpp's defaults for Qwen2.5-VL (8 to 4096 tokens).
-    """
-    require_llama_cpp()
-    from llama_cpp.llama_chat_format import Qwen25VLChatHandler
-
-    class WithLimits:  # the handler's mtmd module, with the limits in its context parameters
-        def __init__(self, mtmd: Any) -> None:
-            self._mtmd = mtmd
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._mtmd, name)
-
-        def mtmd_context_params_default(self) -> Any:
-            params = self._mtmd.mtmd_context_params_default()
-            params.image_min_tokens = max(1, tokens_in(lo))
-            params.image_max_tokens = max(1, tokens_in(hi))
-            return params
-
-    class CourseQwen25VLChatHandler(Qwen25VLChatHandler):
-        CHAT_FORMAT = Qwen25VLChatHandler.CHAT_FORMAT + "{{ '' }}"  # keeps the last newline
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._mtmd_cpp = WithLimits(self._mtmd_cpp)
-
-    return CourseQwen25VLChatHandler
-
-
-class StepRecorder:
-    """A llama-cpp-python logits processor that notes, at each generated step, the token greedy
-    decoding picks (the largest logit) and the largest logits, from the whole row: token ids
-    themselves, since the text llama-cpp-python returns drops the bytes of an unfinished UTF-8
-    character that transformers shows as U+FFFD."""
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.top: list[dict[int, float]] = []
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import numpy as np
-
-        from .export import TOP_CANDIDATES
-
-        best = np.argpartition(scores, -TOP_CANDIDATES)[-TOP_CANDIDATES:]
-        self.tokens.append(int(np.argmax(scores)))
-        self.top.append({int(t): float(scores[t]) for t in best})
-        return scores
-
-
-def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, hi: int,
-                      budget: int, n_ctx: int) -> Observed:
-    """Greedy answers of the GGUF pair in llama.cpp: text, token ids, each step's margin."""
-    require_llama_cpp()
-    from llama_cpp import Llama, LogitsProcessorList
-    from llama_cpp._utils import suppress_stdout_stderr
-
-    # llama.cpp's C code logs every image it encodes to the terminal (mtmd's own logger, which
-    # verbose=False does not reach); its failures still come back as Python exceptions.
-    quiet = suppress_stdout_stderr(disable=os.environ.get("QVL_DEBUG") == "1")
-    seen = Observed()
-    with quiet:
-        handler = course_handler(lo, hi)(clip_model_path=str(mmproj), verbose=False)
-        llm = Llama(model_path=str(text), chat_handler=handler, n_ctx=n_ctx, n_gpu_layers=0,
-                    seed=0, verbose=False, n_threads=os.cpu_count() or 1)
-    try:
-        for record in records:
-            steps = StepRecorder()
-            with quiet:
-                out = llm.create_chat_completion(
-                    messages=openai_messages(record), temperature=0.0, top_k=1, top_p=1.0,
-                    min_p=0.0, repeat_penalty=1.0, max_tokens=budget,
-                    logits_processor=LogitsProcessorList([steps]))
-            seen.answers.append(out["choices"][0]["message"]["content"] or "")
-            seen.prompt_positions.append(out["usage"]["prompt_tokens"])  # positions, in fact
-            # llama-cpp-python samples once more after the last token it returns
-            seen.tokens.append(steps.tokens[:budget])
-            seen.top.append(steps.top[:budget])
-    finally:
-        llm.close()
-    return seen
-
-
-def observe_transformers(folder: Path, records: list[Record], facts: dict[str, Any]) -> Observed:
-    """The merged folder's greedy answers in transformers (a fresh process, as a user loads it),
-    with the prompt length its processor renders and each step's top-two margin."""
-    from .collate import make_collator
-    from .export import observe_in_fresh_process
-    from .model import load_processor
-
-    processor = load_processor(folder)
-    size = processor.image_processor.size
-    ask = make_collator(processor, "generate", min_pixels=size["shortest_edge"],
-                        max_pixels=size["longest_edge"])
-    merged = observe_in_fresh_process(folder, records, facts)
-    asked = [ask([r]) for r in records]
-    return Observed(answers=merged["answers"], tokens=merged["tokens"], top=merged["top"],
-                    prompt_positions=[prompt_positions(batch) for batch in asked],
-                    prompt_tokens=[int(batch["input_ids"].shape[1]) for batch in asked])
-
-
-def prompt_positions(batch: dict[str, Any]) -> int:
-    """The M-RoPE positions of a one-sample prompt batch: each image's ``t·h·w / 4`` visual
-    tokens take ``max(t, h/2, w/2)`` positions, every other token one."""
-    length = int(batch["input_ids"].shape[1])
-    for t, h, w in batch.get("image_grid_thw", []).tolist() if "image_grid_thw" in batch else []:
-        length += max(t, h // 2, w // 2) - t * h * w // 4
-    return length
-
-
-# --------------------------------------------------------------------------- comparing
-
-def parting(reference: Observed, other: Observed, i: int) -> int | None:
-    """The answer step where ``other``'s sample ``i`` first picks another token than
-    ``reference``'s (one stopping earlier counts as parting there), or None when the two
-    answers are the same tokens."""
-    from .export import first_difference
-
-    return first_difference(reference.tokens[i], other.tokens[i])
-
-
-def preference(top: list[dict[int, float]], step: int, own: list[int],
-               other: list[int]) -> float | None:
-    """How much one runtime preferred its own token at ``step`` over the other runtime's:
-    logit(own) - logit(other), from its largest logits there. None when it cannot be told (the
-    other token is not among them, or one answer has ended)."""
-    if step >= len(own) or step >= len(other) or step >= len(top):
-        return None
-    mine, theirs = top[step].get(own[step]), top[step].get(other[step])
-    return None if mine is None or theirs is None else float(mine - theirs)
-
-
-def compare(reference: Observed, other: Observed, records: list[Record],
-            exact: bool) -> dict[str, Any]:
-    """How ``other`` (a GGUF file in llama.cpp) answered against ``reference`` (the merged model
-    in transformers): prompt lengths, same answers, and for each parting answer the step, the
-    two answers and each runtime's preference for its own token there. ``exact`` (f16): a
-    parting that is not a near tie (:data:`TIE_TOLERANCE`), or another prompt length, is a
-    problem."""
-    problems, partings, same = [], [], 0
-    for i, record in enumerate(records):
-        who = f"sample {record.get('id', i)}"
-        if reference.prompt_positions[i] != other.prompt_positions[i]:
-            problems.append(f"{who}: llama.cpp reads a prompt of {other.prompt_positions[i]} "
-                            f"positions, transformers {reference.prompt_positions[i]}")
-        step = parting(reference, other, i)
-        if step is None:
-            same += 1
-            continue
-        ref_tokens, other_tokens = reference.tokens[i], other.tokens[i]
-        ours = preference(reference.top[i], step, ref_tokens, other_tokens)
-        theirs = preference(other.top[i], step, other_tokens, ref_tokens)
-        tie = ours is not None and theirs is not None and ours + theirs <= TIE_TOLERANCE
-        partings.append({"sample": record.get("id", i), "step": step, "near_tie": tie,
-                         "preferences": [None if v is None else round(v, 4)
-                                         for v in (ours, theirs)],
-                         "transformers": reference.answers[i], "llama_cpp": other.answers[i]})
-        if exact and not tie:
-            where = (f"where transformers prefers its token by {ours:.3f} logits and llama.cpp "
-                     f"its own by {theirs:.3f} (a near tie is within {TIE_TOLERANCE} together)"
-                     if ours is not None and theirs is not None else
-                     "where one answer ends or picks a token far down the other's list")
-            problems.append(f"{who}: another answer ({other.answers[i]!r} instead of "
-                            f"{reference.answers[i]!r}), parting at step {step} {where}")
-    answers = [{"sample": r.get("id", i), "transformers": reference.answers[i],
-                "llama_cpp": other.answers[i]} for i, r in enumerate(records)]
-    return {"samples": len(records), "same_answers": same, "agreement": same / len(records),
-            "partings": partings, "problems": problems, "answers": answers}
-
-
 # --------------------------------------------------------------------------- the step
 
 def is_verified_export(folder: Path) -> bool:
@@ -525,20 +260,6 @@ def verify_gguf(folder: Path, records: list[Record], facts: dict[str, Any],
     return summary
 
 
-def verdict_line(summary: dict[str, Any]) -> str:
-    """What the GGUF files can be trusted for, in one line."""
-    f16 = summary["results"]["f16"]
-    line = (f"GGUF verified in llama.cpp on {count(f16['samples'], 'held-out sample')}: the f16 "
-            f"pair gives {f16['same_answers']} of {f16['samples']} answers exactly as the "
-            "merged model")
-    ties = len(f16["partings"])
-    if ties:
-        line += f" (the other {ties} part only at a near tie)"
-    for kind, result in summary["results"].items():
-        if kind != "f16":
-            line += (f"; {kind}: {result['same_answers']} of {result['samples']} the same "
-                     f"({result['agreement']:.0%})")
-    return line + "."
 
 
 def add_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:

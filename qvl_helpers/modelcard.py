@@ -94,7 +94,8 @@ def _usage(min_pixels: int, max_pixels: int) -> list[str]:
 
 def gguf_section(info: dict[str, Any]) -> list[str]:
     """How to run the GGUF pair (only when ``qvl export --gguf`` made one)."""
-    from .gguf_export import LLAMA_CPP_PYTHON, verdict_line
+    from .gguf_compare import verdict_line
+    from .llama_run import LLAMA_CPP_PYTHON
 
     summary = info.get("gguf")
     if not summary or "files" not in summary:

@@ -17,14 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inprocess import run_main
 
-from qvl_helpers.gguf_export import (
-    TIE_TOLERANCE,
-    Observed,
-    compare,
-    parting,
-    pre_tokenizer_name,
-    verdict_line,
-)
+from qvl_helpers.gguf_compare import TIE_TOLERANCE, Observed, compare, parting, verdict_line
+from qvl_helpers.gguf_export import pre_tokenizer_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,7 +138,7 @@ def _needs_llama_cpp() -> None:
     QVL_REQUIRE_GGUF=1: there a missing or other llama-cpp-python is a failure)."""
     import os
 
-    from qvl_helpers.gguf_export import GGUFSetupError, require_llama_cpp
+    from qvl_helpers.llama_run import GGUFSetupError, require_llama_cpp
 
     try:
         require_llama_cpp()
@@ -247,7 +241,7 @@ def test_the_model_cards_server_answers_a_chat_request_with_an_image(gguf_export
 
     from qvl_helpers.data import load_records
     from qvl_helpers.evaluate import plan_for_run
-    from qvl_helpers.gguf_export import openai_messages
+    from qvl_helpers.llama_run import openai_messages
 
     out = gguf_export["out"]
     card = (out / "README.md").read_text(encoding="utf-8")
