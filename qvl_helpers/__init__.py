@@ -17,7 +17,7 @@ from typing import Any
 # built-in kernel, which is what the course tests. Only that module's logger is quietened.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from .config import CourseConfig, ModelChoice, ensure_model, load_config, model_banner  # noqa: E402
+from .config import CourseConfig, ModelChoice, load_config, model_banner  # noqa: E402
 from .errors import ConfigError, DatasetError, ModelError, QVLError  # noqa: E402
 from .errors import show_in_notebooks as _show_in_notebooks  # noqa: E402
 
@@ -25,8 +25,8 @@ _show_in_notebooks()  # in a notebook, a course error shows as its one line, not
 
 __version__ = "0.1.0"
 
-#: Stable names that pull in torch, imported from their module on first use.
-_LAZY = {"load_records": ".data", "make_collator": ".collate"}
+#: Stable names that pull in torch or transformers, imported from their module on first use.
+_LAZY = {"ensure_model": ".tiny", "load_records": ".data", "make_collator": ".collate"}
 
 __all__ = [
     "ConfigError", "CourseConfig", "DatasetError", "ModelChoice", "ModelError", "QVLError",

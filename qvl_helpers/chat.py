@@ -82,7 +82,8 @@ class Chat:
 
     def __init__(self, model: str, adapter: str | Path | None = None,
                  quantization: str = "none", max_new_tokens: int = 256) -> None:
-        from .config import choose_model, ensure_model
+        from .config import choose_model
+        from .tiny import ensure_model
 
         path = ensure_model(choose_model(model, "--model"))
         self.model, self.processor = load_for_eval(path, adapter, quantization)

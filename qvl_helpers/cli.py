@@ -101,9 +101,10 @@ def _processor_for(model: str) -> object:
     """The processor of the model named by a ``--model`` flag; for Qwen2.5-VL's own hub ids the
     one built offline (:mod:`~qvl_helpers.real_tokenizer`: the same tokenizer and image
     settings, no download, no weights)."""
-    from .config import choose_model, ensure_model, load_config
+    from .config import choose_model, load_config
     from .model import load_processor
     from .real_tokenizer import SAME_PROCESSOR, real_processor
+    from .tiny import ensure_model
 
     choice = choose_model(model, "--model")
     if choice.name in SAME_PROCESSOR:
@@ -153,16 +154,18 @@ def _no_data(cfg: object) -> None:
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
-    from .data.split import split_file
-
-    result = split_file(args.data, args.out_dir, image_root=args.image_root, val=args.val,
-                        test=args.test, seed=args.seed, overwrite=args.force, fmt=args.format)
     from .data.prepare import split_warnings
+    from .data.split import TEST_FRACTION, VAL_FRACTION, split_file
+
+    val = VAL_FRACTION if args.val is None else args.val
+    test = TEST_FRACTION if args.test is None else args.test
+    result = split_file(args.data, args.out_dir, image_root=args.image_root, val=val, test=test,
+                        seed=args.seed, overwrite=args.force, fmt=args.format)
 
     print(result.text())
     for name, path in result.files.items():
         print(f"  {name}: {path}")
-    for warning in split_warnings(result.counts, args.val, args.test):
+    for warning in split_warnings(result.counts, val, test):
         print("Warning:", warning)
     note = _image_root_note(result.image_root, Path(args.out_dir))
     if note:
@@ -589,8 +592,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--image-root")
     p.add_argument("--format", default="auto", choices=formats)
-    p.add_argument("--val", type=float, default=0.1)
-    p.add_argument("--test", type=float, default=0.1)
+    p.add_argument("--val", type=float, help="share of the records held out for validation "
+                   "(left out: the course's default, as qvl train splits)")
+    p.add_argument("--test", type=float, help="share held out for the test split (left out: the "
+                   "course's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing split files")
     p.set_defaults(func=cmd_data_split)

@@ -41,8 +41,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
-from .model import TRAINED_PARTS
-from .qwen import PIXELS_PER_TOKEN, REAL_MODEL_ID, TOKEN_SIDE
+from .qwen import HUB_MIN_PIXELS, PIXELS_PER_TOKEN, REAL_MODEL_ID, TOKEN_SIDE, TRAINED_PARTS
+from .stand_in import cache_folder, is_stand_in
 
 TINY = "tiny"
 CONFIG_FILE = "course.yaml"
@@ -170,7 +170,7 @@ class CourseConfig(BaseModel):
     image_root: Path | None = None
     output_dir: Path = Path("outputs")
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    min_pixels: PositiveInt = 3136
+    min_pixels: PositiveInt = HUB_MIN_PIXELS
     max_pixels: PositiveInt = 512 * PIXELS_PER_TOKEN
     max_length: PositiveInt = 2048
     lr: PositiveFloat = 2e-4
@@ -358,7 +358,7 @@ class CourseConfig(BaseModel):
                 local = candidate
         if local.exists():
             self._check_model_folder(local)
-            return ModelChoice(name, str(local.resolve()), _looks_tiny(local), "a local folder")
+            return ModelChoice(name, str(local.resolve()), is_stand_in(local), "a local folder")
         if not _HUB_ID.fullmatch(name):
             raise self.error("model", f"the model folder {name} does not exist (and it is not a "
                                       "hub id such as Qwen/Qwen2.5-VL-3B-Instruct).",
@@ -384,9 +384,7 @@ class CourseConfig(BaseModel):
     @property
     def tiny_model_dir(self) -> Path:
         """Cache folder of the tiny stand-in (one folder per builder version)."""
-        from .tiny import BUILDER_VERSION
-
-        return self.cache_dir / f"tiny-qwen2_5_vl-v{BUILDER_VERSION}"
+        return cache_folder(self.cache_dir)
 
 
 #: owner/name on the Hugging Face hub (a path like ./x, /x or a/b/c is a folder).
@@ -430,12 +428,6 @@ class ModelChoice:
     path: str
     is_tiny: bool
     reason: str
-
-
-def _looks_tiny(folder: Path) -> bool:
-    from .tiny import MARKER_FILE
-
-    return (folder / MARKER_FILE).exists()
 
 
 def _config_error(exc: ValidationError, origins: Mapping[str, Origin]) -> ConfigError:
@@ -719,19 +711,6 @@ def choose_model(model: str | Path, flag: str = "--model") -> ModelChoice:
         raise origin.error(exc.message, exc.fix) from None
     cfg._origins["model"] = origin
     return cfg.resolve_model()
-
-
-def ensure_model(choice: ModelChoice) -> str:
-    """Make the chosen model loadable and return what to pass to ``from_pretrained``.
-
-    Builds the tiny stand-in into its cache folder when it is missing (a few seconds, offline);
-    a hub model is left to ``from_pretrained`` to download on first use.
-    """
-    if choice.is_tiny:
-        from .tiny import ensure_tiny_model
-
-        return str(ensure_tiny_model(choice.path))
-    return choice.path
 
 
 def model_banner(choice: ModelChoice) -> str:

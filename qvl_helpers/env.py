@@ -251,9 +251,9 @@ def check_model(cfg: CourseConfig, cuda_available: bool) -> Check:
     """Is the model the config chooses available here (or buildable / downloadable)?"""
     choice = cfg.resolve_model(cuda_available=cuda_available)
     if choice.is_tiny:
-        from .tiny import MARKER_FILE
+        from .stand_in import is_stand_in
 
-        built = (Path(choice.path) / MARKER_FILE).exists()
+        built = is_stand_in(choice.path)
         state = "built" if built else "not built yet (built on first use in a few seconds)"
         return Check("model", OK, f"tiny stand-in ({choice.reason}); {state} at {choice.path}")
     if Path(choice.path).exists():

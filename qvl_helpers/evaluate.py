@@ -50,7 +50,6 @@ from .runs import RUN_CONFIG
 BASE_SYSTEMS = ("base", "prompt", "tuned")
 ABLATIONS = ("blank",)
 REPORT, GALLERY = "report.json", "gallery.html"
-SMALL_N = M.SMALL_N  # below this many samples, every interval is wide: the report says so
 
 
 def predictions_file(system: str) -> str:
@@ -460,8 +459,9 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
         DatasetError: empty or bad data, or overlap with the training split.
         ModelError: the model or the adapter cannot be loaded, or the adapter does not fit.
     """
-    from .config import choose_model, ensure_model
+    from .config import choose_model
     from .data import load_records
+    from .tiny import ensure_model
 
     if request.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, not {request.batch_size}.",

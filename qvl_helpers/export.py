@@ -523,10 +523,11 @@ def export(request: ExportRequest, say: Any = print) -> Path:
         VerificationError: the merged folder failed; it is kept for inspection (marked
             ``UNVERIFIED.txt``) at ``--out``, or beside an earlier export as ``NAME.unverified``.
     """
-    from .config import choose_model, ensure_model
+    from .config import choose_model
     from .modelcard import write_model_card
     from .outputs import disk_full, ensure_folder, install_folder, is_disk_full, staging_folder
-    from .tiny import MARKER_FILE
+    from .stand_in import is_stand_in
+    from .tiny import ensure_model
 
     out = Path(request.out_dir)
     claim_export_folder(out, [request.adapter, request.model, request.run, request.samples],
@@ -538,7 +539,7 @@ def export(request: ExportRequest, say: Any = print) -> Path:
         reference, facts = merge(request, model_path, work, say)
         info = {"base_model": request.model, "adapter": str(request.adapter),
                 "run": str(request.run) if request.run else None,
-                "base_is_tiny": (Path(model_path) / MARKER_FILE).is_file(), **facts}
+                "base_is_tiny": is_stand_in(model_path), **facts}
         write_model_card(work, request, info)
         mark(work, info, "not verified yet (the export was interrupted)")
         measured = settle(work, out, info, reference if request.verify else None, facts)
@@ -649,9 +650,10 @@ def check_export(request: ExportRequest, say: Any = print) -> dict[str, Any]:
     Raises:
         VerificationError: it failed (the folder is marked ``UNVERIFIED.txt``).
     """
-    from .config import choose_model, ensure_model
+    from .config import choose_model
     from .model import attention_implementation
     from .outputs import read_json
+    from .tiny import ensure_model
 
     folder = Path(request.out_dir)
     model_path = ensure_model(choose_model(request.model, "--model"))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelError, TrainingError
+from .qwen import TRAINED_PARTS
 
 COMPONENTS = ("vision tower", "merger", "language model", "lm_head")
 
@@ -79,17 +80,6 @@ def format_parameter_table(table: list[ParamRow]) -> str:
 
 
 # ----------------------------------------------------------------------------- what LoRA trains
-
-#: The language model's attention and MLP projections, by full-name pattern: a bare list of names
-#: would also catch the vision MLP's gate/up/down_proj.
-LANGUAGE = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-VISION = r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)"
-TRAINED_PARTS = {
-    "language": (LANGUAGE, []),
-    "language+vision": (f"({LANGUAGE}|{VISION})", []),
-    "language+merger": (LANGUAGE, ["merger"]),
-}
-
 
 def lora_targets(trained: str) -> tuple[str, list[str]]:
     """(regex of LoRA target modules, modules trained in full) for a preset name or a custom

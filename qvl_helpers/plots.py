@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from .data.records import Record, images_of
 from .images import load_rgb
-from .qwen import tokens_in
+from .qwen import HUB_MIN_PIXELS, tokens_in
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans Mono CJK SC", "WenQuanYi Zen Hei", "SimHei",
              "Microsoft YaHei", "PingFang SC", "Source Han Sans SC")
@@ -233,7 +233,7 @@ def _displayable(draft: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
 
 
-def visual_tokens_plot(max_pixels_options: Sequence[int], min_pixels: int = 3136,
+def visual_tokens_plot(max_pixels_options: Sequence[int], min_pixels: int = HUB_MIN_PIXELS,
                        sides: Sequence[int] = tuple(range(28, 2017, 28)),
                        aspect: float = 4 / 3) -> Figure:
     """Visual tokens of a ``aspect``:1 image against its width, for several max_pixels: tokens

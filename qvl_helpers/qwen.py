@@ -63,3 +63,16 @@ CHAT_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# ----------------------------------------------------------------------------- what LoRA can train
+
+#: The language model's attention and MLP projections, by full-name pattern: a bare list of names
+#: would also catch the vision MLP's gate/up/down_proj.
+LANGUAGE = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+VISION = r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)"
+TRAINED_PARTS = {
+    "language": (LANGUAGE, []),
+    "language+vision": (f"({LANGUAGE}|{VISION})", []),
+    "language+merger": (LANGUAGE, ["merger"]),
+}

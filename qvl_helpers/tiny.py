@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
 from .model import quiet_loading
 from .outputs import build_in_place
 from .qwen import SPECIAL_TOKENS
 from .real_tokenizer import REGULAR_TOKENS, qwen2_tokenizer, qwen_processor
+from .stand_in import BUILDER_VERSION, MARKER_FILE, is_stand_in
 
-BUILDER_VERSION = 1
-MARKER_FILE = "qvl_tiny.json"
+if TYPE_CHECKING:
+    from .config import ModelChoice
+
 
 #: Qwen2.5-VL's special tokens, in the order of their real ids (151643 ... 151656).
 
@@ -206,10 +208,6 @@ def qwen25vl_config(sizes: dict[str, Any], vocab_size: int, ids: dict[str, int])
     )
 
 
-def _is_tiny_build(folder: Path) -> bool:
-    return (folder / MARKER_FILE).is_file()
-
-
 def _write_build(out: Path, seed: int, real_tokenizer: bool = False) -> None:
     """Build everything into ``out`` (an empty folder); ``real_tokenizer``: with Qwen's own
     tokenizer and the real 151,936-row embedding (a variant ``benchmarks/real_vocab.py``
@@ -249,7 +247,7 @@ def _install_build(out: Path, seed: int, *, replace: bool, real_tokenizer: bool 
     """Build into ``out`` through :func:`~qvl_helpers.outputs.build_in_place` (a killed build
     never leaves a half-written model; with ``replace`` an earlier build is replaced)."""
     return build_in_place(out, lambda tmp: _write_build(tmp, seed, real_tokenizer),
-                          _is_tiny_build, replace=replace)
+                          is_stand_in, replace=replace)
 
 
 def build_tiny_model(out: str | Path, seed: int = 0, *, real_tokenizer: bool = False) -> Path:
@@ -261,7 +259,7 @@ def build_tiny_model(out: str | Path, seed: int = 0, *, real_tokenizer: bool = F
         ModelError: ``out`` exists and holds something else (nothing is overwritten).
     """
     out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_tiny_build(out))):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_stand_in(out))):
         raise ModelError("the output folder exists and is not an earlier tiny-model build.",
                          file=out, fix="choose a new or empty folder (nothing was overwritten).")
     return _install_build(out, seed, replace=True, real_tokenizer=real_tokenizer)
@@ -274,9 +272,20 @@ def ensure_tiny_model(folder: str | Path, seed: int = 0) -> Path:
     build to be moved into place wins.
     """
     folder = Path(folder).expanduser().resolve()
-    if _is_tiny_build(folder):
+    if is_stand_in(folder):
         return folder
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ModelError("the tiny-model cache folder holds something else.", file=folder,
                          fix="delete that folder or set QVL_CACHE_DIR to another place.")
     return _install_build(folder, seed, replace=False)
+
+
+def ensure_model(choice: ModelChoice) -> str:
+    """Make the chosen model loadable and return what to pass to ``from_pretrained``.
+
+    Builds the tiny stand-in into its cache folder when it is missing (a few seconds, offline);
+    a hub model is left to ``from_pretrained`` to download on first use.
+    """
+    if choice.is_tiny:
+        return str(ensure_tiny_model(choice.path))
+    return choice.path

@@ -37,7 +37,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .collate import IGNORE_INDEX, Collator, make_collator
-from .config import CourseConfig, ensure_model
+from .config import CourseConfig
 from .data.records import Record
 from .errors import ConfigError, DatasetError, OutputExistsError, QVLError, TrainingError
 from .errors import count as _count
@@ -65,6 +65,7 @@ from .runs import (
     start_log,
     write_identity,
 )
+from .tiny import ensure_model
 
 #: The lean-training switches (course.yaml), each measured by ``python -m benchmarks``.
 LEAN_SWITCHES = ("group_by_length", "vision_no_grad", "answer_logits", "gradient_checkpointing",

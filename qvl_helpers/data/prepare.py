@@ -31,7 +31,7 @@ from ..images import file_hash
 from ..metrics import small_test_warning
 from ..outputs import ensure_folder, write_json
 from .doctor import check_file
-from .split import SPLIT_INFO, split_file
+from .split import SPLIT_INFO, TEST_FRACTION, VAL_FRACTION, split_file
 
 SPLITS = ("train", "val", "test")
 
@@ -110,7 +110,7 @@ def split_warnings(counts: dict[str, int], val: float, test: float) -> list[str]
     return out
 
 
-def prepare_data(cfg: CourseConfig, *, val: float = 0.1, test: float = 0.1,
+def prepare_data(cfg: CourseConfig, *, val: float = VAL_FRACTION, test: float = TEST_FRACTION,
                  verbose: bool = True) -> PreparedData:
     """Check the configured data and split it into ``outputs/data/<stem>-<key>/``.
 

@@ -120,8 +120,13 @@ def assign_splits(records: list[Record], hashes: list[list[str]], val: float,
 SPLIT_INCOMPLETE = ".qvl-split-incomplete.json"
 
 
+#: The default shares of the validation and test splits (``qvl data split --val/--test``, and
+#: the splits ``qvl train`` makes).
+VAL_FRACTION = TEST_FRACTION = 0.1
+
+
 def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path | None = None,
-               val: float = 0.1, test: float = 0.1, seed: int = 0, overwrite: bool = False,
+               val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = 0, overwrite: bool = False,
                fmt: str = "auto") -> SplitResult:
     """Split a data file into ``out_dir``/train.jsonl, val.jsonl and test.jsonl.
 
