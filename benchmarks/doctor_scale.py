@@ -1,27 +1,45 @@
-"""Data doctor at scale: time and peak memory of `qvl data check` on generated files.
+"""Data doctor at scale: rate and peak memory of `qvl data check`, the code before and after.
 
-Writes benchmarks/results/doctor_scale.json. Each size runs in its own process, side by side in
-one run, so that the ratio (100k vs 10k records) is what to read: flat memory means the peak
-barely grows while the record count grows tenfold.
+Writes benchmarks/results/doctor_scale.json. The same generated files (10k and 100k records
+sharing 300 images) are checked by two trees side by side in one run: BEFORE, the code at
+:data:`BEFORE` (checked out into a temporary ``git worktree``, removed afterwards), when the
+doctor still counted image tokens through ``tokens.py``; and AFTER, this checkout (the doctor's
+arithmetic in plain Python in ``qwen.py``). Each check runs in its own process, alternating
+between the trees, best of :data:`REPEATS`; the ratios (after / before) are what to read.
 
-    python -m benchmarks.doctor_scale            # 10k and 100k records, 300 images
+Each child's peak RSS is its own (``os.wait4``). The earlier version read
+``getrusage(RUSAGE_CHILDREN)``, the largest peak of *any* child so far, which under
+``python -m benchmarks`` was a training child's (the training benchmark runs first).
+
+    python -m benchmarks.doctor_scale            # 10k and 100k records
+    python -m benchmarks.doctor_scale 100000     # some sizes
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .common import REPO
 
 SHAPES = REPO / "data_samples" / "shapes"
+BEFORE = "c1f662d"  # the last commit where data/doctor.py imported tokens.py
+REPEATS = 3
+#: Run in the child after `qvl data check`: which tree ran, and what the check imported.
+PROBE = ("import json, sys\n"
+         "from qvl_helpers.cli import main\n"
+         "main(['data', 'check', sys.argv[1]])\n"
+         "import qvl_helpers\n"
+         "print(json.dumps({'code': qvl_helpers.__file__, 'imported': sorted(m for m in "
+         "('torch', 'transformers', 'qvl_helpers.tokens') if m in sys.modules)}))\n")
 
 
 def make_dataset(folder: Path, n: int, n_images: int = 300, seed: int = 0) -> Path:
@@ -42,36 +60,114 @@ def make_dataset(folder: Path, n: int, n_images: int = 300, seed: int = 0) -> Pa
     return path
 
 
-def measure(path: Path) -> dict:
-    """Run `qvl data check` in a child process; wall time and the child's peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "data", "check", str(path),
-                           "--json", str(path.with_suffix(".report.json"))],
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    report = json.loads(path.with_suffix(".report.json").read_text())
-    return {"records": report["records"], "exit": done.returncode, "errors": report["errors"],
-            "seconds": round(wall, 2), "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
+def _child_env(tree: Path) -> dict[str, str]:
+    """The environment of a child that imports qvl_helpers from ``tree`` (and runs offline)."""
+    env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1")
+    env.pop("QVL_DEBUG", None)
+    return env
+
+
+def measure(path: Path, tree: Path) -> dict[str, Any]:
+    """`qvl data check` on ``path`` in a child process importing ``tree``'s code: wall time
+    and that child's own peak RSS (``os.wait4``).
+
+    Raises:
+        RuntimeError: the check wrote no report (the command failed).
+    """
+    report_path = path.with_suffix(f".{tree.name}.report.json")
+    report_path.unlink(missing_ok=True)
+    log = path.with_suffix(".log")
+    with open(log, "w") as out:  # a file, not a pipe: nothing blocks while we wait
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "qvl_helpers.cli", "data", "check",
+                                 str(path), "--json", str(report_path)], cwd=path.parent,
+                                env=_child_env(tree), stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if not report_path.is_file():
+        raise RuntimeError(f"qvl data check failed in {tree}: {log.read_text()[-2000:]}")
+    report = json.loads(report_path.read_text())
+    return {"records": report["records"], "exit": proc.returncode, "errors": report["errors"],
+            "seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
             "records_per_second": round(report["records"] / wall)}
 
 
-def run(sizes: list[int] | None = None) -> dict:
+def probe(path: Path, tree: Path) -> dict[str, Any]:
+    """Which tree a child really imports, and whether its check imports torch, transformers
+    or tokens.py (a separate, unmeasured run)."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(path)], cwd=path.parent,
+                          env=_child_env(tree), capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(found["code"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the child imported {found['code']}, not the code in {tree}")
+    return {"imports_torch": "torch" in found["imported"],
+            "imports_transformers": "transformers" in found["imported"],
+            "imports_tokens_py": "qvl_helpers.tokens" in found["imported"]}
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of repeated runs, with the highest peak of them (memory barely varies)."""
+    fastest = min(runs, key=lambda r: r["seconds"])
+    return {**fastest, "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "repeats": len(runs)}
+
+
+def compare(folder: Path, trees: dict[str, Path], sizes: list[int]) -> list[dict[str, Any]]:
+    """Each size checked by each tree, alternating, :data:`REPEATS` times; the best of each."""
+    rows = []
+    for n in sorted(sizes):
+        path = make_dataset(folder, n)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        for _ in range(REPEATS):
+            for name, tree in trees.items():
+                runs[name].append(measure(path, tree))
+        rows += [{"code": name, **_best(found)} for name, found in runs.items()]
+    return rows
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """After / before, per size: rate (over 1: faster now) and peak RSS (under 1: smaller)."""
+    by = {(r["code"], r["records"]): r for r in rows}
+    out = {}
+    for n in sorted({r["records"] for r in rows}):
+        before, after = by[("before", n)], by[("after", n)]
+        out[str(n)] = {
+            "records_per_second": round(after["records_per_second"]
+                                        / before["records_per_second"], 2),
+            "peak_rss": round(after["peak_rss_mib"] / before["peak_rss_mib"], 2)}
+    return out
+
+
+def run(sizes: list[int] | None = None, before: str = BEFORE) -> dict[str, Any]:
+    """Check 10k and 100k records (or ``sizes``) with the code at ``before`` and this
+    checkout, side by side."""
     sizes = sizes or [10_000, 100_000]
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        rows = [measure(make_dataset(folder, n)) for n in sorted(sizes)]
-    small, large = rows[0], rows[-1]
+        folder, old = Path(tmp) / "data", Path(tmp) / "before"
+        folder.mkdir()
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), before], cwd=REPO,
+                       check=True, capture_output=True)
+        try:
+            trees = {"before": old, "after": REPO}
+            small = make_dataset(folder, min(sizes))
+            imports = {name: probe(small, tree) for name, tree in trees.items()}
+            rows = compare(folder, trees, sizes)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
+                           check=False, capture_output=True)
     return {
-        "what": "qvl data check on n records sharing 300 PNG images (112x112)",
+        "what": "qvl data check on n records sharing 300 PNG images (112x112), no --model",
+        "before": f"commit {before} (data/doctor.py imported tokens.py)",
+        "after": "this checkout (qwen.py's plain-Python image arithmetic)",
+        "imports": imports,
         "runs": rows,
-        "ratio_large_to_small": {
-            "records": round(large["records"] / small["records"], 1),
-            "seconds": round(large["seconds"] / small["seconds"], 2),
-            "peak_rss": round(large["peak_rss_mib"] / small["peak_rss_mib"], 2)},
-        "note": "peak RSS of a child is cumulative over children (getrusage), so runs go from "
-                "small to large; the large run's peak is its own.",
+        "after_to_before": _ratios(rows),
+        "benchmark_seconds": round(time.perf_counter() - start),
+        "note": f"best of {REPEATS} runs per tree and size, trees alternating; each child's own "
+                "peak RSS (os.wait4). The earlier ~900 MiB came from reading RUSAGE_CHILDREN, the "
+                "peak of any child so far (the training benchmark's, under python -m benchmarks).",
     }
 
 

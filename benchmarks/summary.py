@@ -49,11 +49,29 @@ def training_table(r: dict[str, Any]) -> list[str]:
 
 
 def doctor_table(r: dict[str, Any]) -> list[str]:
-    lines = ["## Data doctor at scale", "", _header(r), "",
-             "| records | seconds | records/s | peak RSS |", "|---:|---:|---:|---:|"]
-    lines += [f"| {row['records']:,} | {row['seconds']} | {row['records_per_second']:,} | "
-              f"{row['peak_rss_mib']} MiB |" for row in r["runs"]]
-    return lines
+    """Before and after side by side per size, then after / before (older results: one row per
+    size)."""
+    if "after_to_before" not in r:
+        lines = ["## Data doctor at scale", "", _header(r), "",
+                 "| records | seconds | records/s | peak RSS |", "|---:|---:|---:|---:|"]
+        return lines + [f"| {row['records']:,} | {row['seconds']} | {row['records_per_second']:,} "
+                        f"| {row['peak_rss_mib']} MiB |" for row in r["runs"]]
+    imports = r["imports"]
+    lines = ["## Data doctor at scale (before / after)", "", _header(r), "",
+             f"Before: {r['before']}. After: {r['after']}.", "",
+             "| records | code | seconds | records/s | peak RSS | imports torch / transformers |",
+             "|---:|---|---:|---:|---:|---|"]
+    for row in r["runs"]:
+        seen = imports[row["code"]]
+        lines.append(f"| {row['records']:,} | {row['code']} | {row['seconds']} | "
+                     f"{row['records_per_second']:,} | {row['peak_rss_mib']} MiB | "
+                     f"{'yes' if seen['imports_torch'] else 'no'} / "
+                     f"{'yes' if seen['imports_transformers'] else 'no'} |")
+    lines += ["", "| records | rate, after / before | peak RSS, after / before |",
+              "|---:|---:|---:|"]
+    lines += [f"| {int(n):,} | {v['records_per_second']:.2f}x | {v['peak_rss']:.2f}x |"
+              for n, v in r["after_to_before"].items()]
+    return lines + ["", r.get("note", "")]
 
 
 def learning_table(r: dict[str, Any]) -> list[str]:

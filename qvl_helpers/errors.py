@@ -88,6 +88,14 @@ class DatasetError(QVLError):
     exit_code = 1
 
 
+class DataFileError(DatasetError):
+    """The file itself cannot be read (missing, a folder, unknown layout), or its image root
+    folder does not exist: exit status 2. (Here, not in ``data/readers.py``, which re-exports
+    it, so that ``images.py`` can raise it without importing the data package above it.)"""
+
+    exit_code = 2
+
+
 def count(n: int, noun: str, plural: str | None = None) -> str:
     """``1 record``, ``2 records``: numbers in messages read as English."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from .errors import DataFileError
 from .fixes import image_root_fix
 from .qwen import MAX_ASPECT, TOKEN_SIDE
 
@@ -197,7 +198,6 @@ def require_image_root(root: Path, why: str = "the image root given") -> None:
     """
     if root.is_dir():
         return
-    from .data.readers import DataFileError
     from .fixes import how_to_set
 
     what = "is a file, not a folder" if root.exists() else "does not exist"

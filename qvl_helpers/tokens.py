@@ -3,7 +3,9 @@
 An image of H×W pixels is resized to multiples of 28 with its area kept inside
 [min_pixels, max_pixels] (:func:`smart_resize`, Qwen's rule) and becomes (H/28)·(W/28) visual
 tokens. A sample's length is its rendered chat text in tokens, where each image placeholder
-expands to its visual tokens. The data doctor's ``too_long`` check and the token budget use this.
+expands to its visual tokens. That arithmetic is plain Python in :mod:`~qvl_helpers.qwen` (the
+lowest layer, which the data doctor's ``too_long`` check uses without torch or transformers);
+this module re-exports it and builds the token budget on it.
 """
 
 from __future__ import annotations
@@ -15,58 +17,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DatasetError
-from .qwen import PIXELS_PER_TOKEN, TOKEN_SIDE, tokens_in
+from .qwen import (  # the arithmetic lives in the lowest layer; its names stay importable here
+    PIXELS_PER_TOKEN,
+    SampleLength,
+    sample_length,
+    smart_resize,
+    tokens_in,
+    visual_tokens,
+)
 
-if TYPE_CHECKING:  # (a runtime import would be circular: the data package measures tokens here)
-    from .data.records import Message, Record
+if TYPE_CHECKING:
+    from .data.records import Record
 
-
-def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
-                 factor: int = TOKEN_SIDE) -> tuple[int, int]:
-    """The (height, width) the Qwen2.5-VL image processor resizes an image to: transformers' own
-    ``smart_resize`` (what the model really gets), with the course's argument order.
-
-    Both sides become multiples of ``factor`` (rounded to nearest), then the area is scaled
-    down into ``max_pixels`` (flooring) or up into ``min_pixels`` (ceiling), aspect kept.
-    ``tests/test_tokens.py`` cross-checks it with qwen-vl-utils and with the processor.
-
-    Raises:
-        ValueError: aspect ratio over 200 (the processor refuses those too).
-    """
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as resize
-
-    return resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-
-
-def visual_tokens(width: int, height: int, min_pixels: int, max_pixels: int) -> int:
-    """Visual tokens for one image of ``width``×``height`` pixels."""
-    h, w = smart_resize(height, width, min_pixels, max_pixels)
-    return (h // TOKEN_SIDE) * (w // TOKEN_SIDE)
-
-
-@dataclass(frozen=True)
-class SampleLength:
-    text_tokens: int
-    visual_tokens: int
-
-    @property
-    def total(self) -> int:
-        return self.text_tokens + self.visual_tokens
-
-
-def sample_length(processor: Any, messages: list[Message],
-                  image_sizes: list[tuple[int, int]], min_pixels: int,
-                  max_pixels: int) -> SampleLength:
-    """Tokens of one conversation as the collator will build it (chat template included).
-
-    ``image_sizes`` are the (width, height) of its images as the model sees them (after EXIF
-    orientation), in order.
-    """
-    text = processor.apply_chat_template(messages, tokenize=False)
-    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-    pads = len(image_sizes)  # one <|image_pad|> per image before expansion
-    vis = sum(visual_tokens(w, h, min_pixels, max_pixels) for w, h in image_sizes)
-    return SampleLength(len(ids) - pads, vis)
+__all__ = ["SampleBudget", "SampleLength", "TokenBudget", "label_mask_html", "oriented_size",
+           "sample_length", "smart_resize", "token_budget", "token_pieces", "tokens_side_by_side",
+           "visual_tokens"]
 
 
 def oriented_size(path: str | Path) -> tuple[int, int]:
@@ -175,7 +140,7 @@ def token_budget(records: Sequence[Record], processor: Any, *, min_pixels: int,
         DatasetError: an image the data doctor refuses too (unreadable, over the pixel cap, or
             over the 200:1 aspect limit), named with its sample; ``qvl data check`` lists all.
     """
-    from .data.records import images_of  # (the data package measures tokens with this module)
+    from .data.records import images_of
 
     samples = []
     for record in records:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from qvl_helpers.cli import main
 from qvl_helpers.data import CODES, DataFileError, check_file, read_records
 
 Q = "What colour is the shape?"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def rec(*images: str, answer: str = "red", rid: str | None = None, text: str = Q) -> dict:
@@ -204,6 +207,28 @@ def test_leakage_between_split_files(folder: Path) -> None:
 def test_missing_file_exits_2(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "check", str(folder / "nope.jsonl")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_check_without_a_model_imports_no_torch(folder: Path) -> None:
+    """`qvl data check FILE` (no --model) measures images in plain Python: neither torch nor
+    transformers is imported, nor ``tokens.py`` (the layer above the data package, whose
+    ``smart_resize`` imported transformers). A fresh process, because what is tested is what a
+    process that only checks data ends up importing (this test session has imported all three)."""
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (GOOD, rec("img/ok2.png", rid="b"),
+                                                      rec("img/nope.png", rid="c"))) + "\n")
+    code = ("import json, sys\n"
+            "from qvl_helpers.cli import main\n"
+            "status = main(['data', 'check', sys.argv[1]])\n"
+            "above = ('torch', 'transformers', 'qvl_helpers.tokens')\n"
+            "loaded = sorted(m for m in above if m in sys.modules)\n"
+            "print(json.dumps({'status': status, 'loaded': loaded}))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "missing_image" in done.stdout  # the check really ran, and found the missing image
+    assert outcome == {"status": 1, "loaded": []}
 
 
 # ----------------------------------------------------------------- property-based robustness

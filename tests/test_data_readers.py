@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -157,3 +158,36 @@ def test_convert_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["data", "convert", str(FORMATS / "messages.jsonl"), "--out", str(official),
                  "--to", "official"]) == 0
     assert json.loads(official.read_text())[0]["conversations"][0]["from"] == "human"
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The qvl_helpers modules a file imports (relative or absolute, at any depth of the file),
+    as dotted names under the package ("images", "data.readers")."""
+    package = path.relative_to(REPO / "qvl_helpers").with_suffix("").parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            found.add(".".join([*base, *(node.module or "").split(".")]).strip("."))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qvl_helpers."):
+            found.add(node.module.removeprefix("qvl_helpers."))
+    return found
+
+
+def test_the_floors_below_the_data_package_never_import_it() -> None:
+    """The modules the data package imports from the package (images, errors, qwen, ...) import
+    nothing of it back, not even inside a function: DataFileError lives in errors.py (the data
+    package re-exports it), so images.py raises it without a circle."""
+    from qvl_helpers import errors
+    from qvl_helpers.data import readers
+
+    assert DataFileError is errors.DataFileError is readers.DataFileError
+    assert DataFileError.exit_code == 2
+    below = set()
+    for path in (REPO / "qvl_helpers" / "data").glob("*.py"):
+        below |= {m.split(".")[0] for m in _package_imports(path) if not m.startswith("data")}
+    assert {"images", "errors", "qwen"} <= below
+    upward = {name: sorted(m for m in _package_imports(REPO / "qvl_helpers" / f"{name}.py")
+                           if m == "data" or m.startswith("data."))
+              for name in sorted(below)}
+    assert {name: found for name, found in upward.items() if found} == {}

@@ -6,10 +6,13 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from qvl_helpers.cli import main
 from qvl_helpers.data import load_records
+from qvl_helpers.qwen import MAX_ASPECT, TOKEN_SIDE
 from qvl_helpers.tokens import oriented_size, smart_resize, token_budget, visual_tokens
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +75,86 @@ def test_known_divergences() -> None:
     assert qwen_smart_resize(321, 14, 28, 3136, 12845056) == (308, 28)  # clamped to 28 first
     assert smart_resize(603317, 4532, 3136, 12544) == (1288, 28)
     assert qwen_smart_resize(603317, 4532, 28, 3136, 12544) == (1288, 0)
+
+
+def _transformers_resize(height: int, width: int, lo: int, hi: int) -> tuple[int, int]:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as theirs
+
+    return theirs(height, width, factor=TOKEN_SIDE, min_pixels=lo, max_pixels=hi)
+
+
+def _outcome(resize, height: int, width: int, lo: int, hi: int) -> object:
+    """A resize's result, or the type and message of what it raised."""
+    try:
+        return resize(height, width, lo, hi)
+    except (ValueError, ZeroDivisionError) as exc:
+        return type(exc), str(exc)
+
+
+def _sweep_cases(n: int, seed: int) -> list[tuple[int, int, int, int]]:
+    """(height, width, min_pixels, max_pixels): the edges (1 px sides, halves that round to even,
+    exact multiples of 28, aspect ratios at and just over 200, min == max, a range below one
+    token), then sizes and limits drawn log-uniformly."""
+    sides = [1, 2, 13, 14, 15, 27, 28, 29, 41, 42, 43, 70, 98, 112, 999, 28 * 143, 8192]
+    limits = TRAINING_RANGES + [(784, 784), (3136, 3136), (12544, 12544), (1, 1), (1, 784),
+                                (5000, 5000), (784 * 7 + 1, 784 * 7 + 1)]
+    pairs = [(h, w) for h in sides for w in sides]
+    pairs += [(s, s * MAX_ASPECT + d) for s in (1, 2, 14, 28, 100) for d in (-1, 0, 1)]
+    pairs += [(w, h) for h, w in pairs]
+    cases = [(h, w, lo, hi) for h, w in pairs for lo, hi in limits]
+    rng = random.Random(seed)
+    while len(cases) < len(pairs) * len(limits) + n:
+        h, w = (max(1, int(10 ** rng.uniform(0, 4.3))) for _ in range(2))  # 1 px .. ~20000 px
+        lo = int(10 ** rng.uniform(0, 7.2))
+        hi = lo if rng.random() < 0.1 else lo + int(10 ** rng.uniform(0, 7.2))
+        cases.append((h, w, lo, hi))
+    return cases
+
+
+def test_matches_transformers_smart_resize_on_a_sweep() -> None:
+    """The plain-Python arithmetic (qwen.py) gives exactly what transformers' ``smart_resize``
+    gives, refusals included (same error type and message), over thousands of sizes and limits."""
+    cases = _sweep_cases(4000, seed=2)
+    refused = 0
+    for h, w, lo, hi in cases:
+        theirs = _outcome(_transformers_resize, h, w, lo, hi)
+        assert _outcome(smart_resize, h, w, lo, hi) == theirs, (h, w, lo, hi)
+        refused += isinstance(theirs[0], type)
+    assert refused > 0 and len(cases) - refused > 4000  # both outcomes, thousands resized
+
+
+@settings(max_examples=1500, derandomize=True, deadline=None)
+@given(st.integers(1, 30_000), st.integers(1, 30_000), st.integers(1, 20_000_000),
+       st.integers(0, 20_000_000))
+def test_matches_transformers_smart_resize_property(height: int, width: int, lo: int,
+                                                    extra: int) -> None:
+    """Any size and any range with min_pixels <= max_pixels: the same outcome as transformers."""
+    theirs = _outcome(_transformers_resize, height, width, lo, lo + extra)
+    assert _outcome(smart_resize, height, width, lo, lo + extra) == theirs
+
+
+def test_refuses_what_transformers_refuses() -> None:
+    """Over 200:1 is refused with transformers' ValueError (the data doctor's
+    extreme_aspect_ratio); exactly 200:1 is resized; a 0 px side fails as in transformers."""
+    lo, hi = TRAINING_RANGES[0]
+    for h, w in [(10, 3000), (3000, 10), (1, MAX_ASPECT + 1), (28, 28 * MAX_ASPECT + 1)]:
+        with pytest.raises(ValueError) as ours:
+            smart_resize(h, w, lo, hi)
+        with pytest.raises(ValueError) as theirs:
+            _transformers_resize(h, w, lo, hi)
+        assert str(ours.value) == str(theirs.value)
+    assert smart_resize(1, MAX_ASPECT, lo, hi) == _transformers_resize(1, MAX_ASPECT, lo, hi)
+    with pytest.raises(ZeroDivisionError):
+        smart_resize(0, 28, lo, hi)
+
+
+def test_tokens_delegates_to_the_lowest_layer() -> None:
+    """tokens.py keeps its public names; they are qwen.py's plain-Python functions."""
+    from qvl_helpers import qwen, tokens
+
+    assert tokens.smart_resize is qwen.smart_resize
+    assert tokens.visual_tokens is qwen.visual_tokens
+    assert tokens.sample_length is qwen.sample_length
 
 
 def test_known_values() -> None:

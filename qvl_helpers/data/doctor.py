@@ -31,7 +31,7 @@ from ..images import (
     resolve_confined,
     shorten,
 )
-from ..tokens import sample_length
+from ..qwen import HUB_MAX_PIXELS, HUB_MIN_PIXELS, sample_length
 from .readers import RawRecord, read_records
 from .records import images_of
 from .split import default_image_root
@@ -205,7 +205,8 @@ def _check_images(record: dict[str, Any], root: Path, cache: _ImageCache
 
 
 def check_records(raws: Iterable[RawRecord], *, root: Path, report: CheckReport,
-                  processor: Any = None, min_pixels: int = 3136, max_pixels: int = 12845056,
+                  processor: Any = None, min_pixels: int = HUB_MIN_PIXELS,
+                  max_pixels: int = HUB_MAX_PIXELS,
                   max_length: int | None = None, pixel_cap: int = DEFAULT_PIXEL_CAP,
                   leakage_from: dict[str, str] | None = None,
                   cache: _ImageCache | None = None) -> CheckReport:
@@ -259,7 +260,8 @@ def check_records(raws: Iterable[RawRecord], *, root: Path, report: CheckReport,
 
 
 def check_file(path: str | Path, *, image_root: str | Path | None = None, fmt: str = "auto",
-               processor: Any = None, min_pixels: int = 3136, max_pixels: int = 12845056,
+               processor: Any = None, min_pixels: int = HUB_MIN_PIXELS,
+               max_pixels: int = HUB_MAX_PIXELS,
                max_length: int | None = None, pixel_cap: int = DEFAULT_PIXEL_CAP,
                leakage: bool = True, progress: bool = False) -> CheckReport:
     """Check one data file in any accepted layout.

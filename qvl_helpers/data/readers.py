@@ -20,17 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
+from ..errors import DataFileError, DatasetError  # DataFileError: re-exported here
 from .layouts import FORMATS, detect_format, to_canonical, unknown_layout
 from .records import Finding, normalise, record_findings
 
 BOM = b"\xef\xbb\xbf"
-
-
-class DataFileError(DatasetError):
-    """The file itself cannot be read (missing, a folder, unknown layout): exit status 2."""
-
-    exit_code = 2
 
 
 @dataclass
