@@ -18,7 +18,7 @@ from torch.utils.data import RandomSampler
 
 from qvl_helpers.qwen import PIXELS_PER_TOKEN
 from qvl_helpers.tokens import visual_tokens
-from qvl_helpers.train import GroupedSampler
+from qvl_helpers.trainer import GroupedSampler
 
 from .common import REPO
 

@@ -82,7 +82,6 @@ OTHER_VARIABLES = {
     "QVL_SESSION_ROOT": "where the setup cell unpacks the course (default /content or "
                         "/kaggle/working)",
     "QVL_VENV": "the virtual environment the set-up scripts use",
-    "QVL_KILL_DURING_SAVE_AT_STEP": "fault injection for the resume tests",
 }
 TRAINED_PRESETS = tuple(TRAINED_PARTS)
 _PLAIN_NAME = re.compile(r"[\w][\w.\-]*")

@@ -186,7 +186,7 @@ def test_matches_independent_reference(processor, dataset: str) -> None:
 
 def test_length_grouped_batches() -> None:
     """transformers' sampler, reseeded per epoch: grouped, longest first, reproducible."""
-    from qvl_helpers.train import GroupedSampler
+    from qvl_helpers.trainer import GroupedSampler
 
     lengths = [5, 100, 7, 90, 6, 95, 8, 99] * 10
     sampler = GroupedSampler(lengths, batch_size=4, seed=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from qvl_helpers import memory
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
 from qvl_helpers.model import add_lora, load_model
-from qvl_helpers.train import CourseTrainer, answer_loss, answer_positions
+from qvl_helpers.trainer import CourseTrainer, answer_loss, answer_positions
 
 SHAPES = Path(__file__).resolve().parent.parent / "data_samples" / "shapes" / "shapes.jsonl"
 
@@ -226,17 +227,21 @@ def test_training_guards_the_vision_features_and_keeps_frozen_parts_as_loaded(ti
                                                                                 clean_env):
     from qvl_helpers.config import load_config
     from qvl_helpers.errors import TrainingError
-    from qvl_helpers.train import prepare_model
+    from qvl_helpers.trainer import prepare_model
 
     cfg = load_config(sets={"trained": "language+merger", "lora_r": "4"})
-    model = prepare_model(cfg, str(tiny_dir), "4bit", torch.bfloat16, 0, say=lambda *a: None)
+    def plan(cfg):  # what prepare_model reads of a RunPlan
+        return SimpleNamespace(cfg=cfg, model_path=str(tiny_dir), quantization="4bit",
+                               dtype=torch.bfloat16)
+
+    model = prepare_model(plan(cfg), 0, say=lambda *a: None)
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
     assert frozen == {torch.bfloat16}
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TrainingError):
         model(**_nan_pixel(batch))  # check_vision_features is on
-    upcast = prepare_model(cfg.model_copy(update={"frozen_fp32": True}), str(tiny_dir), "4bit",
-                           torch.bfloat16, 0, say=lambda *a: None)
+    upcast = prepare_model(plan(cfg.model_copy(update={"frozen_fp32": True})), 0,
+                           say=lambda *a: None)
     assert {p.dtype for p in upcast.parameters() if p.is_floating_point()} == {torch.float32}
 
 

@@ -178,7 +178,7 @@ def _tiny_batch(tiny_dir, shapes_records, n: int = 4):
 @pytest.mark.parametrize(("checkpointing", "dropout"), [(False, 0.0), (False, 0.1), (True, 0.1)])
 def test_modelled_activations_are_within_the_stated_error_of_what_autograd_keeps(
         tiny_dir, shapes_records, checkpointing, dropout):
-    from qvl_helpers.train import answer_loss, answer_positions
+    from qvl_helpers.trainer import answer_loss, answer_positions
 
     model = load_model(str(tiny_dir), "none", torch.float32)
     model = add_lora(model, trained="language", r=4, alpha=8, dropout=dropout,
@@ -326,7 +326,7 @@ def test_time_estimate_measures_steps_here_and_writes_no_run(tmp_path, monkeypat
 
 
 def test_time_estimate_text_extrapolates_the_median_step():
-    from qvl_helpers.train import TimeEstimate
+    from qvl_helpers.timing import TimeEstimate
 
     est = TimeEstimate(steps=600, measured=[2.0, 1.0, 3.0])
     assert est.per_step == 2.0

@@ -113,8 +113,8 @@ def test_plain_run_names_are_accepted(clean_env: Path, name: str) -> None:
 def test_resume_says_why_there_is_nothing_to_resume(clean_env: Path) -> None:
     """--resume of a run that never began, and of one stopped before its first checkpoint
     (its run.json written, no checkpoint): each says which it is, and neither changes a file."""
+    from qvl_helpers.run_plan import TrainingError, plan_run
     from qvl_helpers.runs import run_dir, write_identity
-    from qvl_helpers.train import TrainingError, plan_run
 
     cfg = load_config(run_name="收据", save_steps=20)
     with pytest.raises(TrainingError, match="there is no run '收据' to resume"):

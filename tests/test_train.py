@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 PRESET = str(REPO / "configs" / "tiny_cpu.yaml")
 SHAPES = REPO / "data_samples" / "shapes"
+PROBES = Path(__file__).resolve().parent / "probes.py"  # `qvl` with per-rank reports, kill points
 
 
 def qvl(*args: str, env: dict | None = None, timeout: int = HANG_GUARD_S) -> subprocess.CompletedProcess:
@@ -159,13 +160,14 @@ def test_every_lora_parameter_gets_a_gradient(tiny_dir: Path, trained: str) -> N
 
 
 def _steps(run: Path) -> int:
-    return json.loads((run / "ranks" / "rank-0.json").read_text())["steps"]
+    """The step the run finished at, as its run.json records it."""
+    return json.loads((run / "run.json").read_text())["finished"]["steps"]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from qvl_helpers.train import simulate_disconnect
+    from qvl_helpers.lessons import simulate_disconnect
 
     monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path / "outputs"))
     run = simulate_disconnect(PRESET, {"max_steps": 80, "save_steps": 20}, after_step=40)
@@ -185,8 +187,10 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_sigkill_while_saving_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "outputs" / "runs" / "tiny_cpu"
-    killed = qvl("train", "--config", PRESET, "--set", "max_steps=60", "--set", "save_steps=20",
-                 env={**outputs(tmp_path), "QVL_KILL_DURING_SAVE_AT_STEP": "40"})
+    killed = subprocess.run(
+        [sys.executable, str(PROBES), "--kill-while-saving", "40", "train", "--config", PRESET,
+         "--set", "max_steps=60", "--set", "save_steps=20"], capture_output=True, text=True,
+        env={**os.environ, **outputs(tmp_path)}, timeout=HANG_GUARD_S)
     assert killed.returncode == -signal.SIGKILL
     assert (run / "checkpoint-40").exists()
     assert not (run / "checkpoint-40" / "qvl_checkpoint_complete.json").exists()
@@ -213,7 +217,7 @@ def _assert_loadable(adapter: Path) -> None:
 def test_two_cpu_processes(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "qvl_helpers.cli", "train",
+        [str(torchrun), "--nproc_per_node", "2", str(PROBES), "train",
          "--config", PRESET, "--set", "max_steps=12", "--set", "save_steps=6"],
         capture_output=True, text=True, env={**os.environ, **outputs(tmp_path)}, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -251,7 +255,8 @@ def test_all_masked_labels_refuse_to_start(tmp_path: Path, tiny_dir: Path,
 
 def test_out_of_memory_becomes_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from qvl_helpers.config import load_config
-    from qvl_helpers.train import CourseTrainer, TrainingError, train
+    from qvl_helpers.train import train
+    from qvl_helpers.trainer import CourseTrainer, TrainingError
 
     def boom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -303,7 +308,7 @@ class _Args:
 
 
 def test_one_process_seeing_two_gpus_trains_on_one_and_says_how_to_use_both() -> None:
-    from qvl_helpers.train import one_device_per_process
+    from qvl_helpers.trainer import one_device_per_process
 
     said: list[str] = []
     args = _Args(2)  # a notebook on Kaggle's 2 x T4
@@ -337,7 +342,7 @@ def test_the_summary_counts_the_steps_this_process_trained(start: int, steps: in
 
 @pytest.mark.parametrize("total", [1, 7, 24, 60, 256, 5000])
 def test_logging_is_dense_enough_for_a_curve(total: int) -> None:
-    from qvl_helpers.train import LOSS_POINTS, VAL_POINTS, log_every
+    from qvl_helpers.run_plan import LOSS_POINTS, VAL_POINTS, log_every
 
     logging, evaluation = log_every(total, 10, 50)
     assert 1 <= logging <= 10 and 1 <= evaluation <= 50
@@ -362,6 +367,7 @@ def test_a_resumed_run_says_how_many_steps_it_trained(monkeypatch: pytest.Monkey
         cfg=cfg, model_path="m", quantization="none", dtype=torch.float32, extra={
             "resolved": {"world_size": 1}}, records={"train": [], "val": []}, collator=None,
         processor=None, budgets={"train": SimpleNamespace(totals=[10, 20])}, identity={},
+        world_size=1, lengths=[10, 20],
         resume_from=ResumePoint(tmp_path / "checkpoint-20"))
     built: dict = {}
 
@@ -375,7 +381,6 @@ def test_a_resumed_run_says_how_many_steps_it_trained(monkeypatch: pytest.Monkey
     monkeypatch.setattr(train_module, "prepare_model", lambda *a, **k: object())
     monkeypatch.setattr(train_module, "build_trainer", fake_trainer)
     monkeypatch.setattr(train_module, "fit", lambda *a: SimpleNamespace(training_loss=0.25))
-    monkeypatch.setattr(train_module, "_write_rank_report", lambda *a: None)
     result = train_module.train(cfg, resume=True)
     assert (result.steps, result.steps_trained, result.start_step) == (60, 40, 20)
     assert "Trained 40 steps (resumed from step 20; the run is at step 60)" in capsys.readouterr().out
@@ -411,7 +416,7 @@ def test_the_live_loss_figure_is_redrawn_at_most_every_few_seconds(
 
     import IPython.display
 
-    import qvl_helpers.train as T
+    import qvl_helpers.trainer as T
 
     shown: list[int] = []  # the number of log entries each drawing had
 

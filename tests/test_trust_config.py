@@ -348,7 +348,7 @@ def test_qvl_train_prints_the_sentence_it_goes_on_with(
         clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from qvl_helpers import train as training
+    from qvl_helpers import run_plan as training
     from qvl_helpers.env import gpu_preset_mismatch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
