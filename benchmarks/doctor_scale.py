@@ -7,9 +7,11 @@ doctor still counted image tokens through ``tokens.py``; and AFTER, this checkou
 arithmetic in plain Python in ``qwen.py``). Each check runs in its own process, alternating
 between the trees, best of :data:`REPEATS`; the ratios (after / before) are what to read.
 
-Each child's peak RSS is its own (``os.wait4``). The earlier version read
-``getrusage(RUSAGE_CHILDREN)``, the largest peak of *any* child so far, which under
-``python -m benchmarks`` was a training child's (the training benchmark runs first).
+Each child reports its own peak RSS: ``VmHWM`` of ``/proc/self/status`` (Linux), the high-water
+mark of the address space the child's ``exec`` created. ``ru_maxrss`` cannot tell it: Linux keeps
+the pre-exec high-water mark, which for a forked child is the parent's RSS, so under
+``python -m benchmarks`` (whose imports bring in torch, about 1 GB) every child read ~1 GB. The
+earlier version of this file (``getrusage(RUSAGE_CHILDREN)``) reported that ~900 MiB.
 
     python -m benchmarks.doctor_scale            # 10k and 100k records
     python -m benchmarks.doctor_scale 100000     # some sizes
@@ -33,6 +35,17 @@ from .common import REPO
 SHAPES = REPO / "data_samples" / "shapes"
 BEFORE = "c1f662d"  # the last commit where data/doctor.py imported tokens.py
 REPEATS = 3
+#: The measured child: `qvl data check ARGS` (as `python -m qvl_helpers.cli` runs it), then its
+#: own peak RSS in KiB written to the file named first.
+RUNNER = ("import runpy, sys\n"
+          "out, sys.argv = sys.argv[1], ['qvl', *sys.argv[2:]]\n"
+          "try:\n"
+          "    runpy.run_module('qvl_helpers.cli', run_name='__main__', alter_sys=True)\n"
+          "finally:\n"
+          "    with open('/proc/self/status') as status:\n"
+          "        peak = next(line.split()[1] for line in status if line.startswith('VmHWM:'))\n"
+          "    with open(out, 'w') as fh:\n"
+          "        fh.write(peak)\n")
 #: Run in the child after `qvl data check`: which tree ran, and what the check imported.
 PROBE = ("import json, sys\n"
          "from qvl_helpers.cli import main\n"
@@ -69,27 +82,25 @@ def _child_env(tree: Path) -> dict[str, str]:
 
 def measure(path: Path, tree: Path) -> dict[str, Any]:
     """`qvl data check` on ``path`` in a child process importing ``tree``'s code: wall time
-    and that child's own peak RSS (``os.wait4``).
+    and that child's own peak RSS (see the module's docstring).
 
     Raises:
-        RuntimeError: the check wrote no report (the command failed).
+        RuntimeError: the check wrote no report or no peak (the command failed).
     """
     report_path = path.with_suffix(f".{tree.name}.report.json")
-    report_path.unlink(missing_ok=True)
-    log = path.with_suffix(".log")
-    with open(log, "w") as out:  # a file, not a pipe: nothing blocks while we wait
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "qvl_helpers.cli", "data", "check",
-                                 str(path), "--json", str(report_path)], cwd=path.parent,
-                                env=_child_env(tree), stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if not report_path.is_file():
-        raise RuntimeError(f"qvl data check failed in {tree}: {log.read_text()[-2000:]}")
+    peak_path = path.with_suffix(f".{tree.name}.peak")
+    for stale in (report_path, peak_path):
+        stale.unlink(missing_ok=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", RUNNER, str(peak_path), "data", "check",
+                           str(path), "--json", str(report_path)], cwd=path.parent,
+                          env=_child_env(tree), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if not (report_path.is_file() and peak_path.is_file()):
+        raise RuntimeError(f"qvl data check failed in {tree}: {done.stderr[-2000:]}")
     report = json.loads(report_path.read_text())
-    return {"records": report["records"], "exit": proc.returncode, "errors": report["errors"],
-            "seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    return {"records": report["records"], "exit": done.returncode, "errors": report["errors"],
+            "seconds": round(wall, 2), "peak_rss_mib": round(int(peak_path.read_text()) / 1024, 1),
             "records_per_second": round(report["records"] / wall)}
 
 
@@ -165,9 +176,10 @@ def run(sizes: list[int] | None = None, before: str = BEFORE) -> dict[str, Any]:
         "runs": rows,
         "after_to_before": _ratios(rows),
         "benchmark_seconds": round(time.perf_counter() - start),
-        "note": f"best of {REPEATS} runs per tree and size, trees alternating; each child's own "
-                "peak RSS (os.wait4). The earlier ~900 MiB came from reading RUSAGE_CHILDREN, the "
-                "peak of any child so far (the training benchmark's, under python -m benchmarks).",
+        "note": f"best of {REPEATS} runs per tree and size, trees alternating; peak RSS is each "
+                "child's own VmHWM. The ~900 MiB this benchmark reported before was not the "
+                "doctor's: a forked child's ru_maxrss starts at its parent's RSS, and python -m "
+                "benchmarks imports torch.",
     }
 
 
