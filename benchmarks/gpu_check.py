@@ -132,8 +132,8 @@ def measure(preset: str, recipe: str, model: Path, data: Path, out: Path, steps:
     cfg = load_config(presets=[PRESETS_DIR / f"{preset}.yaml"], sets=sets)
     from qvl_helpers.data import load_records
 
-    budget = token_budget(load_records(data), load_processor(model), min_pixels=cfg.min_pixels,
-                          max_pixels=cfg.max_pixels, max_length=cfg.max_length)
+    budget = token_budget(load_records(data), load_processor(model), max_length=cfg.max_length,
+                          limits=cfg.image_limits)
     cuda = torch.cuda.is_available()
     estimate = memory.estimate(memory.read_config(str(model)), memory.Setup.from_config(cfg, gpu=cuda),
                                memory.Workload.from_budget(budget, cfg.batch_size), gpu=cuda)

@@ -50,13 +50,14 @@ def receipts_lengths(max_pixels: int) -> list[int]:
     from qvl_helpers.config import default_cache_dir
     from qvl_helpers.data import load_records
     from qvl_helpers.model import load_processor
+    from qvl_helpers.qwen import HUB_MIN_PIXELS, ImageLimits
     from qvl_helpers.tiny import ensure_tiny_model
     from qvl_helpers.tokens import token_budget
 
     processor = load_processor(ensure_tiny_model(default_cache_dir() / "tiny-qwen2_5_vl-v1"))
     records = load_records(REPO / "data_samples" / "receipts" / "receipts.jsonl")
-    budget = token_budget(records, processor, min_pixels=3136, max_pixels=max_pixels,
-                          max_length=100_000)
+    budget = token_budget(records, processor, max_length=100_000,
+                          limits=ImageLimits(HUB_MIN_PIXELS, max_pixels))
     return budget.totals
 
 

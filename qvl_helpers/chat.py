@@ -9,7 +9,7 @@ from typing import Any
 
 from .data.records import Record, image_part, images_of, parts_of, scored_turn, text_part
 from .errors import DatasetError, count
-from .evaluate import generate_answers, image_limits, load_for_eval
+from .inference import generate_answers, load_for_generation
 
 PROMPT = "question> "
 HELP = ("Ask about the image; '/image PATH' switches the image; an empty line, 'exit' or Ctrl-D "
@@ -86,8 +86,7 @@ class Chat:
         from .tiny import ensure_model
 
         path = ensure_model(choose_model(model, "--model"))
-        self.model, self.processor = load_for_eval(path, adapter, quantization)
-        self.limits = image_limits(adapter, self.processor)
+        self.model, self.processor = load_for_generation(path, adapter, quantization)
         self.max_new_tokens = max_new_tokens
         self.has_adapter = adapter is not None
 
@@ -107,12 +106,10 @@ class Chat:
 
         streamer = TextStreamer(self.processor.tokenizer, skip_prompt=True,
                                 skip_special_tokens=True) if stream else None
-        lo, hi = self.limits
         off = self.model.disable_adapter() if self.has_adapter and not adapter else nullcontext()
         with off:
             return generate_answers(self.model, self.processor, [record],
-                                    max_new_tokens=self.max_new_tokens, min_pixels=lo,
-                                    max_pixels=hi, streamer=streamer)[0]
+                                    max_new_tokens=self.max_new_tokens, streamer=streamer)[0]
 
 
 def compare_text(chat: Chat, record: Record) -> str:

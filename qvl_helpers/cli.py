@@ -97,19 +97,20 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def _processor_for(model: str) -> object:
-    """The processor of the model named by a ``--model`` flag; for Qwen2.5-VL's own hub ids the
-    one built offline (:mod:`~qvl_helpers.real_tokenizer`: the same tokenizer and image
-    settings, no download, no weights)."""
-    from .config import choose_model, load_config
-    from .model import load_processor
+def _processor_for(model: str, cfg: CourseConfig) -> object:
+    """The processor of the model named by a ``--model`` flag, resizing into ``cfg``'s image
+    limits (as training's does); for Qwen2.5-VL's own hub ids the one built offline
+    (:mod:`~qvl_helpers.real_tokenizer`: the same tokenizer and image settings, no download, no
+    weights)."""
+    from .config import choose_model
+    from .inference import load_processor_for
     from .real_tokenizer import SAME_PROCESSOR, real_processor
     from .tiny import ensure_model
 
     choice = choose_model(model, "--model")
     if choice.name in SAME_PROCESSOR:
-        return real_processor(load_config().cache_dir)
-    return load_processor(ensure_model(choice))
+        return cfg.image_limits.apply_to(real_processor(cfg.cache_dir))
+    return load_processor_for(ensure_model(choice), limits=cfg.image_limits)
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -127,10 +128,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(f"checking {args.data} (data: in {cfg.origin('data')})")
     if args.json:
         claim_output(args.json, inputs=[args.data], force=args.force)
-    processor = _processor_for(args.model) if args.model else None
+    processor = _processor_for(args.model, cfg) if args.model else None
     report = check_file(args.data, image_root=args.image_root, fmt=args.format,
-                        processor=processor, min_pixels=cfg.min_pixels,
-                        max_pixels=cfg.max_pixels, max_length=cfg.max_length,
+                        processor=processor, max_length=cfg.max_length,
                         progress=sys.stderr.isatty())
     print(report.text(limit=args.limit))
     if args.json:
@@ -190,11 +190,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     cfg = _with_budget_flags(load_config(), args)
     if args.json:
         claim_output(args.json, inputs=[args.data], force=args.force)
-    processor = _processor_for(args.model or cfg.model)
+    processor = _processor_for(args.model or cfg.model, cfg)
     records = load_records(args.data, image_root=args.image_root)
     try:
-        budget = token_budget(records, processor, min_pixels=cfg.min_pixels,
-                              max_pixels=cfg.max_pixels, max_length=cfg.max_length)
+        budget = token_budget(records, processor, max_length=cfg.max_length)
     except DatasetError as exc:
         raise exc.at(args.data) from None
     print(budget.text())

@@ -41,7 +41,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
-from .qwen import HUB_MIN_PIXELS, PIXELS_PER_TOKEN, REAL_MODEL_ID, TOKEN_SIDE, TRAINED_PARTS
+from .qwen import HUB_MIN_PIXELS, PIXELS_PER_TOKEN, REAL_MODEL_ID, TOKEN_SIDE, TRAINED_PARTS, ImageLimits
 from .stand_in import cache_folder, is_stand_in
 
 TINY = "tiny"
@@ -379,6 +379,11 @@ class CourseConfig(BaseModel):
         if not (local / "config.json").is_file():
             raise self.error("model", f"the model folder {local} has no config.json: it is "
                                       "not a saved model.", fix=fix)
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """``min_pixels``/``max_pixels`` as the value training sets on its processor."""
+        return ImageLimits(self.min_pixels, self.max_pixels)
 
     @property
     def tiny_model_dir(self) -> Path:

@@ -40,15 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from . import metrics as M
 from .data.records import Record, Turn, image_parts, scored_turn, text_part, turns_of
 from .errors import ConfigError, DatasetError, count
-from .runs import RUN_CONFIG
+from .inference import ABLATIONS, answer_budget, generate_answers, load_for_generation
+from .qwen import ImageLimits
 
 BASE_SYSTEMS = ("base", "prompt", "tuned")
-ABLATIONS = ("blank",)
 REPORT, GALLERY = "report.json", "gallery.html"
 
 
@@ -262,95 +261,6 @@ def check_overlap(records: Sequence[Record], data: Path, train: Path | None,
 
 # --------------------------------------------------------------------------- generation
 
-def blank_like(image: Any) -> Any:
-    from PIL import Image
-
-    return Image.new("RGB", image.size, (255, 255, 255))
-
-
-def image_limits(adapter: str | Path | None, processor: Any) -> tuple[int, int]:
-    """The min/max pixels a run was trained with (its run_config.yaml), else the processor's:
-    inference must use the same image limits as training."""
-    if adapter is not None and (Path(adapter) / RUN_CONFIG).is_file():
-        saved = yaml.safe_load((Path(adapter) / RUN_CONFIG).read_text(encoding="utf-8"))
-        return int(saved["min_pixels"]), int(saved["max_pixels"])
-    size = processor.image_processor.size
-    return int(size["shortest_edge"]), int(size["longest_edge"])
-
-
-def load_for_eval(model_path: str, adapter: str | Path | None = None,
-                  quantization: str = "none") -> tuple[Any, Any]:
-    """The base model (with the LoRA adapter, checked to fit: see
-    :func:`~qvl_helpers.model.load_adapter`) and the processor saved with the adapter (or the
-    base's), in eval mode."""
-    import torch
-
-    from .model import load_adapter, load_model, load_processor, read_adapter_config
-
-    if adapter is not None:
-        read_adapter_config(adapter)  # a broken adapter folder fails before the model loads
-    processor_dir = adapter if adapter and (Path(adapter) / "processor_config.json").is_file() \
-        else model_path
-    processor = load_processor(processor_dir)
-    device_map = "auto" if torch.cuda.is_available() else None
-    model = load_model(model_path, quantization, device_map=device_map)
-    if adapter is not None:
-        model = load_adapter(model, adapter)
-    model.eval()
-    make_greedy(model)
-    return model, processor
-
-
-def make_greedy(model: Any) -> Any:
-    """Make the model's own generation config plain greedy decoding. transformers 5 fills every
-    setting a call leaves unset from ``model.generation_config``, so the hub's defaults
-    (Qwen's: temperature 0.1, top_p 0.001, top_k 1, repetition_penalty 1.05) would otherwise
-    apply, or warn, in every generate(); the exported model's generation_config.json has none
-    of them either, so base + adapter and the export decode alike."""
-    settings = model.generation_config
-    settings.do_sample, settings.temperature, settings.top_p, settings.top_k = False, None, None, None
-    settings.repetition_penalty = None
-    return model
-
-
-def generate_answers(model: Any, processor: Any, records: Sequence[Record], *,
-                     batch_size: int = 8, max_new_tokens: int = 64, min_pixels: int | None = None,
-                     max_pixels: int | None = None, image_ablation: str | None = None,
-                     streamer: Any = None) -> list[str]:
-    """Greedy answers for each record's last turn, generated in left-padded batches (one at a
-    time with a ``streamer``, which receives the tokens as they come)."""
-    import torch
-    from transformers import GenerationConfig
-
-    from .collate import make_collator
-
-    tok = processor.tokenizer
-    collate = make_collator(processor, "generate", min_pixels=min_pixels, max_pixels=max_pixels,
-                            image_transform=blank_like if image_ablation == "blank" else None)
-    # A fresh config: greedy and nothing else (the hub's sampling settings would otherwise apply).
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              repetition_penalty=1.0,
-                              eos_token_id=[tok.eos_token_id, tok.pad_token_id],
-                              pad_token_id=tok.pad_token_id)
-    device = next(model.parameters()).device
-    answers = []
-    batch_size = 1 if streamer is not None else batch_size
-    with torch.no_grad():
-        for i in range(0, len(records), batch_size):
-            batch = {k: v.to(device) for k, v in collate(records[i:i + batch_size]).items()}
-            out = model.generate(**batch, generation_config=config, streamer=streamer)
-            new = out[:, batch["input_ids"].shape[1]:]
-            answers += tok.batch_decode(new, skip_special_tokens=True)
-    return [a.strip() for a in answers]
-
-
-def answer_budget(tokenizer: Any, references: Sequence[str]) -> int:
-    """``max_new_tokens``: the longest reference in tokens plus a quarter (at least 8) of slack,
-    so a right answer always fits and a rambling one stops."""
-    longest = max(len(tokenizer.encode(r)) for r in references)
-    return longest + max(8, longest // 4)
-
-
 # --------------------------------------------------------------------------- scoring
 
 @dataclass
@@ -439,8 +349,7 @@ class EvalRequest:
     metrics: Sequence[str] = ()
     quantization: str = "none"
     batch_size: int = 8
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    limits: ImageLimits | None = None  # the processor's own (the run's) unless given
     allow_overlap: bool = False
     seed: int = 0
     force: bool = False
@@ -484,23 +393,21 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
     prompts = task_prompts(request, task, records, trained)
 
     model_path = ensure_model(choose_model(request.model, "--model"))
-    net, processor = load_for_eval(model_path, request.adapter, request.quantization)
-    lo, hi = image_limits(request.adapter, processor)
-    lo, hi = request.min_pixels or lo, request.max_pixels or hi
+    net, processor = load_for_generation(model_path, request.adapter, request.quantization,
+                                         limits=request.limits)
     budget = answer_budget(processor.tokenizer, references)
     answers, timings = {}, {}
     for system in systems:
         start = time.perf_counter()
         answers[system.name] = _answer(net, processor, records, system, prompts, budget,
-                                       request.batch_size, lo, hi,
-                                       adapter_loaded=request.adapter is not None)
+                                       request.batch_size, adapter_loaded=request.adapter is not None)
         timings[system.name] = time.perf_counter() - start
         scores.add(system.name, answers[system.name], references, [r["id"] for r in records])
     report = _report(request, systems, scores, references, answers, timings, {
         "task": task, "task_reason": why, "overlap": overlap,
         "prompt": prompts[0] if len(set(prompts)) == 1 else None,
         "prompts": prompt_summary(records, prompts),
-        "min_pixels": lo, "max_pixels": hi, "max_new_tokens": budget})
+        **ImageLimits.of(processor).to_dict(), "max_new_tokens": budget})
     _write_outputs(request, report, records, scores, answers, references)
     return report
 
@@ -524,8 +431,7 @@ def _claim_outputs(request: EvalRequest, systems: Sequence[System]) -> None:
 
 
 def _answer(model: Any, processor: Any, records: Sequence[Record], system: System,
-            prompts: Sequence[str], budget: int, batch_size: int, lo: int, hi: int, *,
-            adapter_loaded: bool) -> list[str]:
+            prompts: Sequence[str], budget: int, batch_size: int, adapter_loaded: bool) -> list[str]:
     asked = [with_system_prompt(r, p) for r, p in zip(records, prompts, strict=True)] \
         if system.prompt else list(records)
     # Base systems run with the LoRA layers switched off (PEFT's context manager): the same
@@ -533,8 +439,7 @@ def _answer(model: Any, processor: Any, records: Sequence[Record], system: Syste
     switch = model.disable_adapter() if adapter_loaded and not system.adapter else nullcontext()
     with switch:
         return generate_answers(model, processor, asked, batch_size=batch_size,
-                                max_new_tokens=budget, min_pixels=lo, max_pixels=hi,
-                                image_ablation=system.ablation)
+                                max_new_tokens=budget, image_ablation=system.ablation)
 
 
 def _versions() -> dict[str, str | None]:

@@ -28,38 +28,28 @@ leaves a folder that looks finished, and an existing export is only replaced wit
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import processes
-from .data.records import Record, answers_of
-from .errors import ConfigError, QVLError, count
-from .evaluate import answer_budget, image_limits, make_greedy, plan_for_run
+from .errors import ConfigError
+from .evaluate import plan_for_run
+from .inference import greedy_config, load_for_generation
 from .outputs import human_size
+from .qwen import ImageLimits
+from .verify import (
+    EXPORT_INFO,
+    UNVERIFIED,
+    Reference,
+    VerificationError,
+    observe,
+    verdict_line,
+    verification_records,
+    verify,
+)
 
-EXPORT_INFO = "export.json"   # what was merged from what, and the verification result
-UNVERIFIED = "UNVERIFIED.txt"  # present when the last verification failed
 MAX_SHARD = "2GB"
-TOP_CANDIDATES = 5  # the largest logits kept per generated step
-#: Largest |logit difference| allowed, relative to the largest |logit|, per precision: merging
-#: rounds W + B·A once, where the unmerged model rounds W·x and B·A·x separately, and a busy
-#: CPU may sum in another order (MKL uses fewer threads under load): with large random adapters
-#: that reached 2.8e-4 in float32 on a loaded 2-core machine; trained adapters stay near 1e-6.
-#: A merge that goes wrong (a lost module, a wrong scale) differs by 1e-2 or more.
-TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2, "float16": 1e-2}
-REQUIRED_FILES = ("config.json", "generation_config.json", "tokenizer.json",
-                  "tokenizer_config.json", "README.md")
-
-
-class VerificationError(QVLError):
-    """The merged folder does not behave like base + adapter (exit status 1)."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -77,22 +67,6 @@ class ExportRequest:
     temperature: float = 0.0           # 0: greedy; > 0 writes sampling settings instead
     gguf: bool = False                 # also llama.cpp's GGUF pair, verified in llama.cpp
     quantize: tuple[str, ...] = ()     # with gguf: quantized language models (Q8_0, Q4_K_M)
-
-
-@dataclass
-class Reference:
-    """What base + adapter does on the verification samples (taken before merging)."""
-
-    records: list[Record]
-    input_ids: list[list[int]] = field(default_factory=list)
-    grids: list[list[list[int]]] = field(default_factory=list)
-    logits: list[Any] = field(default_factory=list)       # at the answer positions only
-    base_logits: list[Any] = field(default_factory=list)  # the same with the adapter off
-    answers: list[str] = field(default_factory=list)
-    tokens: list[list[int]] = field(default_factory=list)     # the greedy answers' token ids
-    margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 logit per step
-    #: per step, the TOP_CANDIDATES largest logits as {token id: logit} (GGUF verification)
-    top: list[list[dict[int, float]]] = field(default_factory=list)
 
 
 def plan_export(run: str | Path | None = None, *, model: str | None = None,
@@ -140,8 +114,6 @@ def adapter_base_model(adapter: str | Path) -> str:
                           fix="pass the base model with --model (tiny, a hub id or a folder).")
     return base
 
-
-# --------------------------------------------------------------------------- memory
 
 def merge_dtype(model_path: str) -> Any:
     """The precision the base was saved in (bf16 for the real model), never a quantized one."""
@@ -197,110 +169,19 @@ def available_ram() -> int | None:
         return None
 
 
-# --------------------------------------------------------------------------- reference and merge
-
-def verification_records(request: ExportRequest) -> list[Record]:
-    """The held-out records the verification answers (up to ``n_verify``)."""
-    from .data import load_records
-
-    if request.samples is None or request.n_verify == 0:
-        return []
-    return load_records(request.samples)[:request.n_verify]
-
-
-def _answer_logits(model: Any, batch: dict[str, Any], device: Any) -> Any:
-    """Logits at the positions that predict the reference answer (where training has labels):
-    the part of the output the fine-tune is about, and a small fraction of the sequence."""
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    predicts = batch["labels"][0, 1:] != -100
-    return model(**inputs).logits[0, :-1][predicts.to(device)].float().cpu()
-
-
-def observe(model: Any, processor: Any, records: list[Record], lo: int, hi: int, *,
-            base_too: bool = False, own_settings: bool = False) -> Reference:
-    """Prompt ids, visual grids, logits at the answer positions (``base_too``: also with the
-    adapter switched off) and greedy answers with each step's top-1/top-2 margin.
-    ``own_settings`` generates with the model's saved generation config (greedy enforced)."""
-    import torch
-
-    from .collate import make_collator
-
-    seen = Reference(records)
-    if not records:  # nothing to observe (no held-out samples): no generation settings either
-        return seen
-    collate = make_collator(processor, "train", min_pixels=lo, max_pixels=hi)
-    generate = make_collator(processor, "generate", min_pixels=lo, max_pixels=hi)
-    device = next(model.parameters()).device
-    budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records])
-    settings = {"max_new_tokens": budget, "output_scores": True, "return_dict_in_generate": True,
-                "do_sample": False}
-    if not own_settings:
-        config = generation_settings(processor.tokenizer, 0.0)
-        config.update(**settings)
-        settings = {"generation_config": config}
-    with torch.no_grad():
-        for record in records:
-            batch = collate([record])
-            seen.input_ids.append(batch["input_ids"][0].tolist())
-            seen.grids.append(batch["image_grid_thw"].tolist() if "image_grid_thw" in batch
-                              else [])
-            seen.logits.append(_answer_logits(model, batch, device))
-            if base_too:
-                with model.disable_adapter():
-                    seen.base_logits.append(_answer_logits(model, batch, device))
-            asked = {k: v.to(device) for k, v in generate([record]).items()}
-            out = model.generate(**asked, **settings)
-            tokens = out.sequences[0, asked["input_ids"].shape[1]:].tolist()
-            seen.tokens.append(tokens)
-            seen.margins.append([float(v[0] - v[1]) for v in
-                                 (step[0].float().topk(2).values for step in out.scores)])
-            seen.top.append([dict(zip(c.indices.tolist(), c.values.tolist(), strict=True))
-                             for c in (step[0].float().topk(TOP_CANDIDATES)
-                                       for step in out.scores)])
-            seen.answers.append(processor.tokenizer.decode(tokens, skip_special_tokens=True))
-    return seen
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """The first position where two token sequences differ (None when they are equal)."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def generation_settings(tokenizer: Any, temperature: float) -> Any:
-    """Greedy (or sampling at ``temperature``), stopping at ``<|im_end|>`` or end of text."""
-    from transformers import GenerationConfig
-
-    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
-    if temperature > 0:
-        return GenerationConfig(do_sample=True, temperature=temperature, top_p=0.9,
-                                eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-    return GenerationConfig(do_sample=False, num_beams=1, repetition_penalty=1.0,
-                            eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-
-
-def load_reference(request: ExportRequest, model_path: str, device: str) -> tuple[Any, Any, int, int]:
-    """Base + adapter in the base's own 16-bit precision, greedy, and the processor and image
-    limits the run was trained with (the adapter's, else the base's)."""
-    from .model import load_adapter, load_model, load_processor
-
-    processor_dir = request.adapter if (request.adapter / "processor_config.json").is_file() \
-        else model_path
-    processor = load_processor(processor_dir)
-    lo, hi = image_limits(request.adapter, processor)
-    model = load_adapter(load_model(model_path, "none", dtype=merge_dtype(model_path),
-                                    device_map=device if device == "cuda" else None),
-                         request.adapter)
-    return make_greedy(model.eval()), processor, lo, hi
+def load_reference(request: ExportRequest, model_path: str, device: str) -> tuple[Any, Any]:
+    """Base + adapter in the base's own 16-bit precision, greedy, and the processor the run
+    was trained with, carrying its image limits
+    (:func:`~qvl_helpers.inference.load_for_generation`)."""
+    return load_for_generation(model_path, request.adapter, "none", dtype=merge_dtype(model_path),
+                               device_map=device if device == "cuda" else None)
 
 
 def merge(request: ExportRequest, model_path: str, folder: Path,
           say: Any = print) -> tuple[Reference, dict[str, Any]]:
     """Load base + adapter in 16-bit, observe them on the verification records, merge, and save
     the model, its generation settings and its processor (with the training image limits)."""
-    from .model import attention_implementation, quiet_loading
+    from .model import attention_implementation, free_memory, quiet_loading
 
     dtype = merge_dtype(model_path)
     needed = memory_needed(model_path, dtype)
@@ -308,179 +189,20 @@ def merge(request: ExportRequest, model_path: str, folder: Path,
     ram = available_ram()
     say(f"Merging in {str(dtype).removeprefix('torch.')} on the {device} ({why}); it needs about "
         f"{human_size(needed)}" + (f" ({human_size(ram)} of RAM free)." if ram else "."))
-    model, processor, lo, hi = load_reference(request, model_path, device)
-    reference = observe(model, processor, verification_records(request), lo, hi, base_too=True)
+    model, processor = load_reference(request, model_path, device)
+    records = verification_records(request.samples, request.n_verify)
+    reference = observe(model, processor, records, base_too=True)
     merged = model.merge_and_unload()
-    merged.generation_config = generation_settings(processor.tokenizer, request.temperature)
+    merged.generation_config = greedy_config(processor.tokenizer, temperature=request.temperature)
     with quiet_loading():
         merged.save_pretrained(folder, max_shard_size=MAX_SHARD)
-    processor.image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
-    processor.save_pretrained(folder)
+    processor.save_pretrained(folder)  # with the image limits it carries
     del model, merged
-    free_memory()
+    free_memory()  # before the fresh process loads its own copy
     return reference, {"dtype": str(dtype).removeprefix("torch."), "device": device,
-                       "attention": attention_implementation(), "min_pixels": lo,
-                       "max_pixels": hi, "memory_bytes": needed}
+                       "attention": attention_implementation(),
+                       **ImageLimits.of(processor).to_dict(), "memory_bytes": needed}
 
-
-def free_memory() -> None:
-    """Give back what the merge held before the fresh process loads its own copy."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-# --------------------------------------------------------------------------- verification
-
-def has_chat_template(folder: Path) -> bool:
-    """transformers 5 saves it as chat_template.jinja; older saves kept it in a config file."""
-    if (folder / "chat_template.jinja").is_file():
-        return True
-    for name in ("tokenizer_config.json", "processor_config.json", "chat_template.json"):
-        path = folder / name
-        if path.is_file() and "chat_template" in path.read_text(encoding="utf-8",
-                                                                errors="replace"):
-            return True
-    return False
-
-
-def check_files(folder: Path) -> list[str]:
-    """What a usable model folder lacks: the required files, weights, a chat template and a
-    processor configuration."""
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if not list(folder.glob("*.safetensors")):
-        missing.append("*.safetensors weights")
-    if not has_chat_template(folder):
-        missing.append("a chat template")
-    if not any((folder / n).is_file() for n in ("processor_config.json",
-                                                 "preprocessor_config.json")):
-        missing.append("processor_config.json")
-    return missing
-
-
-def observe_in_fresh_process(folder: Path, records: list[Record],
-                             facts: dict[str, Any]) -> dict[str, Any]:
-    """Load ``folder`` with the Auto classes in a new Python process, on the device and with the
-    attention implementation of the reference, and observe it there: the way a user will load
-    it, with nothing of this process's state to help."""
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "records.json").write_text(json.dumps(records, ensure_ascii=False),
-                                                encoding="utf-8")
-        (Path(tmp) / "how.json").write_text(json.dumps(
-            {"device": facts.get("device", "cpu"), "attention": facts.get("attention", "sdpa")}))
-        done = processes.run([sys.executable, "-m", "qvl_helpers.export", str(folder), tmp],
-                             capture_output=True, text=True)  # ends if this process is stopped
-        if done.returncode != 0:
-            tail = " / ".join(done.stderr.strip().splitlines()[-3:]) or "(no message)"
-            raise VerificationError(f"loading and running the merged folder in a fresh process "
-                                    f"failed: {tail[:600]}", file=folder,
-                                    fix="read the message: out of memory means closing other "
-                                        "programs (or running on the CPU); otherwise export "
-                                        "again, and report it with QVL_DEBUG=1 if it repeats.")
-        return torch.load(Path(tmp) / "observed.pt", weights_only=True)
-
-
-def _fresh_process_main(folder: str, tmp: str) -> None:
-    """The other process: load the folder as a user would and observe it."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from .model import quiet_loading
-
-    records = json.loads((Path(tmp) / "records.json").read_text(encoding="utf-8"))
-    how = json.loads((Path(tmp) / "how.json").read_text())
-    processor = AutoProcessor.from_pretrained(folder)
-    with quiet_loading():
-        model = AutoModelForImageTextToText.from_pretrained(
-            folder, dtype="auto", attn_implementation=how["attention"], use_safetensors=True)
-    model.to(how["device"]).eval()
-    size = processor.image_processor.size
-    seen = observe(model, processor, records, size["shortest_edge"], size["longest_edge"],
-                   own_settings=True)  # its own generation_config.json, greedy enforced
-    torch.save({"input_ids": seen.input_ids, "grids": seen.grids, "logits": seen.logits,
-                "answers": seen.answers, "tokens": seen.tokens, "margins": seen.margins,
-                "top": seen.top,
-                "dtype": str(model.dtype).removeprefix("torch.")},
-               Path(tmp) / "observed.pt")
-
-
-def _sample_problems(reference: Reference, merged: dict[str, Any], i: int,
-                     tolerance: float) -> tuple[list[str], float, bool]:
-    """(problems, relative logit difference, greedy answers parted at a tie) for sample i."""
-    who = f"sample {reference.records[i]['id']}"
-    if reference.input_ids[i] != merged["input_ids"][i]:
-        return [f"{who}: its processor renders another prompt (token ids differ)"], 0.0, False
-    problems = []
-    if reference.grids[i] != merged["grids"][i]:
-        problems.append(f"{who}: other visual token counts ({merged['grids'][i]} instead of "
-                        f"{reference.grids[i]}): the image limits were not saved")
-    a, b = reference.logits[i], merged["logits"][i]
-    measured = float((a - b).abs().max())
-    relative = measured / max(1.0, float(a.abs().max()))
-    if reference.base_logits:
-        from_base = float((reference.base_logits[i] - a).abs().max())
-        if from_base > 0 and measured > 0.5 * from_base:  # as far off as having no adapter
-            problems.append(f"{who}: the merged model is about as far from base + adapter "
-                            "as the base model is: the adapter was lost in the merge")
-    # Up to the first differing token both models saw the same prefix, so there each one's
-    # margin between its pick and the other's adds up to how much the two disagree about those
-    # two tokens: within twice the logit tolerance, rounding explains the flip.
-    step = first_difference(reference.tokens[i], merged["tokens"][i])
-    ours, theirs = reference.margins[i], merged["margins"][i]
-    tie = step is not None and step < min(len(ours), len(theirs)) and \
-        ours[step] + theirs[step] <= 2 * tolerance * max(1.0, float(a.abs().max()))
-    if step is not None and not tie:
-        problems.append(f"{who}: another greedy answer ({merged['answers'][i]!r} instead of "
-                        f"{reference.answers[i]!r})")
-    return problems, relative, tie
-
-
-def compare_observations(reference: Reference, merged: dict[str, Any]) -> tuple[list[str], dict]:
-    """Every difference between base + adapter and the merged folder, and the measurements.
-    Greedy answers may part only at a tie: where, after the same prefix, the two models' margins
-    between the two tokens add up to less than twice the logit tolerance."""
-    problems, worst, ties = [], 0.0, 0
-    tolerance = TOLERANCE.get(merged["dtype"], 1e-4)
-    for i in range(len(reference.records)):
-        found, relative, tie = _sample_problems(reference, merged, i, tolerance)
-        problems += found
-        worst, ties = max(worst, relative), ties + tie
-    if worst > tolerance:
-        problems.insert(0, f"logits differ by up to {worst:.2e} of their scale (allowed "
-                           f"{tolerance:.0e} in {merged['dtype']})")
-    return problems, {"samples": len(reference.records), "max_logit_difference": worst,
-                      "tolerance": tolerance, "dtype": merged["dtype"], "answer_ties": ties}
-
-
-def verify(folder: Path, reference: Reference, facts: dict[str, Any]) -> dict[str, Any]:
-    """Check the merged ``folder`` against ``reference`` (taken from base + adapter).
-
-    Raises:
-        VerificationError: files are missing, or the folder behaves differently (says how).
-    """
-    missing = check_files(folder)
-    if missing:
-        raise VerificationError(f"the merged folder lacks {', '.join(missing)}.", file=folder,
-                                fix="export again with --force.")
-    if not reference.records:
-        return {"samples": 0}
-    problems, measured = compare_observations(reference, observe_in_fresh_process(
-        folder, reference.records, facts))
-    if problems:
-        raise VerificationError("the merged model does not behave like base + adapter: "
-                                + "; ".join(problems) + ".", file=folder,
-                                fix="do not use this folder; export again with --force, and "
-                                    "report it if it fails again.")
-    return measured
-
-
-# --------------------------------------------------------------------------- the command
 
 def is_export(folder: Path) -> bool:
     """A folder ``qvl export`` made (or an empty one): the only kind ``--force`` replaces."""
@@ -601,21 +323,6 @@ def settle(work: Path, out: Path, info: dict[str, Any], reference: Reference | N
     return measured
 
 
-def verdict_line(measured: dict[str, Any], verified: bool) -> str:
-    """What the export can be trusted for, in one line."""
-    if not verified:
-        return "NOT verified (--no-verify): the folder is marked UNVERIFIED.txt."
-    if not measured.get("samples"):
-        return ("Only the files were checked (no held-out samples, pass --data): the folder "
-                "stays marked UNVERIFIED.txt.")
-    ties = measured.get("answer_ties", 0)
-    return (f"Verified in a fresh process on {count(measured['samples'], 'held-out sample')}: "
-            "same prompts, visual tokens and greedy answers" +
-            (f" ({ties} parted only where two tokens tied within rounding)" if ties else "") +
-            f"; logits within {measured['max_logit_difference']:.1e} (allowed "
-            f"{measured['tolerance']:.0e}).")
-
-
 def check_request(folder: str | Path, **given: Any) -> ExportRequest:
     """What ``--check-only`` compares ``folder`` with: what its export.json recorded (base model,
     adapter, run), unless given.
@@ -651,15 +358,16 @@ def check_export(request: ExportRequest, say: Any = print) -> dict[str, Any]:
         VerificationError: it failed (the folder is marked ``UNVERIFIED.txt``).
     """
     from .config import choose_model
-    from .model import attention_implementation
+    from .model import attention_implementation, free_memory
     from .outputs import read_json
     from .tiny import ensure_model
 
     folder = Path(request.out_dir)
     model_path = ensure_model(choose_model(request.model, "--model"))
     device, _ = choose_device(memory_needed(model_path, merge_dtype(model_path)))
-    model, processor, lo, hi = load_reference(request, model_path, device)
-    reference = observe(model, processor, verification_records(request), lo, hi, base_too=True)
+    model, processor = load_reference(request, model_path, device)
+    records = verification_records(request.samples, request.n_verify)
+    reference = observe(model, processor, records, base_too=True)
     del model
     free_memory()
     info = {k: v for k, v in (read_json(folder / EXPORT_INFO) or {}).items()
@@ -677,7 +385,3 @@ def check_export(request: ExportRequest, say: Any = print) -> dict[str, Any]:
         (folder / UNVERIFIED).unlink(missing_ok=True)
     say(verdict_line(measured, True).replace("Verified", f"{folder}: verified", 1))
     return measured
-
-
-if __name__ == "__main__":  # the fresh process of observe_in_fresh_process
-    _fresh_process_main(sys.argv[1], sys.argv[2])

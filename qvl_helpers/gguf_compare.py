@@ -41,13 +41,10 @@ def observe_transformers(folder: Path, records: list[Record], facts: dict[str, A
     """The merged folder's greedy answers in transformers (a fresh process, as a user loads it),
     with the prompt length its processor renders and each step's top-two margin."""
     from .collate import make_collator
-    from .export import observe_in_fresh_process
-    from .model import load_processor
+    from .inference import load_processor_for
+    from .verify import observe_in_fresh_process
 
-    processor = load_processor(folder)
-    size = processor.image_processor.size
-    ask = make_collator(processor, "generate", min_pixels=size["shortest_edge"],
-                        max_pixels=size["longest_edge"])
+    ask = make_collator(load_processor_for(folder), "generate")
     merged = observe_in_fresh_process(folder, records, facts)
     asked = [ask([r]) for r in records]
     return Observed(answers=merged["answers"], tokens=merged["tokens"], top=merged["top"],
@@ -68,7 +65,7 @@ def parting(reference: Observed, other: Observed, i: int) -> int | None:
     """The answer step where ``other``'s sample ``i`` first picks another token than
     ``reference``'s (one stopping earlier counts as parting there), or None when the two
     answers are the same tokens."""
-    from .export import first_difference
+    from .verify import first_difference
 
     return first_difference(reference.tokens[i], other.tokens[i])
 

@@ -46,7 +46,7 @@ from .llama_run import (
     require_llama_cpp,
     same_pixels,
 )
-from .qwen import tokens_in
+from .qwen import ImageLimits
 
 __all__ = ["GGUFSetupError", "LLAMA_CPP_PYTHON", "add_gguf", "check_gguf", "convert",
            "converter_dir", "gguf_files", "quantize", "serve", "verdict_line", "verify_gguf"]
@@ -182,8 +182,8 @@ def quantize(source: Path, target: Path, kind: str) -> Path:
 
 def is_verified_export(folder: Path) -> bool:
     """An export whose merge passed its verification (export.json says so)."""
-    from .export import EXPORT_INFO
     from .outputs import read_json
+    from .verify import EXPORT_INFO
 
     return bool((read_json(Path(folder) / EXPORT_INFO) or {}).get("verified"))
 
@@ -221,17 +221,15 @@ def verify_gguf(folder: Path, records: list[Record], facts: dict[str, Any],
     """
     import tempfile
 
-    from .evaluate import answer_budget
-    from .export import VerificationError
-    from .model import load_processor
+    from .inference import answer_budget, load_processor_for
+    from .verify import VerificationError
 
     files = gguf_files(folder)
-    processor = load_processor(folder)
-    size = processor.image_processor.size
-    lo, hi = int(size["shortest_edge"]), int(size["longest_edge"])
+    processor = load_processor_for(folder)
+    limits = ImageLimits.of(processor)
     budget = answer_budget(processor.tokenizer, [answers_of(r)[-1] for r in records])
     with tempfile.TemporaryDirectory() as tmp:
-        same = same_pixels(records, lo, hi, Path(tmp))
+        same = same_pixels(records, limits, Path(tmp))
         say(f"GGUF: the merged model answers {count(len(same), 'held-out sample')} in "
             "transformers (a fresh process) ...")
         reference = observe_transformers(folder, same, facts)
@@ -241,11 +239,11 @@ def verify_gguf(folder: Path, records: list[Record], facts: dict[str, Any],
             if kind == "mmproj":
                 continue
             say(f"GGUF: {path.name} with {files['mmproj'].name} answers them in llama.cpp ...")
-            seen = observe_llama_cpp(path, files["mmproj"], same, lo, hi, budget, n_ctx)
+            seen = observe_llama_cpp(path, files["mmproj"], same, limits, budget, n_ctx)
             results[kind] = compare(reference, seen, same, exact=kind == "f16")
     problems = results["f16"]["problems"]
     summary = {"samples": len(records), "tie_tolerance": TIE_TOLERANCE,
-               "image_tokens": [max(1, tokens_in(lo)), max(1, tokens_in(hi))],
+               "image_tokens": list(limits.token_range),
                "files": {kind: {"file": p.name, "bytes": p.stat().st_size}
                          for kind, p in files.items()},
                "results": results, "verified": not problems}
@@ -275,8 +273,8 @@ def add_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
     """
     import shutil
 
-    from .export import EXPORT_INFO, verification_records
     from .outputs import install_folder, read_json, staging_folder
+    from .verify import EXPORT_INFO, verification_records
 
     require_llama_cpp()
     info = read_json(folder / EXPORT_INFO) or {}
@@ -285,7 +283,7 @@ def add_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
                           f"verified ({info.get('problem', 'no export.json')}).", file=folder,
                           fix="verify it first with held-out samples: qvl export --out FOLDER "
                               "--check-only --data TEST.jsonl (or export with --run).")
-    records = verification_records(request)
+    records = verification_records(request.samples, request.n_verify)
     require_samples(records, folder)
     target = folder / GGUF_FOLDER
     work = staging_folder(target, "converting")
@@ -311,10 +309,10 @@ def settle_gguf(folder: Path, request: Any, records: list[Record], info: dict[st
     Raises:
         VerificationError: the f16 pair failed.
     """
-    from .export import EXPORT_INFO, VerificationError
     from .model import attention_implementation
     from .modelcard import write_model_card
     from .outputs import write_json
+    from .verify import EXPORT_INFO, VerificationError
 
     why = "not verified yet (the check was interrupted)"
     marker = write_marker(folder / GGUF_FOLDER, why)
@@ -338,8 +336,8 @@ def settle_gguf(folder: Path, request: Any, records: list[Record], info: dict[st
 
 def write_marker(gguf_folder: Path, why: str) -> Path:
     """``UNVERIFIED.txt`` in the GGUF folder, saying why (``qvl serve`` refuses such files)."""
-    from .export import UNVERIFIED
     from .outputs import write_text
+    from .verify import UNVERIFIED
 
     return write_text(gguf_folder / UNVERIFIED, f"These GGUF files are not verified: {why}\n"
                       "Check them with: qvl export --out EXPORT_FOLDER --check-only --gguf "
@@ -353,8 +351,8 @@ def check_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
         ConfigError: the export has no GGUF files, or no held-out samples were given.
         VerificationError: the f16 pair failed (recorded in the folder).
     """
-    from .export import EXPORT_INFO, verification_records
     from .outputs import read_json
+    from .verify import EXPORT_INFO, verification_records
 
     require_llama_cpp()
     files = gguf_files(folder)
@@ -362,7 +360,7 @@ def check_gguf(folder: Path, request: Any, say: Any = print) -> dict[str, Any]:
         raise ConfigError("this export has no GGUF pair to check.", file=folder / GGUF_FOLDER,
                           fix="make one with: qvl export --out FOLDER --gguf (add --run or "
                               "--data for the verification).")
-    records = verification_records(request)
+    records = verification_records(request.samples, request.n_verify)
     require_samples(records, folder)
     info = {k: v for k, v in (read_json(folder / EXPORT_INFO) or {}).items() if k != "gguf"}
     return settle_gguf(folder, request, records, info, say)
@@ -381,9 +379,9 @@ def serve(folder: Path, kind: str = "f16", host: str = "127.0.0.1", port: int = 
         GGUFSetupError: llama.cpp or its server is missing.
         ConfigError: the export has no such GGUF file, or its files are not verified.
     """
-    from .export import EXPORT_INFO
-    from .model import load_processor
+    from .inference import load_processor_for
     from .outputs import read_json
+    from .verify import EXPORT_INFO
 
     require_llama_cpp()
     try:
@@ -408,10 +406,9 @@ def serve(folder: Path, kind: str = "f16", host: str = "127.0.0.1", port: int = 
                           "not served.", file=folder / GGUF_FOLDER,
                           fix="check them: qvl export --out FOLDER --check-only --gguf --run RUN "
                               "(or --data TEST.jsonl).")
-    size = load_processor(folder).image_processor.size
+    limits = ImageLimits.of(load_processor_for(folder))
     # The server builds its handler by this name for chat_format qwen2.5-vl.
-    llama_chat_format.Qwen25VLChatHandler = course_handler(int(size["shortest_edge"]),
-                                                           int(size["longest_edge"]))
+    llama_chat_format.Qwen25VLChatHandler = course_handler(limits)
     app = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[
         ModelSettings(model=str(files[kind]), clip_model_path=str(files["mmproj"]),
                       chat_format="qwen2.5-vl", n_ctx=n_ctx, n_gpu_layers=-1,

@@ -14,7 +14,7 @@ from typing import Any
 from .data.records import Record, image_parts, parts_of
 from .errors import QVLError
 from .gguf_compare import Observed
-from .qwen import tokens_in
+from .qwen import ImageLimits
 
 #: The llama-cpp-python release verified here (its llama.cpp converts and runs Qwen2.5-VL).
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -46,21 +46,20 @@ def require_llama_cpp() -> Any:
     return llama_cpp
 
 
-def same_pixels(records: list[Record], lo: int, hi: int, into: Path) -> list[Record]:
+def same_pixels(records: list[Record], limits: ImageLimits, into: Path) -> list[Record]:
     """The records with each image resized, as PNG in ``into``, to the size the processor picks
-    within ``lo``..``hi`` pixels: both runtimes then see the same pixels and neither resizes."""
+    within ``limits``: both runtimes then see the same pixels and neither resizes."""
     import copy
 
     from PIL import Image
 
     from .images import load_rgb
-    from .tokens import smart_resize
 
     resized = copy.deepcopy(records)
     for i, record in enumerate(resized):
         for j, part in enumerate(image_parts(record)):
             image = load_rgb(part["image"])
-            height, width = smart_resize(image.height, image.width, lo, hi)
+            height, width = limits.resize(image.height, image.width)
             path = into / f"{i}-{j}.png"
             image.resize((width, height), Image.Resampling.BICUBIC).save(path)
             part["image"] = str(path)
@@ -95,7 +94,7 @@ def data_url(path: str | Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def course_handler(lo: int, hi: int) -> type:
+def course_handler(limits: ImageLimits) -> type:
     """llama-cpp-python's ``Qwen25VLChatHandler`` (the ``qwen2.5-vl`` chat format of its server)
     with two corrections, as a class taking the same arguments:
 
@@ -103,8 +102,8 @@ def course_handler(lo: int, hi: int) -> type:
       The handler's template ends in that newline, but Jinja drops a template's last newline
       by default, so 0.3.36 sends ``<|im_start|>assistant`` and the model starts its answer
       where training never did (the stand-in answers nothing at all);
-    - **images are resized within the export's limits** (``lo``..``hi`` pixels, as visual
-      tokens) instead of llama.cpp's defaults for Qwen2.5-VL (8 to 4096 tokens).
+    - **images are resized within the export's limits** (``limits``, as visual tokens)
+      instead of llama.cpp's defaults for Qwen2.5-VL (8 to 4096 tokens).
     """
     require_llama_cpp()
     from llama_cpp.llama_chat_format import Qwen25VLChatHandler
@@ -118,8 +117,7 @@ def course_handler(lo: int, hi: int) -> type:
 
         def mtmd_context_params_default(self) -> Any:
             params = self._mtmd.mtmd_context_params_default()
-            params.image_min_tokens = max(1, tokens_in(lo))
-            params.image_max_tokens = max(1, tokens_in(hi))
+            params.image_min_tokens, params.image_max_tokens = limits.token_range
             return params
 
     class CourseQwen25VLChatHandler(Qwen25VLChatHandler):
@@ -145,7 +143,7 @@ class StepRecorder:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import numpy as np
 
-        from .export import TOP_CANDIDATES
+        from .verify import TOP_CANDIDATES
 
         best = np.argpartition(scores, -TOP_CANDIDATES)[-TOP_CANDIDATES:]
         self.tokens.append(int(np.argmax(scores)))
@@ -153,7 +151,7 @@ class StepRecorder:
         return scores
 
 
-def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, hi: int,
+def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], limits: ImageLimits,
                       budget: int, n_ctx: int) -> Observed:
     """Greedy answers of the GGUF pair in llama.cpp: text, token ids, each step's margin."""
     require_llama_cpp()
@@ -165,7 +163,7 @@ def observe_llama_cpp(text: Path, mmproj: Path, records: list[Record], lo: int, 
     quiet = suppress_stdout_stderr(disable=os.environ.get("QVL_DEBUG") == "1")
     seen = Observed()
     with quiet:
-        handler = course_handler(lo, hi)(clip_model_path=str(mmproj), verbose=False)
+        handler = course_handler(limits)(clip_model_path=str(mmproj), verbose=False)
         llm = Llama(model_path=str(text), chat_handler=handler, n_ctx=n_ctx, n_gpu_layers=0,
                     seed=0, verbose=False, n_threads=os.cpu_count() or 1)
     try:

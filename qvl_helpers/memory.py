@@ -510,8 +510,7 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool, is_tin
             from .tokens import token_budget
 
             real_budget = token_budget(records, real_processor(cfg.cache_dir),
-                                       min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                       max_length=cfg.max_length)
+                                       max_length=cfg.max_length, limits=budget.limits)
             work, how = (Workload.from_budget(real_budget, cfg.batch_size),
                          "text counted with Qwen's own tokenizer")
         config = real_3b_config()

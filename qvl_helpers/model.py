@@ -548,3 +548,15 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
             raise ModelError(f"the adapter does not fit this model: {len(keys)} {problem}, "
                              f"for example {keys[0]}.", file=adapter, fix=other)
     return wrapped
+
+
+def free_memory() -> None:
+    """Collect the reference cycles that keep a finished model alive (accelerate's wrapped
+    forward, the no-grad vision tower) and hand the GPU's cached blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

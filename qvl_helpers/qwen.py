@@ -86,6 +86,45 @@ def visual_tokens(width: int, height: int, min_pixels: int, max_pixels: int) -> 
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """The pixel range every image is resized into (``[min_pixels, max_pixels]``, Qwen's
+    :func:`smart_resize`). Set once from the settings on the processor that training uses and
+    saves with the adapter; evaluation, export and chat read it back from the processor."""
+
+    min_pixels: int = HUB_MIN_PIXELS
+    max_pixels: int = HUB_MAX_PIXELS
+
+    @classmethod
+    def of(cls, processor: Any) -> ImageLimits:
+        """The limits a loaded processor resizes into (its image processor's ``size``)."""
+        size = processor.image_processor.size
+        return cls(int(size["shortest_edge"]), int(size["longest_edge"]))
+
+    def apply_to(self, processor: Any) -> Any:
+        """Make ``processor`` resize into these limits (saved with it by ``save_pretrained``)."""
+        processor.image_processor.size = {"shortest_edge": self.min_pixels,
+                                          "longest_edge": self.max_pixels}
+        return processor
+
+    def tokens(self, width: int, height: int) -> int:
+        """Visual tokens of one ``width``×``height`` image (:func:`visual_tokens`)."""
+        return visual_tokens(width, height, self.min_pixels, self.max_pixels)
+
+    def resize(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) an image is resized to (:func:`smart_resize`)."""
+        return smart_resize(height, width, self.min_pixels, self.max_pixels)
+
+    @property
+    def token_range(self) -> tuple[int, int]:
+        """(fewest, most) visual tokens per image, at least 1 each (llama.cpp's terms)."""
+        return max(1, tokens_in(self.min_pixels)), max(1, tokens_in(self.max_pixels))
+
+    def to_dict(self) -> dict[str, int]:
+        """``{"min_pixels": ..., "max_pixels": ...}``, as reports and settings spell them."""
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+
+
+@dataclass(frozen=True)
 class SampleLength:
     """One conversation's length in tokens: its text (chat template included) and its images."""
 
@@ -99,8 +138,7 @@ class SampleLength:
 
 
 def sample_length(processor: Any, messages: list[dict[str, Any]],
-                  image_sizes: list[tuple[int, int]], min_pixels: int,
-                  max_pixels: int) -> SampleLength:
+                  image_sizes: list[tuple[int, int]], limits: ImageLimits) -> SampleLength:
     """Tokens of one conversation as the collator will build it (chat template included).
 
     ``processor`` is any loaded processor (only its ``apply_chat_template`` and ``tokenizer`` are
@@ -111,7 +149,7 @@ def sample_length(processor: Any, messages: list[dict[str, Any]],
     text = processor.apply_chat_template(messages, tokenize=False)
     ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
     pads = len(image_sizes)  # one <|image_pad|> per image before expansion
-    vis = sum(visual_tokens(w, h, min_pixels, max_pixels) for w, h in image_sizes)
+    vis = sum(limits.tokens(w, h) for w, h in image_sizes)
     return SampleLength(len(ids) - pads, vis)
 
 

@@ -69,9 +69,9 @@ def resolve_dtype(cfg: CourseConfig) -> torch.dtype:
 
 def train_collator(cfg: CourseConfig, processor: Any,
                    train_records: Sequence[Record]) -> Collator:
-    """The training collator, after proving that the first samples have something to learn."""
-    collator = make_collator(processor, "train", min_pixels=cfg.min_pixels,
-                             max_pixels=cfg.max_pixels, max_length=cfg.max_length,
+    """The training collator (images resized into the limits ``processor`` carries), after
+    proving that the first samples have something to learn."""
+    collator = make_collator(processor, "train", max_length=cfg.max_length,
                              on_too_long=cfg.on_too_long)
     check_labels(collator, train_records)
     collator.reset_counts()  # count training batches only from here
@@ -230,14 +230,13 @@ def early_identity(cfg: CourseConfig, model_name: str) -> dict[str, Any]:
             "where": {"source": str(data.resolve()) if data else None}}
 
 
-def recheck_images(prepared: Any, cfg: CourseConfig) -> None:
+def recheck_images(prepared: Any) -> None:
     """Splits made earlier are re-checked (images may have changed since): the doctor's image
     checks on each split, errors only."""
     from .data import check_file
 
     for name, path in prepared.files().items():
-        report = check_file(path, image_root=prepared.image_root, min_pixels=cfg.min_pixels,
-                            max_pixels=cfg.max_pixels, leakage=False)
+        report = check_file(path, image_root=prepared.image_root, leakage=False)
         # (an empty split is reported as "holds no records": that is preflight's business)
         first = next((p for p in report.problems if p.severity == "error"
                       and not (p.code == "missing_field" and p.line is None)), None)
@@ -262,12 +261,11 @@ def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[Record]]
     for warning in prepared.warnings:
         say("Warning:", warning)
     if not prepared.built:
-        recheck_images(prepared, cfg)
+        recheck_images(prepared)
     budgets = {}
     for name, split in records.items():
         try:
-            budget = token_budget(split, processor, min_pixels=cfg.min_pixels,
-                                  max_pixels=cfg.max_pixels, max_length=cfg.max_length)
+            budget = token_budget(split, processor, max_length=cfg.max_length)
         except DatasetError as exc:
             raise exc.at(getattr(prepared, name)) from None
         budgets[name] = budget
@@ -356,7 +354,7 @@ def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
     """Every check of a run, in order, before any work (see the module docstring); a finished
     run that ``resume`` leaves alone comes back as its :class:`TrainResult`."""
     from .data import load_records, prepare_data
-    from .model import load_processor
+    from .inference import load_processor_for
 
     ensure_output_folder(cfg)
     cfg, resume, finished = plan_run(cfg, resume=resume, force=force, say=say)
@@ -369,7 +367,7 @@ def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
     with state.main_process_first():  # the main process prepares, the others wait and reuse
         prepared = prepare_data(cfg, verbose=verbose and state.is_main_process)
     records = {name: load_records(path) for name, path in prepared.files().items()}
-    processor = load_processor(model_path)
+    processor = load_processor_for(model_path, limits=cfg.image_limits)  # saved with the run
     budgets = preflight(cfg, prepared, records, processor, say)
     collator = train_collator(cfg, processor, records["train"])
     quantization, dtype = resolve_quantization(cfg), resolve_dtype(cfg)

@@ -12,9 +12,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .model import free_memory
 from .run_plan import RunPlan, run_steps
 from .runs import run_dir
-from .trainer import build_trainer, fit, free_memory, prepare_model
+from .trainer import build_trainer, fit, prepare_model
 
 
 class StepTimer(TrainerCallback):

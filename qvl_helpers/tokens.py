@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import DatasetError
 from .qwen import (  # the arithmetic lives in the lowest layer; its names stay importable here
     PIXELS_PER_TOKEN,
+    ImageLimits,
     SampleLength,
     sample_length,
     smart_resize,
@@ -66,6 +67,11 @@ class TokenBudget:
     min_pixels: int
     max_pixels: int
     max_length: int
+
+    @property
+    def limits(self) -> ImageLimits:
+        """The image limits the samples were measured at."""
+        return ImageLimits(self.min_pixels, self.max_pixels)
 
     @property
     def totals(self) -> list[int]:
@@ -132,9 +138,10 @@ class TokenBudget:
                              "total": s.total} for s in self.samples]}
 
 
-def token_budget(records: Sequence[Record], processor: Any, *, min_pixels: int,
-                 max_pixels: int, max_length: int) -> TokenBudget:
-    """Measure every sample (records with resolved image paths, as from ``load_records``).
+def token_budget(records: Sequence[Record], processor: Any, *, max_length: int,
+                 limits: ImageLimits | None = None) -> TokenBudget:
+    """Measure every sample (records with resolved image paths, as from ``load_records``) at
+    the image limits ``processor`` carries (``limits``: at these instead, to compare settings).
 
     Raises:
         DatasetError: an image the data doctor refuses too (unreadable, over the pixel cap, or
@@ -142,19 +149,19 @@ def token_budget(records: Sequence[Record], processor: Any, *, min_pixels: int,
     """
     from .data.records import images_of
 
+    limits = limits or ImageLimits.of(processor)
     samples = []
     for record in records:
         sizes = tuple(_checked_size(path, record) for path in images_of(record))
         try:
-            length = sample_length(processor, record["messages"], list(sizes), min_pixels,
-                                   max_pixels)
+            length = sample_length(processor, record["messages"], list(sizes), limits)
         except ValueError as exc:
             raise DatasetError(f"extreme_aspect_ratio: {exc}; the processor cannot resize it.",
                                sample_id=record.get("id"),
                                fix="crop or pad the image (run `qvl data check` to see every "
                                    "problem).") from None
         samples.append(SampleBudget(record["id"], length.text_tokens, sizes, length.visual_tokens))
-    return TokenBudget(samples, min_pixels, max_pixels, max_length)
+    return TokenBudget(samples, limits.min_pixels, limits.max_pixels, max_length)
 
 
 def _checked_size(path: str, record: Record) -> tuple[int, int]:

@@ -26,6 +26,7 @@ import torch
 from transformers import TrainerCallback
 
 from .config import CourseConfig
+from .model import free_memory
 from .run_plan import (
     ResumePoint,
     TrainResult,
@@ -37,7 +38,7 @@ from .run_plan import (
 )
 from .runs import ADAPTER, hold_run, resume_log, run_dir, set_aside, start_log, write_identity
 from .timing import time_estimate
-from .trainer import build_trainer, fit, free_memory, prepare_model, save_adapter, save_run_config
+from .trainer import build_trainer, fit, prepare_model, save_adapter, save_run_config
 
 
 def open_run_folder(folder: Path, identity: dict[str, Any], resume_from: ResumePoint | None,

@@ -361,13 +361,3 @@ def _disk_full_in_run(trainer: CourseTrainer, cfg: CourseConfig) -> QVLError:
               if last is not None else "then run the same training again")
     return disk_full(folder, fix=f"{kept}; free space there (or choose another output_dir), "
                                  f"{resume}.")
-
-
-def free_memory() -> None:
-    """Collect the reference cycles that keep a finished model alive (accelerate's wrapped
-    forward, the no-grad vision tower) and hand the GPU's cached blocks back."""
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

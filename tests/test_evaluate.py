@@ -82,7 +82,7 @@ def scripted(model: FakeModel, processor: Any, records: list, *, image_ablation:
 @pytest.fixture
 def stub(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path) -> FakeModel:
     fake = FakeModel()
-    monkeypatch.setattr(E, "load_for_eval", lambda *args, **kwargs: (fake, PROCESSOR))
+    monkeypatch.setattr(E, "load_for_generation", lambda *args, **kwargs: (fake, PROCESSOR))
     monkeypatch.setattr(E, "generate_answers", scripted)
     return fake
 
@@ -175,7 +175,7 @@ def test_overlap_is_refused_before_the_model_loads(tmp_path: Path, model_folder:
     def forbidden(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model was loaded: the check came too late")
 
-    monkeypatch.setattr(E, "load_for_eval", forbidden)
+    monkeypatch.setattr(E, "load_for_generation", forbidden)
     train = subset(SHAPES / "shapes.jsonl", tmp_path / "train.jsonl", 0, 10)
     data = subset(SHAPES / "shapes.jsonl", tmp_path / "test.jsonl", 8, 14)
     with pytest.raises(DatasetError) as err:

@@ -339,7 +339,7 @@ def test_the_model_card_tells_what_the_files_say(tmp_path: Path) -> None:
 def test_greedy_answers_may_part_only_at_a_tie() -> None:
     """After the same prefix, two 16/32-bit roundings of one model can flip a near-tie; they
     cannot flip a clear choice (that is a different model)."""
-    from qvl_helpers.export import Reference, compare_observations
+    from qvl_helpers.verify import Reference, compare_observations
 
     logits = torch.tensor([[10.0, 1.0, 0.0]])
     reference = Reference([{"id": "s-1", "messages": []}], input_ids=[[1, 2]], grids=[[]],
@@ -365,7 +365,7 @@ def in_this_process(folder: Path, records: list, facts: dict) -> dict:
     """observe_in_fresh_process without the subprocess: the same code, the same files."""
     import tempfile
 
-    from qvl_helpers.export import _fresh_process_main
+    from qvl_helpers.verify import _fresh_process_main
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "records.json").write_text(json.dumps(records), encoding="utf-8")
@@ -380,6 +380,7 @@ def combo(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> dict[str,
     import shutil
 
     import qvl_helpers.export as X
+    import qvl_helpers.verify as V
 
     root = tmp_path_factory.mktemp("combo")
     adapter = make_adapter(tiny_dir, root / "adapter", "language")
@@ -391,7 +392,7 @@ def combo(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> dict[str,
         "model": {"name": "tiny"},
         "where": {"model_path": str(tiny_dir), "splits": {"test": str(data), "train": str(data)}}}))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(X, "observe_in_fresh_process", in_this_process)
+        mp.setattr(V, "observe_in_fresh_process", in_this_process)
         X.export(X.ExportRequest(model=str(tiny_dir), adapter=adapter, out_dir=root / "export",
                                  samples=data), say=lambda *a: None)
     return {"A": adapter, "D": data, "R": run, "E": root / "export", "M": tiny_dir,
@@ -437,9 +438,9 @@ EXPORT_COMBOS = [  # flags, exit status, words of the output (stdout or the erro
 def test_every_export_combination_works_or_says_why(
         flags: list[str], status: int, words: str, combo: dict[str, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import qvl_helpers.export as X
+    import qvl_helpers.verify as V
 
-    monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
+    monkeypatch.setattr(V, "observe_in_fresh_process", in_this_process)
     out = tmp_path / "merged"
     code, stdout, err = run_main(capsys, "export", *expand(flags, combo), "--out", out)
     clear_refusal_or_success(code, err)
@@ -473,9 +474,9 @@ def test_every_check_only_combination_works_or_says_why(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    import qvl_helpers.export as X
+    import qvl_helpers.verify as V
 
-    monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
+    monkeypatch.setattr(V, "observe_in_fresh_process", in_this_process)
     paths = {**combo, "E": tmp_path / "export"}
     shutil.copytree(combo["E"], paths["E"])
     code, stdout, err = run_main(capsys, "export", "--check-only", *expand(flags, paths))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from qvl_helpers.qwen import EXTRA_TOKENS, SPECIAL_TOKENS
+from qvl_helpers.qwen import EXTRA_TOKENS, SPECIAL_TOKENS, ImageLimits
 from qvl_helpers.real_tokenizer import REGULAR_TOKENS, VOCAB_DIR, real_processor
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
@@ -91,7 +91,7 @@ def test_qvl_tokens_counts_the_3b_offline_as_its_processor_does(real, cache, cle
     code, out, err = run_main(capsys, "tokens", RECEIPTS, "--model", REAL_MODEL_ID)
     assert code == 0, err
     records = load_records(RECEIPTS)[:6]
-    budget = token_budget(records, real, min_pixels=3136, max_pixels=401408, max_length=2048)
+    budget = token_budget(records, real, max_length=2048, limits=ImageLimits(3136, 401408))
     for record, sample in zip(records, budget.samples, strict=True):
         text = real.apply_chat_template(record["messages"], tokenize=False)
         images = [Image.open(p).convert("RGB") for p in images_of(record)]
@@ -105,8 +105,8 @@ def load_budget_totals(real) -> list[int]:
     from qvl_helpers.data import load_records
     from qvl_helpers.tokens import token_budget
 
-    return token_budget(load_records(RECEIPTS), real, min_pixels=3136, max_pixels=401408,
-                        max_length=2048).totals
+    return token_budget(load_records(RECEIPTS), real, max_length=2048,
+                        limits=ImageLimits(3136, 401408)).totals
 
 
 def test_the_dry_run_counts_the_3b_text_with_the_real_tokenizer(real, cache, tiny_dir, clean_env,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from qvl_helpers.cli import main
 from qvl_helpers.data import load_records
-from qvl_helpers.qwen import MAX_ASPECT, TOKEN_SIDE
+from qvl_helpers.qwen import MAX_ASPECT, TOKEN_SIDE, ImageLimits
 from qvl_helpers.tokens import oriented_size, smart_resize, token_budget, visual_tokens
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,15 +175,15 @@ def test_oriented_size_reads_exif(tmp_path: Path) -> None:
 
 def test_budget_and_advice(processor) -> None:
     records = load_records(REPO / "data_samples" / "receipts" / "receipts.jsonl")
-    fits = token_budget(records, processor, min_pixels=3136, max_pixels=401408, max_length=4096)
+    fits = token_budget(records, processor, max_length=4096, limits=ImageLimits(3136, 401408))
     assert fits.too_long == [] and fits.advice() == []
-    tight = token_budget(records, processor, min_pixels=3136, max_pixels=401408,
-                         max_length=fits.percentile(50))
+    tight = token_budget(records, processor, max_length=fits.percentile(50),
+                         limits=ImageLimits(3136, 401408))
     assert 0 < len(tight.too_long) < len(records)
     pixels = tight.fitting_max_pixels()
     assert pixels is not None and pixels < 401408
-    smaller = token_budget(records, processor, min_pixels=3136, max_pixels=pixels,
-                           max_length=tight.max_length)
+    smaller = token_budget(records, processor, max_length=tight.max_length,
+                           limits=ImageLimits(3136, pixels))
     assert smaller.too_long == []  # the advice really works
     assert any(str(pixels) in line for line in tight.advice())
 
@@ -192,7 +192,7 @@ def test_sample_length_agrees_with_the_collator(processor) -> None:
     from qvl_helpers.collate import make_collator
 
     records = load_records(REPO / "data_samples" / "formats" / "messages.jsonl")
-    budget = token_budget(records, processor, min_pixels=3136, max_pixels=50176, max_length=9999)
+    budget = token_budget(records, processor, max_length=9999, limits=ImageLimits(3136, 50176))
     batch = make_collator(processor, max_pixels=50176)(records)
     assert batch["attention_mask"].sum(dim=1).tolist() == budget.totals
 

@@ -116,8 +116,8 @@ def forbid_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(evaluate, "load_for_eval", forbidden)
-    monkeypatch.setattr(chat, "load_for_eval", forbidden)
+    monkeypatch.setattr(evaluate, "load_for_generation", forbidden)
+    monkeypatch.setattr(chat, "load_for_generation", forbidden)
 
 
 @pytest.fixture

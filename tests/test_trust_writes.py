@@ -18,7 +18,7 @@ def test_full_disk_during_export_is_one_sentence_and_a_rerun_works(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import transformers.modeling_utils as mu
 
-    import qvl_helpers.export as X
+    import qvl_helpers.verify as X
 
     monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
     real = mu.safe_save_file
@@ -58,7 +58,7 @@ def test_full_disk_on_a_plain_write_names_the_folder(
 def test_an_export_has_the_modes_a_plain_write_gives(
         combo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import qvl_helpers.export as X
+    import qvl_helpers.verify as X
 
     monkeypatch.setattr(X, "observe_in_fresh_process", in_this_process)
     old = os.umask(0o022)

@@ -27,14 +27,13 @@ from ..images import (
     check_image,
     file_hash,
     missing_message,
-    require_image_root,
     resolve_confined,
     shorten,
 )
-from ..qwen import HUB_MAX_PIXELS, HUB_MIN_PIXELS, sample_length
+from ..qwen import ImageLimits, sample_length
 from .readers import RawRecord, read_records
 from .records import images_of
-from .split import default_image_root
+from .split import image_root_for
 
 WARNING_CODES = {"image_mode", "exif_rotated", "duplicate_sample"}
 CODES = ("invalid_json", "invalid_encoding", "missing_field", "bad_roles", "empty_answer",
@@ -205,13 +204,13 @@ def _check_images(record: dict[str, Any], root: Path, cache: _ImageCache
 
 
 def check_records(raws: Iterable[RawRecord], *, root: Path, report: CheckReport,
-                  processor: Any = None, min_pixels: int = HUB_MIN_PIXELS,
-                  max_pixels: int = HUB_MAX_PIXELS,
-                  max_length: int | None = None, pixel_cap: int = DEFAULT_PIXEL_CAP,
-                  leakage_from: dict[str, str] | None = None,
+                  processor: Any = None, max_length: int | None = None,
+                  pixel_cap: int = DEFAULT_PIXEL_CAP, leakage_from: dict[str, str] | None = None,
                   cache: _ImageCache | None = None) -> CheckReport:
-    """Check a stream of records read by :func:`read_records`, adding to ``report``."""
+    """Check a stream of records read by :func:`read_records`, adding to ``report``; with a
+    ``processor``, lengths are counted at the image limits it carries."""
     cache = cache or _ImageCache(pixel_cap)
+    limits = ImageLimits.of(processor) if processor is not None else None
     seen_ids: dict[str, int] = {}
     seen_samples: dict[bytes, int] = {}
 
@@ -250,8 +249,8 @@ def check_records(raws: Iterable[RawRecord], *, root: Path, report: CheckReport,
                         f"in {other}: the same image in two splits inflates evaluation; "
                         "re-split with `qvl data split`")
                     break
-        if processor is not None and max_length is not None and images_ok:
-            length = sample_length(processor, record["messages"], sizes, min_pixels, max_pixels)
+        if limits is not None and max_length is not None and images_ok:
+            length = sample_length(processor, record["messages"], sizes, limits)
             if length.total > max_length:
                 add("too_long", raw.line, rid, f"{length.total} tokens ({length.text_tokens} text "
                     f"+ {length.visual_tokens} visual) > max_length {max_length}; lower max_pixels "
@@ -260,29 +259,23 @@ def check_records(raws: Iterable[RawRecord], *, root: Path, report: CheckReport,
 
 
 def check_file(path: str | Path, *, image_root: str | Path | None = None, fmt: str = "auto",
-               processor: Any = None, min_pixels: int = HUB_MIN_PIXELS,
-               max_pixels: int = HUB_MAX_PIXELS,
-               max_length: int | None = None, pixel_cap: int = DEFAULT_PIXEL_CAP,
-               leakage: bool = True, progress: bool = False) -> CheckReport:
+               processor: Any = None, max_length: int | None = None,
+               pixel_cap: int = DEFAULT_PIXEL_CAP, leakage: bool = True,
+               progress: bool = False) -> CheckReport:
     """Check one data file in any accepted layout.
 
     Image paths are relative to ``image_root`` (default: the image root recorded with prepared
     splits, else the file's folder) and must stay inside
     it. When the file is named train/val/test and siblings exist, images shared with a sibling
     are reported as ``leakage``. With a ``processor``, samples over ``max_length`` tokens are
-    reported as ``too_long``.
+    reported as ``too_long`` (counted at the image limits the processor carries).
 
     Raises:
         DataFileError: the file cannot be read at all (missing, a folder, UTF-16), or the image
             root folder does not exist (one error, instead of one per image).
     """
     path = Path(path)
-    if image_root is not None:
-        root, why = Path(image_root), "the image root given"
-    else:
-        root, why = default_image_root(path)
-    if path.exists():
-        require_image_root(root, why)
+    root, _ = image_root_for(path, image_root)
     report = CheckReport(str(path), image_root=str(root))
     cache = _ImageCache(pixel_cap)
     raws: Iterable[RawRecord] = read_records(path, fmt)
@@ -291,9 +284,8 @@ def check_file(path: str | Path, *, image_root: str | Path | None = None, fmt: s
 
         raws = tqdm(raws, desc="checking", unit=" records", file=sys.stderr)
     leakage_from = _sibling_hashes(path, root, cache, fmt) if leakage else {}
-    check_records(raws, root=root, report=report, processor=processor, min_pixels=min_pixels,
-                  max_pixels=max_pixels, max_length=max_length, pixel_cap=pixel_cap,
-                  leakage_from=leakage_from, cache=cache)
+    check_records(raws, root=root, report=report, processor=processor, max_length=max_length,
+                  pixel_cap=pixel_cap, leakage_from=leakage_from, cache=cache)
     if report.records == 0:
         report.problems.append(Problem("error", "missing_field", None, None,
                                        "the file holds no records"))

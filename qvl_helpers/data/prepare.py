@@ -80,7 +80,7 @@ def course_data(cfg: CourseConfig) -> tuple[Path, Path]:
 def course_records(cfg: CourseConfig) -> list:
     """The learner's records (see :func:`course_data`), image paths resolved and checked as
     :func:`~qvl_helpers.data.load_records` does; refuses instead of showing other data."""
-    from . import load_records
+    from .load import load_records
 
     data, root = course_data(cfg)
     return load_records(data, image_root=root)
@@ -133,8 +133,7 @@ def prepare_data(cfg: CourseConfig, *, val: float = VAL_FRACTION, test: float = 
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     say(f"Preparing {data}: check, then split into {folder}")
-    report = check_file(data, image_root=root, min_pixels=cfg.min_pixels,
-                        max_pixels=cfg.max_pixels)
+    report = check_file(data, image_root=root)
     report_path = folder / "check_report.json"
     say(report.summary())
     if not report.ok:

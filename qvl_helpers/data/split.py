@@ -45,6 +45,23 @@ def default_image_root(path: str | Path) -> tuple[Path, str]:
     return Path(path).parent, "the data file's folder"
 
 
+def image_root_for(path: str | Path, image_root: str | Path | None = None) -> tuple[Path, str]:
+    """The image root for reading ``path`` and why (``image_root`` when given, else
+    :func:`default_image_root`), refused with the fix when the file exists and the root does
+    not (one error, instead of one per image).
+
+    Raises:
+        DataFileError: the image root folder does not exist.
+    """
+    if image_root is not None:
+        root, why = Path(image_root), "the image root given"
+    else:
+        root, why = default_image_root(path)
+    if Path(path).exists():
+        require_image_root(root, why)
+    return root, why
+
+
 class _Groups:
     """Union-find over record indices, joined through shared image hashes."""
 
