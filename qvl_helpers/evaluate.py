@@ -525,7 +525,7 @@ def plan_for_run(run: str | Path, out_dir: str | Path | None = None,
     Raises:
         ConfigError: the folder is not a finished run made by ``qvl train``.
     """
-    from .runs import ADAPTER, read_identity
+    from .runs import ADAPTER, Outputs, read_identity
 
     run = Path(run)
     identity = read_identity(run)
@@ -542,15 +542,14 @@ def plan_for_run(run: str | Path, out_dir: str | Path | None = None,
         raise ConfigError("run.json lacks the model or the splits (made by an older version?).",
                           file=run / "run.json",
                           fix="pass --model, --adapter, --data and --out yourself.") from None
-    data_dir = run.resolve().parent.parent / "data"
-    for key, path in splits.items():  # the run's own outputs folder (it may have been moved)
-        if (beside := data_dir / path.parent.name / path.name).is_file():
+    outputs = Outputs.of_run(run)  # the run's own outputs folder (it may have been moved)
+    for key, path in splits.items():
+        if (beside := outputs.data(path.parent.name) / path.name).is_file():
             splits[key] = beside
     model = where.get("model_path") or name
     fields = {"model": model if Path(model).is_dir() else name, "adapter": run / ADAPTER,
               "data": splits["test"], "train_split": splits.get("train"),
-              "out_dir": Path(out_dir) if out_dir else
-              run.resolve().parent.parent / "eval" / run.resolve().name}
+              "out_dir": Path(out_dir) if out_dir else outputs.eval(run.resolve().name)}
     fields.update(overrides)
     return EvalRequest(**fields)
 

@@ -79,16 +79,17 @@ def plan_export(run: str | Path | None = None, *, model: str | None = None,
         ConfigError: neither a run nor both a model and an adapter.
     """
     from .config import load_config
+    from .runs import Outputs
 
     if run is not None:
         plan = plan_for_run(run)
         model, adapter = model or plan.model, adapter or plan.adapter
         samples, name = plan.data, Path(run).resolve().name
-        default = Path(run).resolve().parent.parent / "export" / name
+        default = Outputs.of_run(run).export(name)
     elif adapter is not None:
         model = model or adapter_base_model(adapter)
         samples, name = None, Path(adapter).resolve().parent.name or "export"
-        default = Path(load_config().output_dir) / "export" / name
+        default = Outputs.of(load_config()).export(name)
     else:
         raise ConfigError("nothing to export.", fix="pass --run outputs/runs/NAME, or --model "
                                                     "and --adapter.")

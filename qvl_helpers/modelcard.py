@@ -11,7 +11,7 @@ import yaml
 
 from .outputs import human_size, read_json, write_text
 from .qwen import REAL_MODEL_ID
-from .runs import RUN_CONFIG
+from .runs import RUN_CONFIG, Outputs
 
 QWEN_LICENCE = ("other", "qwen-research",
                 "https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/LICENSE")
@@ -57,7 +57,7 @@ def find_report(run: Path | None, adapter: Path) -> dict[str, Any] | None:
     """The newest evaluation report of this adapter in the run's outputs folder."""
     if run is None:
         return None
-    reports = sorted((run.resolve().parent.parent / "eval").glob("*/report.json"),
+    reports = sorted(Outputs.of_run(run).evals.glob("*/report.json"),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     for path in reports:
         report = read_json(path)

@@ -28,9 +28,10 @@ from .qwen import (
     CLIP_MEAN,
     CLIP_STD,
     EXTRA_TOKENS,
-    HUB_MAX_PIXELS,
-    HUB_MIN_PIXELS,
+    MERGE,
+    PATCH,
     SPECIAL_TOKENS,
+    ImageLimits,
 )
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
@@ -69,9 +70,8 @@ def qwen_processor(tokenizer: Any) -> Any:
     """The ``Qwen2_5_VLProcessor`` with the hub's image settings around ``tokenizer``."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    image_kwargs = dict(min_pixels=HUB_MIN_PIXELS, max_pixels=HUB_MAX_PIXELS, patch_size=14,
-                        temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN,
-                        image_std=CLIP_STD)
+    image_kwargs = dict(**ImageLimits().to_dict(), patch_size=PATCH, temporal_patch_size=2,
+                        merge_size=MERGE, image_mean=CLIP_MEAN, image_std=CLIP_STD)
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**image_kwargs),
         video_processor=Qwen2VLVideoProcessor(**image_kwargs),

@@ -29,6 +29,7 @@ from .memory import report_for_run
 from .outputs import OutputFolderError, ensure_folder
 from .runs import (
     ADAPTER,
+    Outputs,
     ResumePoint,
     build_identity,
     find_resume_checkpoint,
@@ -287,7 +288,7 @@ def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[Record]]
 def ensure_output_folder(cfg: CourseConfig) -> None:
     """``output_dir/runs`` exists and is writable; the error names where output_dir was set."""
     try:
-        ensure_folder(Path(cfg.output_dir) / "runs", what="output folder")
+        ensure_folder(Outputs.of(cfg).runs, what="output folder")
     except OutputFolderError as exc:
         raise cfg.error("output_dir", f"{exc.message[:-1]}: {exc.file}.", exc.fix) from None
 

@@ -45,9 +45,52 @@ SHAPING_KEYS = ("min_pixels", "max_pixels", "max_length", "lr", "num_epochs", "m
                 "on_too_long")
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """The fixed layout under one output folder, the one place its paths are spelled::
+
+        data/NAME/    checked, leakage-free splits      runs/NAME/    training runs
+        eval/NAME/    evaluation reports                export/NAME/  merged models
+
+    :meth:`of_run` finds the output folder a run folder lives in (it may have been moved with
+    it), so every later step writes beside the run it started from."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, cfg: CourseConfig) -> Outputs:
+        """The layout under ``cfg.output_dir``."""
+        return cls(Path(cfg.output_dir))
+
+    @classmethod
+    def of_run(cls, run: str | Path) -> Outputs:
+        """The layout the run folder ``run`` (``<root>/runs/NAME``) belongs to."""
+        return cls(Path(run).resolve().parent.parent)
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, name: str) -> Path:
+        return self.runs / name
+
+    def data(self, key: str) -> Path:
+        return self.root / "data" / key
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "eval"
+
+    def eval(self, name: str) -> Path:
+        return self.evals / name
+
+    def export(self, name: str) -> Path:
+        return self.root / "export" / name
+
+
 def run_dir(cfg: CourseConfig, name: str | None = None) -> Path:
-    """``<output_dir>/runs/<run_name>``."""
-    return Path(cfg.output_dir) / "runs" / (name or cfg.run_name)
+    """``<output_dir>/runs/<run_name>`` (:class:`Outputs`)."""
+    return Outputs.of(cfg).run(name or cfg.run_name)
 
 
 # ----------------------------------------------------------------------------- identity
@@ -230,7 +273,7 @@ def inspect_run(folder: Path) -> RunState:
 def finished_runs(output_dir: str | Path) -> list[Path]:
     """The finished runs (a final adapter and a run.json) under ``<output_dir>/runs``, the most
     recently finished first."""
-    folders = [p for p in (Path(output_dir) / "runs").glob("*")
+    folders = [p for p in Outputs(Path(output_dir)).runs.glob("*")
                if (p / ADAPTER).is_dir() and read_identity(p) is not None]
     return sorted(folders, key=lambda p: (p / ADAPTER).stat().st_mtime, reverse=True)
 

@@ -50,7 +50,7 @@ def test_stable_api_imports_without_torch() -> None:
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.splitlines()
     assert first == "[]"
-    assert second == "qvl_helpers.data qvl_helpers.collate True"
+    assert second == "qvl_helpers.data.load qvl_helpers.collate True"
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from ..errors import DatasetError, count
 from ..images import file_hash
 from ..metrics import small_test_warning
 from ..outputs import ensure_folder, write_json
+from ..runs import Outputs
 from .doctor import check_file
 from .split import SPLIT_INFO, TEST_FRACTION, VAL_FRACTION, split_file
 
@@ -125,7 +126,7 @@ def prepare_data(cfg: CourseConfig, *, val: float = VAL_FRACTION, test: float = 
     check_path_settings(cfg, ("data", "image_root", "output_dir"))
     data, root = course_data(cfg)
     digest = file_hash(data)
-    folder = Path(cfg.output_dir) / "data" / dataset_key(data, root, val, test, cfg.seed, digest)
+    folder = Outputs.of(cfg).data(dataset_key(data, root, val, test, cfg.seed, digest))
     if (folder / SPLIT_INFO).is_file():
         say(f"Using the splits of {data.name} in {folder} (made earlier from the same data).")
         return _prepared(folder, built=False)
