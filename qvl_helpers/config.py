@@ -87,18 +87,6 @@ TRAINED_PRESETS = tuple(TRAINED_PARTS)
 _PLAIN_NAME = re.compile(r"[\w][\w.\-]*")
 
 
-def compute_dtype_name(setting: str, *, cuda: bool, bf16_supported: bool = True) -> str:
-    """What ``dtype: SETTING`` trains in: ``bf16``, ``fp16`` or ``fp32``. On a GPU ``auto`` is bf16
-    where the GPU supports it (compute capability 8.0+) and fp16 otherwise; a CPU trains in
-    float32, or in bf16 mixed precision when ``bf16`` is asked for (fp16 needs a GPU). The one
-    rule that training (``train.resolve_dtype``), the memory estimate and ``qvl env`` read."""
-    if not cuda:
-        return "bf16" if setting == "bf16" else "fp32"
-    if setting == "auto":
-        return "bf16" if bf16_supported else "fp16"
-    return setting
-
-
 def default_cache_dir() -> Path:
     """Where the course keeps what it builds for itself (the tiny model): ``$QVL_CACHE_DIR`` or
     ``$XDG_CACHE_HOME/qvl`` (``~/.cache/qvl``)."""

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS_DIR, REAL_MODEL_ID, CourseConfig, compute_dtype_name, load_config
+from .config import PRESETS_DIR, REAL_MODEL_ID, CourseConfig, load_config
 from .qwen import tokens_in
+from .resolved import compute_dtype_name, resolve
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 #: Packages whose versions matter most for the course (the rest follow from them).
@@ -269,7 +270,23 @@ def check_model(cfg: CourseConfig, cuda_available: bool) -> Check:
     return Check("model", WARN, f"{choice.name} is not downloaded yet (about 7.5 GB on first use)")
 
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+@dataclass(frozen=True)
+class GpuPreset:
+    """A preset in configs/ made for one class of GPU."""
+
+    name: str          # its file in configs/, without .yaml
+    gpu: str           # the GPU it is made for, as tables name it
+    below_gib: float   # chosen for a bf16 GPU with less memory than this
+    note: str = ""     # said when it is chosen
+
+
+#: The GPU presets, smallest first: the one place that says which preset suits which GPU.
+GPU_PRESETS = (
+    GpuPreset("t4_qlora", "T4 16 GB", 20, "bf16 works on this GPU: add --set dtype=bf16"),
+    GpuPreset("24gb_qlora", "24 GB", 36),
+    GpuPreset("40gb_lora", "40 GB", 60, "16-bit LoRA fits; QLoRA would allow a larger batch"),
+    GpuPreset("80gb_lora", "80 GB", float("inf")),
+)
 
 
 def preset_for(gpus: list[GpuInfo]) -> tuple[str, list[str]]:
@@ -287,28 +304,28 @@ def preset_for(gpus: list[GpuInfo]) -> tuple[str, list[str]]:
     notes = ([f"{len(gpus)} GPUs: launch with accelerate (configs/accelerate/ddp.yaml)"]
              if len(gpus) > 1 else [])
     if not g.bf16:
-        return "t4_qlora", notes + ["fp16 compute can overflow: the training guard stops a NaN "
-                                    "loss; if it does, lower lr or max_pixels"]
-    if g.memory_gib < 20:
-        return "t4_qlora", notes + ["bf16 works on this GPU: add --set dtype=bf16"]
-    if g.memory_gib < 36:
-        return "24gb_qlora", notes
-    if g.memory_gib < 60:
-        return "40gb_lora", notes + ["16-bit LoRA fits; QLoRA would allow a larger batch"]
-    return "80gb_lora", notes
+        return GPU_PRESETS[0].name, notes + ["fp16 compute can overflow: the training guard "
+                                             "stops a NaN loss; if it does, lower lr or "
+                                             "max_pixels"]
+    chosen = next(p for p in GPU_PRESETS if g.memory_gib < p.below_gib)
+    return chosen.name, notes + ([chosen.note] if chosen.note else [])
 
 
 def recommend(gpus: list[GpuInfo], presets: Path = PRESETS_DIR) -> Recommendation:
     """The recommended preset for these GPUs, with its values read from the preset file (the
-    one place they live)."""
+    one place they live) and its ``auto`` choices made for them as training makes them
+    (:func:`~qvl_helpers.resolved.resolve`)."""
+    from types import SimpleNamespace
+
     from .config import read_yaml_mapping
 
     name, notes = preset_for(gpus)
     values, _ = read_yaml_mapping(presets / f"{name}.yaml")
+    choices = resolve(SimpleNamespace(**{"quantization": "auto", "dtype": "auto", **values}),
+                      cuda=bool(gpus), bf16_supported=bool(gpus) and gpus[0].bf16)
     return Recommendation(
-        model="tiny" if not gpus else REAL_MODEL_ID,
-        dtype=DTYPES.get(values.get("dtype", "auto"), "float32"),
-        load_in_4bit=values.get("quantization") == "4bit", max_pixels=values["max_pixels"],
+        model="tiny" if not gpus else REAL_MODEL_ID, dtype=choices.torch_dtype_name,
+        load_in_4bit=choices.quantization == "4bit", max_pixels=values["max_pixels"],
         batch_size=values["batch_size"], grad_accum=values["grad_accum"], preset=name,
         notes=notes)
 

@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from .env import GPU_PRESETS
+from .resolved import Resolved, resolve
+
 GIB = 1024 ** 3
 #: Parts that do not live at the same time: the peak holds the larger of the two.
 TRANSIENT = ("one layer's working memory", "logits and loss")
@@ -115,13 +118,14 @@ class Setup:
     @classmethod
     def from_config(cls, cfg: Any, *, gpu: bool = True, bf16_supported: bool = True) -> Setup:
         """The setup of ``cfg`` on a GPU (``gpu``; ``bf16_supported`` decides ``dtype: auto``) or
-        on this machine's CPU."""
-        from .config import compute_dtype_name
+        on a CPU (:func:`~qvl_helpers.resolved.resolve` makes the choices)."""
+        return cls.from_resolved(cfg, resolve(cfg, cuda=gpu, bf16_supported=bf16_supported))
 
-        quantization = cfg.quantization if cfg.quantization != "auto" else (
-            "4bit" if gpu else "none")
-        dtype = compute_dtype_name(cfg.dtype, cuda=gpu, bf16_supported=bf16_supported)
-        return cls(quantization=quantization, compute_bytes=4 if dtype == "fp32" else 2,
+    @classmethod
+    def from_resolved(cls, cfg: Any, resolved: Resolved) -> Setup:
+        """The setup of ``cfg`` with its ``auto`` choices made (a run's plan has them)."""
+        dtype = resolved.dtype
+        return cls(quantization=resolved.quantization, compute_bytes=4 if dtype == "fp32" else 2,
                    trained=cfg.trained, lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout,
                    batch_size=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing,
                    vision_no_grad=cfg.vision_no_grad, answer_logits=cfg.answer_logits,
@@ -485,12 +489,13 @@ def saved_activation_bytes(run_step: Any, exclude: Sequence[Any] = ()) -> int:
 # ----------------------------------------------------------------------------- for a run
 
 
-def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool, is_tiny: bool,
-                   records: Sequence[Any] | None = None) -> str:
-    """What ``qvl train --dry-run`` prints: the estimate for the model this run trains (on this
-    machine), and, while the tiny stand-in is used, for the real 3B on a GPU with the same
-    settings and data. With ``records`` (the training samples) the 3B's text is counted with
-    Qwen's own tokenizer (:mod:`qvl_helpers.real_tokenizer`); without, with the stand-in's."""
+def report_for_run(cfg: Any, model_path: str, budget: Any, *, resolved: Resolved,
+                   is_tiny: bool, records: Sequence[Any] | None = None) -> str:
+    """What ``qvl train --dry-run`` prints: the estimate for the model this run trains with the
+    choices ``resolved`` made for this machine, and, while the tiny stand-in is used, for the
+    real 3B on a GPU with the same settings and data. With ``records`` (the training samples)
+    the 3B's text is counted with Qwen's own tokenizer (:mod:`qvl_helpers.real_tokenizer`);
+    without, with the stand-in's."""
     from .qwen import REAL_MODEL_ID
     from .tiny import real_3b_config
 
@@ -499,8 +504,8 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool, is_tin
         return (f"Memory estimate: not available for {model_path} (model type "
                 f"{getattr(config, 'model_type', 'unknown')}; the estimate knows Qwen2.5-VL).")
     work = Workload.from_budget(budget, cfg.batch_size)
-    bf16 = _gpu_bf16() if cuda else True
-    here = estimate(config, Setup.from_config(cfg, gpu=cuda, bf16_supported=bf16), work, gpu=cuda,
+    cuda = resolved.cuda
+    here = estimate(config, Setup.from_resolved(cfg, resolved), work, gpu=cuda,
                     model="the tiny stand-in" if is_tiny else str(model_path))
     blocks = [here.text(advice=advice_for(config, here)) if cuda else here.text(gpus=())]
     if is_tiny:
@@ -520,15 +525,8 @@ def report_for_run(cfg: Any, model_path: str, budget: Any, *, cuda: bool, is_tin
     return "\n\n".join(blocks)
 
 
-def _gpu_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_bf16_supported()
-
-
-#: Which GPU each shipped preset is made for.
-PRESET_GPUS = {"t4_qlora": "T4 16 GB", "24gb_qlora": "24 GB", "40gb_lora": "40 GB",
-               "80gb_lora": "80 GB"}
+#: Which GPU each shipped preset is made for (env.GPU_PRESETS says it).
+PRESET_GPUS = {p.name: p.gpu for p in GPU_PRESETS}
 
 
 def preset_estimates(image: tuple[int, int] = (1280, 960),

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ConfigError, ModelError, TrainingError
 from .qwen import TRAINED_PARTS
+from .resolved import DTYPE_NAMES, compute_dtype_name
 
 COMPONENTS = ("vision tower", "merger", "language model", "lm_head")
 
@@ -94,15 +95,26 @@ def lora_targets(trained: str) -> tuple[str, list[str]]:
     return trained, []
 
 
-def compute_dtype(device: str | None = None) -> Any:
-    """bf16 on GPUs that support it (compute capability 8.0+), fp16 on older ones (T4, V100),
-    fp32 on the CPU."""
+def machine_facts() -> dict[str, bool]:
+    """What the settings' ``auto`` choices depend on here (:func:`~qvl_helpers.resolved.resolve`):
+    a CUDA GPU, and whether it computes in bf16."""
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    cuda = torch.cuda.is_available()
+    return {"cuda": cuda, "bf16_supported": cuda and torch.cuda.is_bf16_supported()}
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype of a compute dtype name (``bf16``, ``fp16``, ``fp32``)."""
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[name])
+
+
+def compute_dtype() -> Any:
+    """What ``dtype: auto`` computes in on this machine: bf16 on GPUs that support it, fp16 on
+    older ones (T4, V100), fp32 on the CPU (:func:`~qvl_helpers.resolved.compute_dtype_name`)."""
+    return torch_dtype(compute_dtype_name("auto", **machine_facts()))
 
 
 def attention_implementation() -> str:

@@ -12,7 +12,6 @@ prints the plan (:func:`dry_run_text`). Nothing here loads weights or trains.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,9 @@ from .data.records import Record
 from .errors import ConfigError, DatasetError, OutputExistsError, TrainingError
 from .errors import count as _count
 from .memory import report_for_run
+from .model import machine_facts, torch_dtype
 from .outputs import OutputFolderError, ensure_folder
+from .resolved import Resolved, resolve
 from .runs import (
     ADAPTER,
     Outputs,
@@ -50,22 +51,6 @@ PACKING_NOTE = ("several samples per row without padding needs each sample's own
                 "positions from the collator, and either flash-attention's varlen kernels (CUDA "
                 "only) or a dense block mask per row under SDPA, which costs about what padding "
                 "costs after length grouping (benchmarks/results/padding.json)")
-
-
-def resolve_quantization(cfg: CourseConfig) -> str:
-    if cfg.quantization != "auto":
-        return cfg.quantization
-    return "4bit" if torch.cuda.is_available() else "none"
-
-
-def resolve_dtype(cfg: CourseConfig) -> torch.dtype:
-    """The dtype this machine trains ``cfg`` in (:func:`~qvl_helpers.config.compute_dtype_name`)."""
-    from .config import compute_dtype_name
-
-    cuda = torch.cuda.is_available()
-    name = compute_dtype_name(cfg.dtype, cuda=cuda,
-                              bf16_supported=cuda and torch.cuda.is_bf16_supported())
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def train_collator(cfg: CourseConfig, processor: Any,
@@ -333,16 +318,25 @@ class RunPlan:
     processor: Any
     budgets: dict[str, Any]
     collator: Collator
-    quantization: str
-    dtype: torch.dtype
+    resolved: Resolved
     identity: dict[str, Any]
     resume_from: ResumePoint | None
     extra: dict[str, Any]
 
     @property
+    def quantization(self) -> str:
+        """What the base loads in (``quantization: auto`` resolved for this machine)."""
+        return self.resolved.quantization
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (``dtype: auto`` resolved for this machine)."""
+        return torch_dtype(self.resolved.dtype)
+
+    @property
     def world_size(self) -> int:
         """Processes training together (``torchrun`` / ``accelerate launch``; 1 otherwise)."""
-        return self.extra["resolved"]["world_size"]
+        return self.resolved.world_size
 
     @property
     def lengths(self) -> list[int]:
@@ -371,39 +365,30 @@ def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
     processor = load_processor_for(model_path, limits=cfg.image_limits)  # saved with the run
     budgets = preflight(cfg, prepared, records, processor, say)
     collator = train_collator(cfg, processor, records["train"])
-    quantization, dtype = resolve_quantization(cfg), resolve_dtype(cfg)
-    resolved = {"quantization": quantization, "dtype": str(dtype).removeprefix("torch."),
-                "world_size": state.num_processes}
+    resolved = resolve(cfg, **machine_facts(), world_size=state.num_processes,
+                       train_records=len(records["train"]))
     identity = build_identity(cfg, model_name=choice.name, model_path=model_path,
-                              prepared=prepared, resolved=resolved)
+                              prepared=prepared, resolved=resolved.identity())
     if resume:
         cfg, resume = check_same_run(cfg, identity, force=force, say=say)
-    extra = {"resolved": {**resolved, "model_path": model_path, "data_folder": str(prepared.folder),
+    extra = {"resolved": {**resolved.identity(), "model_path": model_path,
+                          "data_folder": str(prepared.folder),
                           **{f"{k}_records": len(v) for k, v in records.items()},
                           "image_root": str(prepared.image_root)}}
     return RunPlan(cfg, model_path, targets, prepared, records, processor, budgets, collator,
-                   quantization, dtype, identity, resume_point(cfg) if resume else None, extra)
+                   resolved, identity, resume_point(cfg) if resume else None, extra)
 
 
 def run_steps(plan: RunPlan) -> int:
-    """Optimizer steps of the planned run (``max_steps``, else from the epochs)."""
-    cfg, world = plan.cfg, plan.world_size
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    batches = math.ceil(len(plan.records["train"]) / (cfg.batch_size * world))
-    return math.ceil(batches / cfg.grad_accum * cfg.num_epochs)
+    """Optimizer steps of the planned run (:func:`~qvl_helpers.resolved.optimizer_steps`)."""
+    return plan.resolved.steps
 
 
 def dry_run_text(plan: RunPlan) -> str:
     """What the dry run prints: every setting and its origin, the run folder, model, data,
     splits, longest samples, LoRA layers, steps, lean switches and the memory estimate."""
-    cfg, prepared, budgets, world = plan.cfg, plan.prepared, plan.budgets, plan.world_size
+    cfg, prepared, budgets = plan.cfg, plan.prepared, plan.budgets
     model_path, targets, resume_from = plan.model_path, plan.targets, plan.resume_from
-    train_records = plan.records["train"]
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    n = prepared.counts.get("train", 0)
-    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
-        math.ceil(n / (cfg.batch_size * world)) / cfg.grad_accum * cfg.num_epochs)
     lines = ["Settings (value, and where it came from):", cfg.describe(), "",
              f"run folder   {run_dir(cfg)}",
              f"model        {model_path}",
@@ -412,11 +397,11 @@ def dry_run_text(plan: RunPlan) -> str:
              "longest      " + ", ".join(f"{k} {max(b.totals, default=0)} tokens"
                                         for k, b in budgets.items()),
              f"LoRA         {len(targets)} linear layers ({cfg.trained})",
-             f"steps        about {steps} ({per_step} samples per optimizer step)"]
+             *plan.resolved.lines()]
     if resume_from is not None and resume_from.checkpoint is not None:
         lines.append(f"resume from  {resume_from.checkpoint}")
     lines += ["lean         " + ", ".join(f"{key} {getattr(cfg, key)}" for key in LEAN_SWITCHES),
               f"             packing off: {PACKING_NOTE}", "",
-              report_for_run(cfg, model_path, budgets["train"], cuda=torch.cuda.is_available(),
-                             is_tiny=cfg.resolve_model().is_tiny, records=train_records)]
+              report_for_run(cfg, model_path, budgets["train"], resolved=plan.resolved,
+                             is_tiny=cfg.resolve_model().is_tiny, records=plan.records["train"])]
     return "\n".join(lines)

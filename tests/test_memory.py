@@ -347,7 +347,7 @@ def test_another_model_type_gets_a_sentence_not_a_traceback(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}))
-    text = memory.report_for_run(None, str(tmp_path), None, cuda=False, is_tiny=False)
+    text = memory.report_for_run(None, str(tmp_path), None, resolved=None, is_tiny=False)
     assert "not available" in text and "llama" in text
 
 

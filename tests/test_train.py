@@ -367,7 +367,7 @@ def test_a_resumed_run_says_how_many_steps_it_trained(monkeypatch: pytest.Monkey
         cfg=cfg, model_path="m", quantization="none", dtype=torch.float32, extra={
             "resolved": {"world_size": 1}}, records={"train": [], "val": []}, collator=None,
         processor=None, budgets={"train": SimpleNamespace(totals=[10, 20])}, identity={},
-        world_size=1, lengths=[10, 20],
+        world_size=1, lengths=[10, 20], resolved=SimpleNamespace(steps=60),
         resume_from=ResumePoint(tmp_path / "checkpoint-20"))
     built: dict = {}
 
