@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import DatasetError, QVLError, count
 
@@ -37,10 +37,9 @@ def positive_int(text: str) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .env import run_checks
 
-    report = run_checks(load_config())
+    report = run_checks(_settings(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -114,11 +113,10 @@ def _processor_for(model: str, cfg: CourseConfig) -> object:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .data.doctor import check_file
     from .outputs import claim_output
 
-    cfg = _with_budget_flags(load_config(), args)
+    cfg = _settings(args)
     if args.data is None:  # the data course.yaml names, with its image root
         from .config import check_path_settings
 
@@ -138,11 +136,25 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _with_budget_flags(cfg: CourseConfig, args: argparse.Namespace) -> CourseConfig:
-    """course.yaml's image and length limits with the command's --min-pixels, --max-pixels and
-    --max-length over them, checked together (a flag that contradicts a setting is refused)."""
-    return cfg.with_flags({"--min-pixels": args.min_pixels, "--max-pixels": args.max_pixels,
-                           "--max-length": args.max_length})
+#: The flags that name a course.yaml setting, each ``--set KEY=VALUE`` spelled as a flag (the
+#: parser stores each under its key); commands take them only where they matter.
+SETTING_FLAGS = {"max_length": "--max-length", "min_pixels": "--min-pixels",
+                 "max_pixels": "--max-pixels", "eval_task": "--task", "eval_prompt": "--prompt",
+                 "eval_batch_size": "--batch-size", "eval_quantization": "--quantization",
+                 "seed": "--seed"}
+
+
+def _settings(args: argparse.Namespace) -> CourseConfig:
+    """The settings a command runs with, the one way every command reads them: course.yaml, the
+    preset (``--config``), ``QVL_*`` variables, ``--set KEY=VALUE``, then the command's flags that
+    name a setting; each value keeps its origin (what ``qvl config`` shows and errors name)."""
+    from .config import load_config, parse_set
+
+    flags = {key: (flag, value) for key, flag in SETTING_FLAGS.items()
+             if (value := getattr(args, key, None)) is not None}
+    preset = getattr(args, "config", None)
+    return load_config(presets=[preset] if preset else [], sets=parse_set(getattr(args, "set", [])),
+                       flags=flags)
 
 
 def _no_data(cfg: object) -> None:
@@ -182,12 +194,11 @@ def cmd_data_samples(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .data import load_records
     from .outputs import claim_output, write_json
     from .tokens import token_budget
 
-    cfg = _with_budget_flags(load_config(), args)
+    cfg = _settings(args)
     if args.json:
         claim_output(args.json, inputs=[args.data], force=args.force)
     processor = _processor_for(args.model or cfg.model, cfg)
@@ -202,14 +213,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 1 if budget.too_long else 0
 
 
-def _load_train_config(args: argparse.Namespace) -> object:
-    from .config import load_config, parse_set
-
-    return load_config(presets=[args.config] if args.config else [], sets=parse_set(args.set))
-
-
 def cmd_config(args: argparse.Namespace) -> int:
-    cfg = _load_train_config(args)
+    cfg = _settings(args)
     print(f"Settings for `qvl train{' --config ' + args.config if args.config else ''}` "
           "(value, and where it came from; later layers win: course.yaml < preset < QVL_* < "
           "--set):")
@@ -224,26 +229,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("qvl train: error: --time times a few steps for the plan: add --dry-run.",
               file=sys.stderr)
         return 2
-    train(_load_train_config(args), resume=args.resume, force=args.force, dry_run=args.dry_run,
+    train(_settings(args), resume=args.resume, force=args.force, dry_run=args.dry_run,
           time_steps=3 if args.time else 0)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .evaluate import EvalRequest, evaluate, format_report, plan_for_run
     from .runs import Outputs
 
-    cfg = load_config()
+    cfg = _settings(args)
     given = {"model": args.model, "adapter": args.adapter, "data": args.data,
              "image_root": args.image_root, "train_split": args.train_data,
              "out_dir": args.out}
     given = {k: Path(v) if v is not None and k != "model" else v for k, v in given.items()}
     settings = {"systems": args.compare, "image_ablation": args.image_ablation,
-                "task": args.task or cfg.eval_task, "prompt": args.prompt or cfg.eval_prompt,
-                "metrics": args.metric, "quantization": args.quantization,
-                "batch_size": args.batch_size, "allow_overlap": args.allow_overlap,
-                "seed": args.seed, "force": args.force}
+                "task": cfg.eval_task, "prompt": cfg.eval_prompt, "metrics": args.metric,
+                "quantization": cfg.eval_quantization, "batch_size": cfg.eval_batch_size,
+                "allow_overlap": args.allow_overlap, "seed": cfg.seed, "force": args.force}
     if args.run:
         overrides = {k: v for k, v in given.items() if v is not None and k != "out_dir"}
         out = given["out_dir"]
@@ -374,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_setup_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("env", help="check this machine and recommend settings")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _set_flag(p)
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("tiny", help="build the tiny random stand-in model (offline)")
@@ -402,8 +406,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="a hardware preset (configs/*.yaml) applied over "
                                         "course.yaml")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one setting (repeatable), e.g. --set lr=1e-4")
+        _set_flag(p)
         p.set_defaults(func=func)
     train = p  # the loop's last parser: these switches are for `qvl train` only
     switches = {
@@ -532,10 +535,11 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
                         "each optionally -blank (images blanked); default: all that apply")
     p.add_argument("--image-ablation", choices=["blank"],
                    help="also evaluate the last system with every image replaced by a blank one")
-    p.add_argument("--task", choices=["auto", "short", "json", "reading", "description"],
-                   help="which metrics apply (default: course.yaml's eval_task, auto-detected)")
-    p.add_argument("--prompt", help="the prompt system's system prompt (default: course.yaml's "
-                                    "eval_prompt, or one derived from the answers)")
+    _set_flag(p)
+    _setting_flag(p, "eval_task", choices=["auto", "short", "json", "reading", "description"],
+                  help="which metrics apply (auto: detected from the answers)")
+    _setting_flag(p, "eval_prompt", help="the prompt system's system prompt (null: one derived "
+                                         "from the answers)")
     p.add_argument("--metric", action="append", default=[], metavar="NAME",
                    help="an extra metric: a registered name or module:function (repeatable)")
     p.add_argument("--train-data", help="a training file to check the evaluation data against "
@@ -543,19 +547,32 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-overlap", action="store_true",
                    help="evaluate even if samples or images are shared with the training split "
                         "(recorded in the report)")
-    p.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"],
-                   help="how to load the base model (default: 16-bit)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    _setting_flag(p, "eval_quantization", choices=["none", "4bit", "8bit"],
+                  help="how to load the base model (none: 16-bit)")
+    _setting_flag(p, "eval_batch_size", type=positive_int, help="samples generated together")
+    _setting_flag(p, "seed", type=int, help="seed of the bootstrap intervals")
     p.set_defaults(func=cmd_eval)
 
 
+def _set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any course.yaml setting (repeatable), e.g. --set lr=1e-4")
+
+
+def _setting_flag(p: argparse.ArgumentParser, key: str, **kwargs: Any) -> None:
+    """A flag that is ``--set KEY=VALUE`` under its own name (its default: course.yaml's)."""
+    help_text = kwargs.pop("help", "")
+    p.add_argument(SETTING_FLAGS[key], dest=key, default=None,
+                   help=f"{help_text + '; ' if help_text else ''}the setting {key} (default: "
+                        "course.yaml's)", **kwargs)
+
+
 def _budget_flags(p: argparse.ArgumentParser) -> None:
-    """The token-budget flags that default to course.yaml's values."""
-    p.add_argument("--max-length", type=positive_int,
-                   help="token limit per sample (default: course.yaml)")
-    p.add_argument("--min-pixels", type=positive_int, help="default: course.yaml")
-    p.add_argument("--max-pixels", type=positive_int, help="default: course.yaml")
+    """``--set`` and the token-budget flags, for the commands that measure samples."""
+    _set_flag(p)
+    _setting_flag(p, "max_length", type=positive_int, help="token limit per sample")
+    _setting_flag(p, "min_pixels", type=positive_int)
+    _setting_flag(p, "max_pixels", type=positive_int)
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:

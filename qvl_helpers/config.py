@@ -193,6 +193,8 @@ class CourseConfig(BaseModel):
     # --- evaluation (qvl eval, notebook 04)
     eval_task: Literal["auto", "short", "json", "reading", "description"] = "auto"
     eval_prompt: str | None = None  # the `prompt` system's system prompt (None: from the answers)
+    eval_batch_size: PositiveInt = 8  # samples generated together
+    eval_quantization: Literal["none", "4bit", "8bit"] = "none"  # how evaluation loads the base
     source: Path | None = None  # the course.yaml this came from (None: defaults only)
 
     _origins: dict[str, Origin] = PrivateAttr(default_factory=dict)
@@ -289,21 +291,6 @@ class CourseConfig(BaseModel):
     def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
         """A ConfigError about ``key``'s value, located where that value was set."""
         return self.origin(key).error(message, fix or FIXES.get(key))
-
-    def with_flags(self, flags: Mapping[str, Any]) -> CourseConfig:
-        """A copy with the values of command-line flags (``{"--min-pixels": 3136}``; None: not
-        given) validated together with the rest, so that a flag contradicting a setting is
-        refused as a setting would be, naming the flag."""
-        given = {flag: value for flag, value in flags.items() if value is not None}
-        if not given:
-            return self
-        values = {key: getattr(self, key) for key in type(self).model_fields}
-        origins = dict(self._origins)
-        for flag, value in given.items():
-            key = flag.removeprefix("--").replace("-", "_")
-            values[key] = value
-            origins[key] = Origin(flag, name=str(value))
-        return CourseConfig(_origins=origins, **values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-friendly values (paths as strings), e.g. to save with a run."""
@@ -662,13 +649,16 @@ def parse_set(items: Iterable[str]) -> dict[str, str]:
 
 def load_config(path: str | Path | None = None, *, presets: Iterable[str | Path] = (),
                 use_env: bool = True, sets: Mapping[str, Any] | None = None,
+                flags: Mapping[str, tuple[str, Any]] | None = None,
                 **overrides: Any) -> CourseConfig:
     """Load the course settings, remembering where each value came from.
 
     Order (later wins): defaults; ``course.yaml`` (``path``, ``$QVL_CONFIG`` or the nearest one
     above the current folder); each preset in ``presets`` (hardware knobs only; relative paths in
     it are relative to the preset); ``QVL_<KEY>`` variables; ``sets`` (the CLI's ``--set``);
-    keyword ``overrides``.
+    ``flags``, ``{key: (flag, value)}`` (a command's flag that names a setting, such as
+    ``--max-pixels``: ``--set`` spelled as a flag); keyword ``overrides``. Every value is
+    checked together with the rest, so a flag that contradicts a setting is refused, named.
 
     Raises:
         ConfigError: unreadable file, invalid YAML, unknown key or variable, a preset that sets a
@@ -684,6 +674,8 @@ def load_config(path: str | Path | None = None, *, presets: Iterable[str | Path]
         layers.add_environment(os.environ)
     for key, value in (sets or {}).items():
         layers.add(key, value, Origin("--set", name=f"{key}={value}"), Path.cwd())
+    for key, (flag, value) in (flags or {}).items():
+        layers.add(key, value, Origin(flag, name=str(value)), Path.cwd())
     for key, value in overrides.items():
         layers.add(key, value, Origin("load_config()", name=f"{key}={value!r}"), Path.cwd())
     if "output_dir" not in layers.values and file is not None:

@@ -73,3 +73,40 @@ def test_the_command_line_trains_without_the_course_extra(tmp_path: Path) -> Non
     assert "loss.png was not drawn: matplotlib is not installed" in done.stdout
     run = tmp_path / "out" / "runs" / "tiny_cpu"
     assert (run / "adapter").is_dir() and not (run / "loss.png").exists()
+
+
+#: Every command that reads the settings, with the arguments it needs besides them.
+SETTINGS_COMMANDS = {"env": [], "config": [], "train": [], "eval": ["--run", "r"],
+                     "data check": ["d.jsonl"], "tokens": ["d.jsonl"]}
+
+
+@pytest.mark.parametrize("command", sorted(SETTINGS_COMMANDS))
+def test_every_command_that_reads_settings_takes_set(command: str) -> None:
+    """One way to override any setting on the command line: ``--set KEY=VALUE``."""
+    from qvl_helpers.cli import build_parser
+
+    args = build_parser().parse_args([*command.split(), *SETTINGS_COMMANDS[command],
+                                      "--set", "lr=1e-4", "--set", "seed=3"])
+    assert args.set == ["lr=1e-4", "seed=3"]
+
+
+def test_a_flag_that_names_a_setting_is_that_setting_with_its_origin(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--max-pixels N`` is ``--set max_pixels=N`` under another name: checked with the other
+    settings, and named as the origin the way ``qvl config`` names ``--set``."""
+    from qvl_helpers.cli import SETTING_FLAGS, _settings, build_parser
+    from qvl_helpers.config import CourseConfig
+
+    assert set(SETTING_FLAGS) <= set(CourseConfig.model_fields)
+    parser = build_parser()
+    cfg = _settings(parser.parse_args(["eval", "--run", "r", "--batch-size", "3",
+                                       "--set", "eval_task=json", "--seed", "5"]))
+    assert (cfg.eval_batch_size, cfg.eval_task, cfg.seed) == (3, "json", 5)
+    assert (str(cfg.origin("eval_batch_size")), str(cfg.origin("eval_task"))) == \
+        ("--batch-size 3", "--set eval_task=json")
+    defaults = _settings(parser.parse_args(["eval", "--run", "r"]))
+    assert defaults.eval_batch_size == CourseConfig.model_fields["eval_batch_size"].default
+    for given in (["--set", "max_pixels=3000"], ["--max-pixels", "3000"]):
+        assert main(["tokens", "d.jsonl", *given]) == 2
+        err = capsys.readouterr().err
+        assert "above max_pixels (3000)" in err and f"max_pixels from {' '.join(given)}" in err
