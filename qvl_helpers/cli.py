@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DatasetError, QVLError, count
+from .fixes import setting_flag
 
 if TYPE_CHECKING:  # the command line imports nothing heavy before a command runs
     from .config import CourseConfig
@@ -138,10 +139,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 #: The flags that name a course.yaml setting, each ``--set KEY=VALUE`` spelled as a flag (the
 #: parser stores each under its key); commands take them only where they matter.
-SETTING_FLAGS = {"max_length": "--max-length", "min_pixels": "--min-pixels",
-                 "max_pixels": "--max-pixels", "eval_task": "--task", "eval_prompt": "--prompt",
-                 "eval_batch_size": "--batch-size", "eval_quantization": "--quantization",
-                 "seed": "--seed"}
+SETTING_KEYS = ("max_length", "min_pixels", "max_pixels", "eval_task", "eval_prompt",
+                "eval_batch_size", "eval_quantization", "seed")
 
 
 def _settings(args: argparse.Namespace) -> CourseConfig:
@@ -150,7 +149,7 @@ def _settings(args: argparse.Namespace) -> CourseConfig:
     name a setting; each value keeps its origin (what ``qvl config`` shows and errors name)."""
     from .config import load_config, parse_set
 
-    flags = {key: (flag, value) for key, flag in SETTING_FLAGS.items()
+    flags = {key: (setting_flag(key), value) for key in SETTING_KEYS
              if (value := getattr(args, key, None)) is not None}
     preset = getattr(args, "config", None)
     return load_config(presets=[preset] if preset else [], sets=parse_set(getattr(args, "set", [])),
@@ -562,7 +561,7 @@ def _set_flag(p: argparse.ArgumentParser) -> None:
 def _setting_flag(p: argparse.ArgumentParser, key: str, **kwargs: Any) -> None:
     """A flag that is ``--set KEY=VALUE`` under its own name (its default: course.yaml's)."""
     help_text = kwargs.pop("help", "")
-    p.add_argument(SETTING_FLAGS[key], dest=key, default=None,
+    p.add_argument(setting_flag(key), dest=key, default=None,
                    help=f"{help_text + '; ' if help_text else ''}the setting {key} (default: "
                         "course.yaml's)", **kwargs)
 
@@ -688,10 +687,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
             print(f"{command}: error: {describe_os_error(exc, command)}", file=sys.stderr)
             return 2
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's, without importing torch
-            fix = ("close what else uses the GPU, or merge on the CPU (CUDA_VISIBLE_DEVICES=)"
-                   if command == "qvl export" else "lower --batch-size (or max_pixels), or load "
-                   "the model in 4-bit (--quantization 4bit)")
-            print(f"{command}: error: the GPU ran out of memory. Fix: {fix}.", file=sys.stderr)
+            from .fixes import out_of_memory_fix
+
+            print(f"{command}: error: the GPU ran out of memory. Fix: {out_of_memory_fix()}.",
+                  file=sys.stderr)
             return 2
         print(f"{command}: error: unexpected {type(exc).__name__}: {exc}. This is probably a bug "
               "in qvl: run again with QVL_DEBUG=1 to see the traceback, and report it.",

@@ -25,6 +25,17 @@ class EntryPoint:
 
 _RUNNING: ContextVar[EntryPoint | None] = ContextVar("qvl_entry_point", default=None)
 
+#: The command-line flags that name a course.yaml setting under another name than ``--key``
+#: (each is ``--set KEY=VALUE``); every other setting's flag, where a command has one, is
+#: ``--key-with-dashes``.
+SETTING_FLAGS = {"eval_task": "--task", "eval_prompt": "--prompt",
+                 "eval_batch_size": "--batch-size", "eval_quantization": "--quantization"}
+
+
+def setting_flag(key: str) -> str:
+    """The flag that sets ``key`` on the commands that have one (``--max-pixels``, ``--task``)."""
+    return SETTING_FLAGS.get(key, "--" + key.replace("_", "-"))
+
 
 @contextmanager
 def running(command: str, flags: Iterable[str]) -> Iterator[EntryPoint]:
@@ -50,7 +61,7 @@ def how_to_set(key: str, value: str = "DIR", *, in_yaml: bool = False) -> str | 
     yaml = f"set {key}: {value} in course.yaml" if in_yaml else f"set {key}: in course.yaml"
     if entry is None:
         return yaml
-    flag = "--" + key.replace("_", "-")
+    flag = setting_flag(key)
     if flag in entry.flags:
         return f"pass {flag} {value}"
     if "--set" in entry.flags:
@@ -65,3 +76,23 @@ def image_root_fix() -> str:
         return ("write the image paths relative to the data file's folder (or use a prepared "
                 "split, which records its image root)")
     return f"fix the paths, or {hint} to the folder they are relative to"
+
+
+def out_of_memory_fix() -> str:
+    """What frees GPU memory, valid for the running command: training lowers the image and
+    batch settings, evaluation its batch or the base's precision, chat the base's precision,
+    export merges on the CPU."""
+    entry = current()
+    command = entry.command if entry is not None else None
+    if command == "qvl export":
+        return "close what else uses the GPU, or merge on the CPU (CUDA_VISIBLE_DEVICES=)"
+    if command == "qvl chat":
+        return "close what else uses the GPU, or load the model in 4-bit (--quantization 4bit)"
+    if command == "qvl eval":
+        return (f"{how_to_set('eval_batch_size', '2')} (a smaller generation batch), or "
+                f"{how_to_set('eval_quantization', '4bit')} (the base in 4-bit)")
+    where = "in course.yaml" + (" (or with --set KEY=VALUE)" if entry is not None
+                                and "--set" in entry.flags else "")
+    return ("lower max_pixels first (it sets the visual tokens), then batch_size (raise "
+            "grad_accum to keep the effective batch), then max_length, and use quantization: "
+            f"4bit if you are not already; set them {where}")

@@ -28,6 +28,7 @@ from .collate import IGNORE_INDEX
 from .config import CourseConfig
 from .data.records import Record
 from .errors import QVLError, TrainingError
+from .fixes import out_of_memory_fix
 from .outputs import apply_umask, disk_full, is_disk_full
 from .qwen import tokens_in
 from .runs import (
@@ -314,10 +315,7 @@ def fit(trainer: CourseTrainer, cfg: CourseConfig, resume_from: ResumePoint | No
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
-        raise TrainingError(_oom_message(cfg, longest),
-                            fix="lower max_pixels first (it sets the visual tokens), then "
-                                "batch_size (raise grad_accum to keep the effective batch), "
-                                "then max_length; use 4-bit if you are not already.") from None
+        raise TrainingError(_oom_message(cfg, longest), fix=out_of_memory_fix() + ".") from None
     except Exception as exc:
         if not is_disk_full(exc):
             raise

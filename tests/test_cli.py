@@ -94,10 +94,10 @@ def test_a_flag_that_names_a_setting_is_that_setting_with_its_origin(
         clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--max-pixels N`` is ``--set max_pixels=N`` under another name: checked with the other
     settings, and named as the origin the way ``qvl config`` names ``--set``."""
-    from qvl_helpers.cli import SETTING_FLAGS, _settings, build_parser
+    from qvl_helpers.cli import SETTING_KEYS, _settings, build_parser
     from qvl_helpers.config import CourseConfig
 
-    assert set(SETTING_FLAGS) <= set(CourseConfig.model_fields)
+    assert set(SETTING_KEYS) <= set(CourseConfig.model_fields)
     parser = build_parser()
     cfg = _settings(parser.parse_args(["eval", "--run", "r", "--batch-size", "3",
                                        "--set", "eval_task=json", "--seed", "5"]))
@@ -110,3 +110,21 @@ def test_a_flag_that_names_a_setting_is_that_setting_with_its_origin(
         assert main(["tokens", "d.jsonl", *given]) == 2
         err = capsys.readouterr().err
         assert "above max_pixels (3000)" in err and f"max_pixels from {' '.join(given)}" in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "chat", "export"])
+def test_the_out_of_memory_fix_names_only_what_the_command_has(command: str) -> None:
+    """One piece of advice for running out of GPU memory (fixes.out_of_memory_fix), written for
+    the command that ran: every flag it names is one of that command's."""
+    import re
+
+    from qvl_helpers.cli import build_parser, command_parser
+    from qvl_helpers.fixes import out_of_memory_fix, running
+
+    flags = {o for a in command_parser(build_parser(), [command])._actions
+             for o in a.option_strings}
+    with running(f"qvl {command}", flags):
+        fix = out_of_memory_fix()
+    named = set(re.findall(r"--[a-z][a-z-]*", fix))
+    assert named <= flags, (fix, named - flags)
+    assert "max_pixels" in out_of_memory_fix()  # a notebook: course.yaml's settings
