@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from . import metrics as M
+from . import answers as A
+from . import verdicts as V
 from .evaluate import read_predictions
 from .gallery import lead_system
 from .qwen import HUB_MAX_PIXELS
@@ -38,18 +39,18 @@ VISION = "language+vision"
 def error_types(report: dict[str, Any], out_dir: str | Path) -> Counter[str]:
     """How the lead system's answers went wrong, by kind (right answers counted too)."""
     rows = read_predictions(out_dir, lead_system(report))
-    references = {M.normalise_text(r["reference"]) for r in rows}
+    references = {A.normalise_text(r["reference"]) for r in rows}
     kinds: Counter[str] = Counter()
     for row in rows:
         prediction, score = row["prediction"], row["metrics"][report["headline"]]
         if report["task"] == "json":
-            parsed = M.parse_json_answer(prediction)[1] is not None
+            parsed = A.parse_json_answer(prediction)[1] is not None
             kinds["right" if score >= 1 else "JSON, some fields wrong" if parsed else "not JSON"] += 1
         elif not prediction.strip():
             kinds["empty"] += 1
         elif report["task"] == "short":
             kinds["right" if score >= 1 else "another answer of the set"
-                  if M.normalise_text(prediction) in references else "outside the answer set"] += 1
+                  if A.normalise_text(prediction) in references else "outside the answer set"] += 1
         else:
             good = 1 - score if report["headline"] in report["lower_is_better"] else score
             kinds["close (>= 0.9)" if good >= 0.9 else "partly right" if good >= 0.5
@@ -61,10 +62,10 @@ def confusions(report: dict[str, Any], out_dir: str | Path, k: int = 5) -> list[
     """The ``k`` most frequent (reference, prediction, count) mix-ups of the lead system: wrong
     answers that are another valid answer (answers outside the set are format errors)."""
     rows = read_predictions(out_dir, lead_system(report))
-    valid = {M.normalise_text(r["reference"]) for r in rows}
+    valid = {A.normalise_text(r["reference"]) for r in rows}
     wrong = Counter((r["reference"], r["prediction"]) for r in rows
                     if r["metrics"][report["headline"]] < 1
-                    and M.normalise_text(r["prediction"]) in valid)
+                    and A.normalise_text(r["prediction"]) in valid)
     return [(ref, pred, n) for (ref, pred), n in wrong.most_common(k)]
 
 
@@ -169,7 +170,7 @@ def _comparison(report: dict[str, Any], first: str, second: str) -> dict[str, An
 def next_steps(report: dict[str, Any], out_dir: str | Path) -> list[str]:
     """Suggestions, most important first, each with the reason taken from the numbers (the
     test split's size is the report's own warning: see
-    :func:`~qvl_helpers.metrics.small_test_warning`)."""
+    :func:`~qvl_helpers.verdicts.small_test_warning`)."""
     lead, settings = lead_system(report), run_settings(report)
     steps = _comparison_steps(report, lead, settings) + _error_steps(report, out_dir, settings) \
         + _loss_steps(report, settings)
@@ -188,11 +189,11 @@ def _status(comparison: dict[str, Any]) -> str:
     if "status" in comparison:
         return comparison["status"]
     if comparison["clear"]:
-        return M.CLEAR
+        return V.CLEAR
     d = comparison.get("difference")
     shown = d is not None and ((d["value"] > 0 and d["low"] > 0) or
                                (d["value"] < 0 and d["high"] < 0))
-    return M.FEW if shown else M.INTERVAL
+    return V.FEW if shown else V.INTERVAL
 
 
 def _too_few(lead: str, other: str, comparison: dict[str, Any]) -> str:
@@ -208,7 +209,7 @@ def _comparison_steps(report: dict[str, Any], lead: str, settings: dict[str, Any
     steps = []
     base, prompt = _comparison(report, lead, "base"), _comparison(report, lead, "prompt")
     blank = _comparison(report, lead, f"{lead}-blank")
-    if base and _status(base) == M.FEW:
+    if base and _status(base) == V.FEW:
         steps.append(_too_few(lead, "the base model", base))
     elif base and not base["clear"]:
         steps.append(f"{lead} is not clearly better than the base model ({base['verdict']}): "
@@ -220,7 +221,7 @@ def _comparison_steps(report: dict[str, Any], lead: str, settings: dict[str, Any
         steps.append(f"{lead} is worse than the base model ({base['verdict']}): the fine-tune "
                      "hurt. Check the answers in your data (qvl data check, the gallery)" +
                      (f", then try {gentler}." if gentler else "."))
-    if prompt and _status(prompt) == M.FEW:
+    if prompt and _status(prompt) == V.FEW:
         steps.append(_too_few(lead, "a prompt alone", prompt))
     elif prompt and not prompt["clear"]:
         steps.append(f"A prompt alone may do as well ({prompt['verdict']}): try a better "
@@ -229,7 +230,7 @@ def _comparison_steps(report: dict[str, Any], lead: str, settings: dict[str, Any
         steps.append(f"A prompt alone does better ({prompt['verdict']}): use the prompt, or find "
                      "out from the gallery what the fine-tune got wrong.")
     see = _either(change(settings, "max_pixels", "raise"), change(settings, "trained", "raise"))
-    if blank and _status(blank) == M.FEW:
+    if blank and _status(blank) == V.FEW:
         steps.append(_too_few(lead, "its blank-image control", blank))
     elif blank and not blank["clear"]:
         steps.append("The answers may not depend on the image (the blank-image control is not "

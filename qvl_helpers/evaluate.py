@@ -16,7 +16,7 @@ image limits the run was trained with and ``max_new_tokens`` from the longest re
 Metrics come from :mod:`qvl_helpers.metrics` (by task), each with a bootstrap interval; each
 comparison is a paired bootstrap interval of the difference, and a system is only called better
 when that interval excludes zero (and, for right/wrong scores, the exact McNemar test agrees);
-each comparison carries its status and reason (:func:`qvl_helpers.metrics.judge`), which the
+each comparison carries its status and reason (:func:`qvl_helpers.verdicts.judge`), which the
 notebooks and :func:`format_report` show as they are. Evaluation scores each sample's last turn
 (:func:`~qvl_helpers.data.records.scored_turn`); the turns before it are the conversation.
 Before any model loads, the split is checked against the run's training split for shared
@@ -41,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from . import answers as A
 from . import metrics as M
+from . import verdicts as V
 from .data.records import Record, Turn, image_parts, scored_turn, text_part, turns_of
 from .errors import ConfigError, DatasetError, count
 from .inference import ABLATIONS, answer_budget, generate_answers, load_for_generation
@@ -105,10 +107,10 @@ def parse_systems(names: str | Sequence[str] | None, *, has_adapter: bool,
 def task_prompt(task: str, references: Sequence[str]) -> str:
     """A system prompt that states the answer format the references follow (in Chinese when
     most references are Chinese): what a careful learner would try before fine-tuning."""
-    chinese = sum(any(M.is_cjk(c) for c in r) for r in references) > len(references) / 2
+    chinese = sum(any(A.is_cjk(c) for c in r) for r in references) > len(references) / 2
     if task == "json":
         keys = Counter(k for r in references
-                       if isinstance(v := M.parse_json_answer(r)[0], dict) for k in v)
+                       if isinstance(v := A.parse_json_answer(r)[0], dict) for k in v)
         names = ", ".join(f'"{k}"' for k, _ in keys.most_common(12))
         if not names:  # the answers are JSON lists
             return "只输出 JSON，不要其他文字。" if chinese else "Answer with JSON only, no other text."
@@ -143,8 +145,8 @@ def prompt_examples(scored: Turn, trained: Sequence[Record] | None,
         last = [scored_turn(r) for r in trained]
     else:
         pool = last = [scored_turn(r) for r in evaluated]
-    question = M.normalise_text(scored.question)
-    return ([t.answer for t in pool if M.normalise_text(t.question) == question] or
+    question = A.normalise_text(scored.question)
+    return ([t.answer for t in pool if A.normalise_text(t.question) == question] or
             [t.answer for t in pool if t.number == scored.number] or
             [t.answer for t in last])
 
@@ -166,7 +168,7 @@ def task_prompts(request: EvalRequest, task: str, records: Sequence[Record],
     prompts = []
     for record in records:
         turn = scored_turn(record)
-        key = (M.normalise_text(turn.question), turn.number)
+        key = (A.normalise_text(turn.question), turn.number)
         if key not in made:
             made[key] = task_prompt(task, prompt_examples(turn, trained, records))
         prompts.append(made[key])
@@ -298,15 +300,15 @@ def comparison_pairs(systems: Sequence[System]) -> list[tuple[str, str]]:
 
 
 def compare(scores: Scores, systems: Sequence[System], n: int, seed: int, *,
-            resamples: int = M.RESAMPLES) -> tuple[list, list]:
-    """The comparisons of the headline metric (each a :class:`~qvl_helpers.metrics.Judgement`
+            resamples: int = V.RESAMPLES) -> tuple[list, list]:
+    """The comparisons of the headline metric (each a :class:`~qvl_helpers.verdicts.Judgement`
     as a dict: interval, status, reason, verdict, samples needed) and the warnings a reader of
     the numbers needs. Every sentence comes from :mod:`qvl_helpers.metrics`."""
     headline = scores.metrics[0]
     comparisons, warnings = [], []
     for first, second in comparison_pairs(systems):
         a, b = scores.values[first][headline.name], scores.values[second][headline.name]
-        judged = M.judge(headline, first, second, a, b, resamples=resamples, seed=seed)
+        judged = V.judge(headline, first, second, a, b, resamples=resamples, seed=seed)
         comparisons.append(judged.as_dict())
         if judged.warning:
             warnings.append(judged.warning)
@@ -314,8 +316,8 @@ def compare(scores: Scores, systems: Sequence[System], n: int, seed: int, *,
         hits = values[headline.name]
         if not headline.counts and set(np.unique(hits)) <= {0.0, 1.0} and \
                 len(set(hits)) == 1:  # all right or all wrong: no resample can vary it
-            warnings.append(M.constant_score_warning(system, bool(hits[0]), n))
-    small = M.small_test_warning(n)
+            warnings.append(V.constant_score_warning(system, bool(hits[0]), n))
+    small = V.small_test_warning(n)
     if small:
         warnings.insert(0, small)
     return comparisons, warnings
@@ -325,7 +327,7 @@ def system_summary(scores: Scores, system: System, seed: int) -> dict[str, Any]:
     values = scores.values[system.name]
     return {"adapter": system.adapter, "prompt": system.prompt, "image_ablation": system.ablation,
             "predictions": predictions_file(system.name),
-            "metrics": {m.name: M.bootstrap_interval(m, values[m.name], seed=seed).as_dict()
+            "metrics": {m.name: V.bootstrap_interval(m, values[m.name], seed=seed).as_dict()
                         for m in scores.metrics}}
 
 
@@ -468,7 +470,7 @@ def _report(request: EvalRequest, systems: Sequence[System], scores: Scores,
                         "(allowed with --allow-overlap): their scores measure memory.")
     if request.train_split is None:
         warnings.append("not checked for overlap with a training split (no run given).")
-    common = Counter(M.normalise_text(r) for r in references).most_common(1)[0][1]
+    common = Counter(A.normalise_text(r) for r in references).most_common(1)[0][1]
     report = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": request.model, "adapter": str(request.adapter) if request.adapter else None,
@@ -482,7 +484,7 @@ def _report(request: EvalRequest, systems: Sequence[System], scores: Scores,
                        "padding_side": "left",
                        "max_new_tokens": found["max_new_tokens"],
                        "batch_size": request.batch_size, "quantization": request.quantization},
-        "bootstrap": {"resamples": M.RESAMPLES, "level": 0.95, "seed": request.seed},
+        "bootstrap": {"resamples": V.RESAMPLES, "level": 0.95, "seed": request.seed},
         "versions": _versions(),
         "systems": {s.name: {**system_summary(scores, s, request.seed),
                              "seconds": round(timings[s.name], 3),
@@ -574,7 +576,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"headline {report['headline']} · 95% bootstrap intervals",
              f"{'system':<{width}}  " + "  ".join(f"{m:<22}" for m in names) + "  samples/s"]
     for system, summary in report["systems"].items():
-        cells = [M.Interval(**{k: v for k, v in summary["metrics"][m].items()})
+        cells = [V.Interval(**{k: v for k, v in summary["metrics"][m].items()})
                  for m in names]
         lines.append(f"{system:<{width}}  " + "  ".join(f"{str(c):<22}" for c in cells) +
                      f"  {summary['samples_per_second']:.2f}")

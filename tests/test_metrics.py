@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qvl_helpers import answers as A
 from qvl_helpers import metrics as M
+from qvl_helpers import verdicts as V
 from qvl_helpers.errors import ConfigError, DatasetError
 
 
@@ -124,7 +126,7 @@ def test_malformed_json_is_a_counted_miss() -> None:
 
 def test_fenced_json_parses_and_is_reported_as_fenced() -> None:
     fenced = "```json\n" + RECEIPT + "\n```"
-    assert M.parse_json_answer(fenced)[1] == "fenced"
+    assert A.parse_json_answer(fenced)[1] == "fenced"
     assert M.json_parse_rate(fenced, RECEIPT) == 1.0
     assert M.json_exact(fenced, RECEIPT) == 1.0
     assert M.json_counts(fenced, RECEIPT) == (4, 4, 4)
@@ -141,7 +143,7 @@ def test_fenced_json_parses_and_is_reported_as_fenced() -> None:
     ("0.5", 0.5, True), ("-3", -3.0, True),
 ])
 def test_values_equal(a: object, b: object, equal: bool) -> None:
-    assert M.values_equal(a, b) is equal
+    assert A.values_equal(a, b) is equal
 
 
 def test_field_accuracy_per_top_level_key() -> None:
@@ -225,7 +227,7 @@ def test_bootstrap_interval_covers_the_mean_at_the_stated_rate() -> None:
     trials = 300
     for trial in range(trials):
         values = (rng.random(80) < 0.3).astype(float)
-        interval = M.bootstrap_interval(metric, values, resamples=1000, seed=trial)
+        interval = V.bootstrap_interval(metric, values, resamples=1000, seed=trial)
         hits += interval.low <= 0.3 <= interval.high
     assert 0.91 <= hits / trials <= 0.985, hits / trials
 
@@ -233,16 +235,16 @@ def test_bootstrap_interval_covers_the_mean_at_the_stated_rate() -> None:
 def test_intervals_are_seeded_and_paired() -> None:
     metric = M.METRICS["exact_match"]
     a = np.array([1, 1, 0, 1, 0, 1, 1, 1, 0, 1], dtype=float)
-    first = M.bootstrap_interval(metric, a, seed=3)
-    assert first == M.bootstrap_interval(metric, a, seed=3)
+    first = V.bootstrap_interval(metric, a, seed=3)
+    assert first == V.bootstrap_interval(metric, a, seed=3)
     assert first.value == pytest.approx(0.7)
     assert first.low < 0.7 < first.high
-    same = M.paired_difference(metric, a, a.copy())
+    same = V.paired_difference(metric, a, a.copy())
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
     # b is right exactly where a is, plus everywhere: the paired difference is never negative,
     # while unpaired intervals of the two would overlap.
     b = np.ones_like(a)
-    diff = M.paired_difference(metric, b, a)
+    diff = V.paired_difference(metric, b, a)
     assert diff.value == pytest.approx(0.3) and diff.low >= 0
 
 
@@ -252,20 +254,20 @@ def test_few_samples_are_not_called_better(wins: int, clear: bool) -> None:
     McNemar test needs six wins out of six for p < 0.05 (five give p = 0.0625)."""
     metric = M.METRICS["exact_match"]
     a, b = np.ones(wins), np.zeros(wins)
-    diff = M.paired_difference(metric, a, b)
+    diff = V.paired_difference(metric, a, b)
     assert diff.excludes_zero()
-    assert M.is_clear(metric, diff, a, b) is clear
-    text = M.verdict(metric, "tuned", "base", diff, wins, M.is_clear(metric, diff, a, b))
+    assert V.is_clear(metric, diff, a, b) is clear
+    text = V.verdict(metric, "tuned", "base", diff, wins, V.is_clear(metric, diff, a, b))
     assert text.startswith("tuned is better") if clear else "too few samples" in text
 
 def test_verdicts_say_better_only_when_the_interval_excludes_zero() -> None:
     em, cer = M.METRICS["exact_match"], M.METRICS["cer"]
-    clear = M.Interval(0.4, 0.2, 0.6)
-    unclear = M.Interval(0.05, -0.1, 0.2)
-    assert M.verdict(em, "tuned", "base", clear, 50).startswith("tuned is better than base")
-    assert "no clear difference" in M.verdict(em, "tuned", "base", unclear, 50)
+    clear = V.Interval(0.4, 0.2, 0.6)
+    unclear = V.Interval(0.05, -0.1, 0.2)
+    assert V.verdict(em, "tuned", "base", clear, 50).startswith("tuned is better than base")
+    assert "no clear difference" in V.verdict(em, "tuned", "base", unclear, 50)
     # For CER lower is better: a negative difference means the first system is better.
-    assert "is better" in M.verdict(cer, "tuned", "base", M.Interval(-0.3, -0.5, -0.1), 50)
+    assert "is better" in V.verdict(cer, "tuned", "base", V.Interval(-0.3, -0.5, -0.1), 50)
     # half-width 0.15 for a difference of 0.05 at n=50: 9x the samples for the half-width to
     # reach the difference, times ((1.96 + 0.84) / 1.96)^2 for an 80% chance of a clear result
-    assert M.samples_needed(unclear, 50) == 920
+    assert V.samples_needed(unclear, 50) == 920

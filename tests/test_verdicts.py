@@ -21,6 +21,7 @@ import yaml
 
 import qvl_helpers.evaluate as E
 from qvl_helpers import metrics as M
+from qvl_helpers import verdicts as V
 from qvl_helpers.advice import MAX_PIXELS_LIMIT, _comparison_steps, change, next_steps
 from qvl_helpers.data.prepare import split_warnings
 from qvl_helpers.data.records import scored_turn, turns_of
@@ -81,7 +82,7 @@ def exact_p(wins: int, losses: int) -> float:
     return min(1.0, sum(pr for pr in probs if pr <= seen + 1e-15))
 
 
-def generated() -> list[tuple[M.Metric, M.Judgement, np.ndarray, np.ndarray]]:
+def generated() -> list[tuple[M.Metric, V.Judgement, np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(2026)
     cases = []
     for name in METRIC_NAMES:
@@ -90,21 +91,21 @@ def generated() -> list[tuple[M.Metric, M.Judgement, np.ndarray, np.ndarray]]:
             for pattern in PATTERNS:
                 for _ in range(8 if pattern in ("random", "first ahead", "second ahead") else 1):
                     a, b = scores_for(metric, pattern, n, rng)
-                    judged = M.judge(metric, "tuned", "base", a, b, resamples=RESAMPLES,
+                    judged = V.judge(metric, "tuned", "base", a, b, resamples=RESAMPLES,
                                      seed=int(rng.integers(1000)))
                     cases.append((metric, judged, a, b))
     return cases
 
 
 @pytest.fixture(scope="module")
-def cases() -> list[tuple[M.Metric, M.Judgement, np.ndarray, np.ndarray]]:
+def cases() -> list[tuple[M.Metric, V.Judgement, np.ndarray, np.ndarray]]:
     return generated()
 
 
 def test_the_generated_cases_are_many(cases: list) -> None:
     assert len(cases) == 1440
     statuses = {j.status for _, j, _, _ in cases}
-    assert statuses == {M.CLEAR, M.INTERVAL, M.FEW}  # every kind of verdict is exercised
+    assert statuses == {V.CLEAR, V.INTERVAL, V.FEW}  # every kind of verdict is exercised
     assert {j.better for _, j, _, _ in cases} == {True, False, None}
 
 
@@ -120,7 +121,7 @@ def test_every_verdict_states_its_own_reason(cases: list) -> None:
             p = exact_p(int(np.sum(a > b)), int(np.sum(a < b)))
             few = shown and p >= 0.05
         else:
-            few = shown and len(a) < M.MIN_PAIRS
+            few = shown and len(a) < V.MIN_PAIRS
         assert ("too few samples to tell" in judged.reason) == few, judged.reason
         assert judged.clear == (shown and not few), judged.verdict
         if exact and shown:
@@ -162,7 +163,7 @@ def test_no_figure_where_no_honest_one_exists() -> None:
     em = M.METRICS["exact_match"]
     for a, b in [(np.ones(8), np.ones(8)), (np.zeros(40), np.zeros(40)),
                  (np.array([1, 0, 1, 0.]), np.array([0, 1, 1, 0.]))]:  # a tie either way
-        judged = M.judge(em, "tuned", "base", a, b, resamples=RESAMPLES)
+        judged = V.judge(em, "tuned", "base", a, b, resamples=RESAMPLES)
         assert judged.samples_needed is None and judged.warning is None
 
 
@@ -170,7 +171,7 @@ def test_no_figure_where_no_honest_one_exists() -> None:
 def test_the_exact_tests_figure_gives_it_its_power(wins: int, losses: int, n: int) -> None:
     """At the figure, samples winning and losing at the observed rates pass the exact test in
     about 80% of simulated test sets (and one sample fewer than that would not be enough)."""
-    needed = M.samples_needed(M.Interval(0.1, -0.1, 0.3), n, (wins, losses))
+    needed = V.samples_needed(V.Interval(0.1, -0.1, 0.3), n, (wins, losses))
     assert needed is not None and needed > n
     rng = np.random.default_rng(7)
     win, lose = wins / n, losses / n
@@ -216,7 +217,7 @@ def test_a_constant_score_states_the_bound_its_n_allows(n: int, all_right: bool)
     """All right (or all wrong) on n samples: the bound the sentence names is the rate at which
     that outcome still has a 5% chance, inside (0, 1) for every n (the rule of three's 3/n
     passes 1 below n = 3 and overstates the bound at small n)."""
-    text = M.constant_score_warning("tuned", all_right, n)
+    text = V.constant_score_warning("tuned", all_right, n)
     bound = float(re.search(r"as (?:low|high) as (\d\.\d{3})", text).group(1))
     lo, hi = 0.0, 1.0  # bisect for the true rate at which n alike results have a 5% chance
     for _ in range(60):
@@ -244,7 +245,7 @@ def test_advice_never_says_about_as_well_of_a_difference_the_interval_shows(case
         if not d.low <= 0 <= d.high:
             assert "about as well" not in text and "may do as well" not in text, text
             assert "about the same" not in text and "not told apart" not in text, text
-        assert ("Too few test samples" in text) == (judged.status == M.FEW), text
+        assert ("Too few test samples" in text) == (judged.status == V.FEW), text
         if judged.clear:
             assert "may do as well" not in text and "Too few" not in text
         assert_not_the_value_in_use(steps, settings)
@@ -266,9 +267,9 @@ def test_advice_never_recommends_the_value_in_use(tmp_path: Path, settings: dict
     (tmp_path / "predictions-tuned.jsonl").write_text("".join(json.dumps(
         {"id": f"s{i}", "prediction": p, "reference": r, "metrics": {"exact_match": float(p == r)}})
         + "\n" for i, (p, r) in enumerate(rows)))
-    for statuses in ([M.INTERVAL] * 3, [M.CLEAR] * 3):
-        comparisons = [{"first": "tuned", "second": s, "clear": st == M.CLEAR,
-                        "better": False if st == M.CLEAR else None, "status": st,
+    for statuses in ([V.INTERVAL] * 3, [V.CLEAR] * 3):
+        comparisons = [{"first": "tuned", "second": s, "clear": st == V.CLEAR,
+                        "better": False if st == V.CLEAR else None, "status": st,
                         "verdict": f"tuned vs {s}"} for s, st in
                        zip(("base", "prompt", "tuned-blank"), statuses, strict=True)]
         report = {"n": len(rows), "task": "short", "headline": "exact_match",
@@ -323,7 +324,7 @@ def test_the_learners_report_says_too_few_samples_not_interval_includes_0(tmp_pa
     report, warnings = learners_report(tmp_path)
     base = next(c for c in report["comparisons"] if c["second"] == "base")
     assert base["difference"]["value"] == 0.75 and base["difference"]["low"] > 0
-    assert base["status"] == M.FEW
+    assert base["status"] == V.FEW
     assert base["reason"].startswith("too few samples to tell")
     assert "includes 0" not in base["reason"] and "p=0.250" in base["reason"]
     assert base["reason"] in base["verdict"]
@@ -339,13 +340,13 @@ def test_the_learners_report_says_too_few_samples_not_interval_includes_0(tmp_pa
 
 def test_the_small_split_is_said_once_and_by_one_function(tmp_path: Path) -> None:
     report, warnings = learners_report(tmp_path)
-    sentence = M.small_test_warning(4)
+    sentence = V.small_test_warning(4)
     assert sentence is not None and sentence.startswith("the test split has only 4 sample(s)")
     shown = warnings + next_steps(report, tmp_path)
     assert sum("only 4" in s.lower() for s in shown) == 1
     assert sentence in warnings
     assert split_warnings({"train": 30, "val": 3, "test": 4}, 0.1, 0.1) == [sentence]
-    assert M.small_test_warning(M.SMALL_N) is None
+    assert V.small_test_warning(V.SMALL_N) is None
 
 
 def test_notebook_04_shows_the_packages_reasons_as_they_are() -> None:

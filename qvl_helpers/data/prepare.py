@@ -28,9 +28,9 @@ from pathlib import Path
 from ..config import CourseConfig, check_path_settings
 from ..errors import DatasetError, count
 from ..images import file_hash
-from ..metrics import small_test_warning
 from ..outputs import ensure_folder, write_json
 from ..runs import Outputs
+from ..verdicts import small_test_warning
 from .doctor import check_file
 from .split import SPLIT_INFO, TEST_FRACTION, VAL_FRACTION, split_file
 
