@@ -317,7 +317,7 @@ def recommend(gpus: list[GpuInfo], presets: Path = PRESETS_DIR) -> Recommendatio
     (:func:`~qvl_helpers.resolved.resolve`)."""
     from types import SimpleNamespace
 
-    from .config import read_yaml_mapping
+    from .yaml_files import read_yaml_mapping
 
     name, notes = preset_for(gpus)
     values, _ = read_yaml_mapping(presets / f"{name}.yaml")

@@ -91,11 +91,12 @@ def load_for_generation(model_path: str, adapter: str | Path | None = None,
                         quantization: str = "none", *, limits: ImageLimits | None = None,
                         dtype: Any = None, device_map: Any = "auto") -> tuple[Any, Any]:
     """The base model (with the LoRA adapter, checked to fit: see
-    :func:`~qvl_helpers.model.load_adapter`), greedy and in eval mode, and its processor
+    :func:`~qvl_helpers.lora.load_adapter`), greedy and in eval mode, and its processor
     (:func:`load_processor_for`). ``device_map="auto"`` places it on the GPU when there is one."""
     import torch
 
-    from .model import load_adapter, load_model, read_adapter_config
+    from .lora import load_adapter, read_adapter_config
+    from .model import load_model
 
     if adapter is not None:
         read_adapter_config(adapter)  # a broken adapter folder fails before the model loads

@@ -17,6 +17,11 @@ The estimate has two kinds of parts:
 The workload is the run's *longest* micro-batch (its ``batch_size`` longest samples, visual tokens
 included, padded to the longest), because that is the step that runs out of memory, and the
 length-grouped sampler puts it first.
+
+Longer than 450 lines because the estimate is one model (shapes, weights, trainable parts,
+optimizer, activations, the verdicts and the first change advised) whose parts are held together
+to the bytes of a loaded model by ``tests/test_memory.py``; the reports that print it are at the
+end.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ class Setup:
     def float32_embedding(self) -> bool:
         """The input embedding in float32, which keeps the language model's residual stream in
         float32: PEFT's upcast, and the lean 4/8-bit path in fp16 (see
-        :func:`qvl_helpers.model.freeze_quantized`)."""
+        :func:`qvl_helpers.lora.freeze_quantized`)."""
         return self.upcast or (self.quantized and self.fp16 and self.compute_bytes == 2)
 
     @classmethod
@@ -250,14 +255,14 @@ class Trainable:
 def trainable(shape: Shape, setup: Setup) -> Trainable:
     """LoRA's A and B matrices (float32: PEFT keeps adapters of 16-bit models in float32) on
     every targeted linear layer, plus full float32 copies of ``modules_to_save`` (the merger)."""
-    from .model import lora_targets
+    from .lora import lora_targets
 
     pattern, full = lora_targets(setup.trained)
     targets = [(n, i, o) for n, i, o in shape.linears if re.fullmatch(pattern, n)]
     params = sum(setup.lora_r * (i + o) for _, i, o in targets)
     nbytes = 4 * params
     tensors = 2 * len(targets)
-    copy_bytes = 4  # full copies train in float32 (model.trainable_in_fp32)
+    copy_bytes = 4  # full copies train in float32 (lora.trainable_in_fp32)
     for suffix in full:
         names = {n for n, _ in shape.modules if n.endswith("." + suffix) or n == suffix}
         copied = [t for t in shape.tensors if any(t.name.startswith(n + ".") for n in names)]
@@ -278,7 +283,7 @@ def optimizer_bytes(train: Trainable) -> int:
 
 def _vision_trains(shape: Shape, setup: Setup) -> bool:
     """True when LoRA or ``modules_to_save`` reach into the vision tower (the merger included)."""
-    from .model import lora_targets
+    from .lora import lora_targets
 
     pattern, full = lora_targets(setup.trained)
     return bool(full) or any(".visual." in f".{n}" and re.fullmatch(pattern, n)

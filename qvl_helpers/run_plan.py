@@ -284,7 +284,7 @@ def check_model(cfg: CourseConfig, say: Any = print) -> tuple[Any, str, list[str
     train the stand-in unasked (:func:`~qvl_helpers.env.gpu_preset_mismatch`), and a LoRA
     pattern that matches nothing, before any weights load."""
     from .env import gpu_preset_mismatch
-    from .model import lora_target_names
+    from .lora import lora_target_names
 
     choice = cfg.resolve_model()
     mismatch = gpu_preset_mismatch(cfg, choice, torch.cuda.is_available())

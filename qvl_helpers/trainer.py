@@ -241,8 +241,9 @@ def _oom_message(cfg: CourseConfig, longest: int) -> str:
 def prepare_model(plan: RunPlan, local_rank: int, say: Any = print) -> Any:
     """Load the planned base (4/8/16-bit) on this process's device, add LoRA as the plan's
     settings say and guard the vision features
-    (:func:`~qvl_helpers.model.check_vision_features`)."""
-    from .model import add_lora, check_vision_features, format_parameter_table, load_model, parameter_table
+    (:func:`~qvl_helpers.lora.check_vision_features`)."""
+    from .lora import add_lora, check_vision_features
+    from .model import format_parameter_table, load_model, parameter_table
 
     cfg = plan.cfg
     device_map = {"": local_rank} if torch.cuda.is_available() else None

@@ -65,6 +65,19 @@ def sample_browser(records: Sequence[Record]) -> Any:
     return w.VBox([slider, out])
 
 
+def base_and_tuned(chat: Any, item: str | Record, question: str) -> tuple[list[str], str, str]:
+    """The images shown, the base model's answer and the fine-tuned one for ``item`` (a record,
+    asked in its conversation with ``question`` as its scored question, or an image path)."""
+    from .chat import with_question
+    from .data.records import images_of
+
+    if isinstance(item, dict):
+        record = with_question(item, question)
+        return (images_of(record), chat.answer_record(record, adapter=False),
+                chat.answer_record(record))
+    return [item], chat.answer(item, question, adapter=False), chat.answer(item, question)
+
+
 def side_by_side(chat: Any, items: Sequence[str | Record], question: str = "") -> Any:
     """Pick a held-out sample or an image (or upload one), ask a question, and see the base
     model's and the fine-tuned model's answers next to each other (``chat``: a
@@ -77,8 +90,7 @@ def side_by_side(chat: Any, items: Sequence[str | Record], question: str = "") -
     import ipywidgets as w
     from IPython.display import HTML, Image, display
 
-    from .chat import with_question
-    from .data.records import images_of, scored_turn
+    from .data.records import scored_turn
 
     if not getattr(chat, "has_adapter", False):
         raise ValueError("side_by_side needs a Chat with an adapter (the base answer is the "
@@ -105,17 +117,10 @@ def side_by_side(chat: Any, items: Sequence[str | Record], question: str = "") -
             picker.value = str(path)
         return picker.value
 
-    def answers(item: str | Record) -> tuple[list[str], str, str]:
-        if isinstance(item, dict):
-            record = with_question(item, asked.value)
-            return (images_of(record), chat.answer_record(record, adapter=False),
-                    chat.answer_record(record))
-        return [item], chat.answer(item, asked.value, adapter=False), chat.answer(item, asked.value)
-
     def ask(_: Any = None) -> None:
         out.clear_output(wait=True)
         with out:
-            images, base, tuned = answers(chosen())
+            images, base, tuned = base_and_tuned(chat, chosen(), asked.value)
             for image in images:
                 display(Image(data=thumbnail(image, 320)))
             display(HTML("<table><tr><th>base model</th><th>fine-tuned</th></tr><tr>"

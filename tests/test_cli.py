@@ -94,17 +94,18 @@ def test_a_flag_that_names_a_setting_is_that_setting_with_its_origin(
         clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--max-pixels N`` is ``--set max_pixels=N`` under another name: checked with the other
     settings, and named as the origin the way ``qvl config`` names ``--set``."""
-    from qvl_helpers.cli import SETTING_KEYS, _settings, build_parser
+    from qvl_helpers.cli import build_parser
+    from qvl_helpers.commands import SETTING_KEYS, read_settings
     from qvl_helpers.config import CourseConfig
 
     assert set(SETTING_KEYS) <= set(CourseConfig.model_fields)
     parser = build_parser()
-    cfg = _settings(parser.parse_args(["eval", "--run", "r", "--batch-size", "3",
+    cfg = read_settings(parser.parse_args(["eval", "--run", "r", "--batch-size", "3",
                                        "--set", "eval_task=json", "--seed", "5"]))
     assert (cfg.eval_batch_size, cfg.eval_task, cfg.seed) == (3, "json", 5)
     assert (str(cfg.origin("eval_batch_size")), str(cfg.origin("eval_task"))) == \
         ("--batch-size 3", "--set eval_task=json")
-    defaults = _settings(parser.parse_args(["eval", "--run", "r"]))
+    defaults = read_settings(parser.parse_args(["eval", "--run", "r"]))
     assert defaults.eval_batch_size == CourseConfig.model_fields["eval_batch_size"].default
     for given in (["--set", "max_pixels=3000"], ["--max-pixels", "3000"]):
         assert main(["tokens", "d.jsonl", *given]) == 2

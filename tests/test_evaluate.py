@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 import qvl_helpers.evaluate as E
+from qvl_helpers import overlap as O
+from qvl_helpers import prompts as P
 from qvl_helpers.data import load_records
 from qvl_helpers.errors import ConfigError, DatasetError, OutputExistsError
 
@@ -126,22 +128,22 @@ def test_bad_systems_are_refused(names: str, adapter: bool, words: str) -> None:
 
 
 def test_the_task_prompt_states_the_answer_format() -> None:
-    assert E.task_prompt("short", ["red", "blue", "red"]) == \
+    assert P.task_prompt("short", ["red", "blue", "red"]) == \
         "Answer with one of: red, blue. Reply with the answer only."
-    assert E.task_prompt("short", ["红", "蓝"]) == "只回答以下之一：红、蓝。只输出答案。"
-    json_prompt = E.task_prompt("json", ['{"total": 1, "date": "x"}', '{"total": 2}'])
+    assert P.task_prompt("short", ["红", "蓝"]) == "只回答以下之一：红、蓝。只输出答案。"
+    json_prompt = P.task_prompt("json", ['{"total": 1, "date": "x"}', '{"total": 2}'])
     assert json_prompt == 'Answer with JSON only, no other text. Use the keys "total", "date".'
-    assert "Transcribe" in E.task_prompt("reading", ["TOTAL 12.50 THANK YOU FOR SHOPPING"])
+    assert "Transcribe" in P.task_prompt("reading", ["TOTAL 12.50 THANK YOU FOR SHOPPING"])
 
 
 def test_the_prompt_is_added_to_a_copy() -> None:
     (record,) = load_records(SHAPES / "shapes.jsonl")[:1]
     before = json.dumps(record)
-    prompted = E.with_system_prompt(record, "Answer with one word.")
+    prompted = P.with_system_prompt(record, "Answer with one word.")
     assert json.dumps(record) == before
     assert prompted["messages"][0] == {"role": "system", "content": [
         {"type": "text", "text": "Answer with one word."}]}
-    again = E.with_system_prompt(prompted, "Be brief.")
+    again = P.with_system_prompt(prompted, "Be brief.")
     assert [p["text"] for p in again["messages"][0]["content"]] == [
         "Answer with one word.", "\n\nBe brief."]
     assert len(again["messages"]) == len(prompted["messages"])
@@ -163,11 +165,11 @@ def test_overlap_by_image_content_and_by_identical_sample(tmp_path: Path) -> Non
     shutil.copy(SHAPES / "images" / "shape_0003.png", copy)
     clean = subset(SHAPES / "shapes.jsonl", tmp_path / "clean.jsonl", 20, 30)
     trained = load_records(train)
-    assert E.find_overlap(load_records(same), trained) == [
+    assert O.find_overlap(load_records(same), trained) == [
         "shape-0005: identical to training sample shape-0005"]
-    assert E.find_overlap(load_records(shared), trained) == [
+    assert O.find_overlap(load_records(shared), trained) == [
         "shape-0020: shares an image with training sample shape-0003"]
-    assert E.find_overlap(load_records(clean), trained) == []
+    assert O.find_overlap(load_records(clean), trained) == []
 
 
 def test_overlap_is_refused_before_the_model_loads(tmp_path: Path, model_folder: Path,

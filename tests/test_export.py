@@ -26,7 +26,8 @@ def make_adapter(tiny_dir: Path, folder: Path, trained: str, quantization: str =
     weights are random, so that merged and unmerged models differ from the base."""
     from transformers import AutoProcessor
 
-    from qvl_helpers.model import add_lora, load_model
+    from qvl_helpers.lora import add_lora
+    from qvl_helpers.model import load_model
 
     model = add_lora(load_model(str(tiny_dir), quantization), trained=trained, r=4, alpha=8,
                      dropout=0.0, gradient_checkpointing=False)

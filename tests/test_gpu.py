@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from qvl_helpers import memory
-from qvl_helpers.model import add_lora, load_model
+from qvl_helpers.lora import add_lora
+from qvl_helpers.model import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: run benchmarks/gpu_check.sh there")]

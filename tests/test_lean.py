@@ -11,7 +11,8 @@ import torch
 from qvl_helpers import memory
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
-from qvl_helpers.model import add_lora, load_model
+from qvl_helpers.lora import add_lora
+from qvl_helpers.model import load_model
 from qvl_helpers.trainer import CourseTrainer, answer_loss, answer_positions
 
 SHAPES = Path(__file__).resolve().parent.parent / "data_samples" / "shapes" / "shapes.jsonl"
@@ -178,7 +179,7 @@ def test_non_finite_vision_features_stop_with_the_cause_and_a_fix_for_the_comman
         tiny_dir, batch, dtype, said):
     from qvl_helpers.errors import TrainingError
     from qvl_helpers.fixes import running
-    from qvl_helpers.model import check_vision_features
+    from qvl_helpers.lora import check_vision_features
 
     model = _lora_model(tiny_dir).to(dtype)
     handle = check_vision_features(model)
@@ -199,7 +200,7 @@ def test_non_finite_vision_features_stop_with_the_cause_and_a_fix_for_the_comman
 
 def test_frozen_blocks_are_checked_at_every_batch_even_when_the_merger_trains(tiny_dir, batch):
     from qvl_helpers.errors import TrainingError
-    from qvl_helpers.model import check_vision_features
+    from qvl_helpers.lora import check_vision_features
 
     model = _lora_model(tiny_dir, trained="language+merger")
     check_vision_features(model)
@@ -213,7 +214,7 @@ def test_a_trained_tower_is_checked_before_its_first_update_only(tiny_dir, batch
     """After updates, non-finite features of trained blocks may be divergence: the loss guard
     names that (with lr), not this check."""
     from qvl_helpers.errors import TrainingError
-    from qvl_helpers.model import check_vision_features
+    from qvl_helpers.lora import check_vision_features
 
     model = _lora_model(tiny_dir, trained="language+vision")
     check_vision_features(model)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from qvl_helpers import memory
+from qvl_helpers.lora import add_lora
 from qvl_helpers.memory import GIB, GPUS, Setup, Workload, estimate, model_shape
-from qvl_helpers.model import add_lora, load_model, quiet_upstream_deprecations
+from qvl_helpers.model import load_model, quiet_upstream_deprecations
 from qvl_helpers.tiny import real_3b_config
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
@@ -142,7 +143,7 @@ def test_the_real_3b_counts_match_the_facts_and_a_peft_wrapped_meta_copy(real_3b
 
 
 def memory_targets(trained: str):
-    from qvl_helpers.model import lora_targets
+    from qvl_helpers.lora import lora_targets
 
     return lora_targets(trained)
 

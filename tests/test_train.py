@@ -20,7 +20,8 @@ from limits import HANG_GUARD_S
 
 from qvl_helpers.collate import make_collator
 from qvl_helpers.data import load_records
-from qvl_helpers.model import add_lora, load_adapter, load_model
+from qvl_helpers.lora import add_lora, load_adapter
+from qvl_helpers.model import load_model
 
 if TYPE_CHECKING:
     from conftest import TrainedRun
@@ -391,7 +392,7 @@ def test_a_4bit_model_trains_on_after_an_evaluation(tiny_dir: Path, processor) -
     """QLoRA on a CPU: an evaluation (eval mode, no gradients) between two training steps
     leaves the 4-bit layers trainable. bitsandbytes repacks them for inference on CPUs with
     AVX512-BF16 and the next step failed; the course turns that off for training."""
-    from qvl_helpers.model import keep_4bit_training_layout
+    from qvl_helpers.lora import keep_4bit_training_layout
 
     records = load_records(REPO / "data_samples" / "shapes" / "shapes.jsonl")[:2]
     batch = make_collator(processor, "train", min_pixels=3136, max_pixels=12544)(records)

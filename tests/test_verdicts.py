@@ -21,6 +21,7 @@ import yaml
 
 import qvl_helpers.evaluate as E
 from qvl_helpers import metrics as M
+from qvl_helpers import prompts as P
 from qvl_helpers import verdicts as V
 from qvl_helpers.advice import MAX_PIXELS_LIMIT, _comparison_steps, change, next_steps
 from qvl_helpers.data.prepare import split_warnings
@@ -395,7 +396,7 @@ def test_a_multi_turn_samples_prompt_describes_its_scored_turn() -> None:
     for _ in range(40):
         trained = mixed_records(rng, int(rng.integers(4, 30)), "train")
         evaluated = mixed_records(rng, int(rng.integers(2, 12)), "test")
-        prompts = E.task_prompts(request, "short", evaluated, trained)
+        prompts = P.task_prompts(request, "short", evaluated, trained)
         for record, prompt in zip(evaluated, prompts, strict=True):
             turn = scored_turn(record)
             offered = set(re.split("、|, ", re.search(r"(?:之一：|one of: )(.*?)(?:。|\. Reply)",
@@ -410,11 +411,11 @@ def test_a_multi_turn_samples_prompt_describes_its_scored_turn() -> None:
                conversation("t2", [(COLOUR_Q, "蓝色", None)])]
     unseen = conversation("e1", [(COLOUR_Q, "红色", None), ("角有几个？", "6", None)])
     digits = "Answer with one of: 6. Reply with the answer only."
-    assert E.task_prompts(request, "short", [unseen], trained) == [digits]
+    assert P.task_prompts(request, "short", [unseen], trained) == [digits]
     # No training split: the evaluated samples' scored turns asking the same question.
-    alone = E.task_prompts(request, "short", [unseen, *trained[:1]], None)
+    alone = P.task_prompts(request, "short", [unseen, *trained[:1]], None)
     assert alone == [digits] * 2
-    summary = E.prompt_summary([unseen, *trained], E.task_prompts(request, "short",
+    summary = P.prompt_summary([unseen, *trained], P.task_prompts(request, "short",
                                                                   [unseen, *trained], trained))
     assert [(s["prompt"], s["question"], s["turn"], s["samples"]) for s in summary] == [
         (digits, "角有几个？", 2, 2), ("只回答以下之一：红色、蓝色。只输出答案。", COLOUR_Q, 1, 1)]

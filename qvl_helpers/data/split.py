@@ -142,20 +142,10 @@ SPLIT_INCOMPLETE = ".qvl-split-incomplete.json"
 VAL_FRACTION = TEST_FRACTION = 0.1
 
 
-def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path | None = None,
-               val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = 0, overwrite: bool = False,
-               fmt: str = "auto") -> SplitResult:
-    """Split a data file into ``out_dir``/train.jsonl, val.jsonl and test.jsonl.
-
-    Raises:
-        DatasetError: the data has problems (run ``qvl data check`` first), or the output files
-            exist and ``overwrite`` is False (nothing is overwritten without being asked).
-    """
-    path, out_dir = Path(path), Path(out_dir)
-    root = Path(image_root) if image_root is not None else path.parent
-    if path.exists():
-        require_image_root(root)
-    files = {name: out_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
+def _claim_split_files(files: dict[str, Path], path: Path, out_dir: Path,
+                       overwrite: bool) -> None:
+    """Refuse to write the splits over the input, over an interrupted split, or over earlier
+    split files unless ``overwrite``."""
     for target in files.values():
         refuse_inputs(target, [path])
     if (out_dir / SPLIT_INCOMPLETE).exists() and not overwrite:
@@ -166,7 +156,13 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
     existing = [str(p) for p in files.values() if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{', '.join(existing)} already exist.", file=out_dir,
-                           fix="choose another --out-dir, or pass --force to replace them.")
+                                fix="choose another --out-dir, or pass --force to replace them.")
+
+
+def _records_with_image_hashes(path: Path, root: Path,
+                               fmt: str) -> tuple[list[Record], list[list[str]]]:
+    """Every record of ``path`` and the content hashes of its images (what groups samples that
+    share an image into one split); the first bad record or image is refused."""
     records, hashes = [], []
     for raw in read_records(path, fmt):
         if raw.record is None:
@@ -186,6 +182,25 @@ def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path 
                                        "splitting.") from None
         records.append(raw.record)
         hashes.append(digests)
+    return records, hashes
+
+
+def split_file(path: str | Path, out_dir: str | Path, *, image_root: str | Path | None = None,
+               val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = 0,
+               overwrite: bool = False, fmt: str = "auto") -> SplitResult:
+    """Split a data file into ``out_dir``/train.jsonl, val.jsonl and test.jsonl.
+
+    Raises:
+        DatasetError: the data has problems (run ``qvl data check`` first), or the output files
+            exist and ``overwrite`` is False (nothing is overwritten without being asked).
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    root = Path(image_root) if image_root is not None else path.parent
+    if path.exists():
+        require_image_root(root)
+    files = {name: out_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
+    _claim_split_files(files, path, out_dir, overwrite)
+    records, hashes = _records_with_image_hashes(path, root, fmt)
     if not records:
         raise DatasetError("the file holds no records.", file=path, fix="check the file.")
     names, group_of = assign_splits(records, hashes, val, test, seed)
