@@ -236,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in given.items() if v is not None and k != "out_dir"}
         out = given["out_dir"]
         if out is None and given["data"] is not None:  # other data: not the held-out report
-            out = Outputs.of(cfg).eval(f"{Path(args.run).name}-{given['data'].stem}")
+            out = Outputs.of(cfg).folder("eval", f"{Path(args.run).name}-{given['data'].stem}")
         request = plan_for_run(args.run, out, **overrides, **settings)
     else:
         missing = [flag for flag, key in (("--model", "model"), ("--data", "data"))
@@ -246,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         name = f"{Path(str(given['adapter'] or given['model'])).name}-{given['data'].stem}"
-        out = given["out_dir"] or Outputs.of(cfg).eval(name)
+        out = given["out_dir"] or Outputs.of(cfg).folder("eval", name)
         request = EvalRequest(**{**given, "out_dir": out}, **settings)
     report = evaluate(request)
     print(format_report(report))

@@ -391,12 +391,12 @@ def plan_for_run(run: str | Path, out_dir: str | Path | None = None,
                           fix="pass --model, --adapter, --data and --out yourself.") from None
     outputs = Outputs.of_run(run)  # the run's own outputs folder (it may have been moved)
     for key, path in splits.items():
-        if (beside := outputs.data(path.parent.name) / path.name).is_file():
+        if (beside := outputs.folder("data", path.parent.name) / path.name).is_file():
             splits[key] = beside
     model = where.get("model_path") or name
     fields = {"model": model if Path(model).is_dir() else name, "adapter": run / ADAPTER,
               "data": splits["test"], "train_split": splits.get("train"),
-              "out_dir": Path(out_dir) if out_dir else outputs.eval(run.resolve().name)}
+              "out_dir": Path(out_dir) if out_dir else outputs.folder("eval", run.resolve().name)}
     fields.update(overrides)
     return EvalRequest(**fields)
 

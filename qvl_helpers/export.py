@@ -85,11 +85,11 @@ def plan_export(run: str | Path | None = None, *, model: str | None = None,
         plan = plan_for_run(run)
         model, adapter = model or plan.model, adapter or plan.adapter
         samples, name = plan.data, Path(run).resolve().name
-        default = Outputs.of_run(run).export(name)
+        default = Outputs.of_run(run).folder("export", name)
     elif adapter is not None:
         model = model or adapter_base_model(adapter)
         samples, name = None, Path(adapter).resolve().parent.name or "export"
-        default = Outputs.of(load_config()).export(name)
+        default = Outputs.of(load_config()).folder("export", name)
     else:
         raise ConfigError("nothing to export.", fix="pass --run outputs/runs/NAME, or --model "
                                                     "and --adapter.")

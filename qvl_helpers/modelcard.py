@@ -57,7 +57,7 @@ def find_report(run: Path | None, adapter: Path) -> dict[str, Any] | None:
     """The newest evaluation report of this adapter in the run's outputs folder."""
     if run is None:
         return None
-    reports = sorted(Outputs.of_run(run).evals.glob("*/report.json"),
+    reports = sorted(Outputs.of_run(run).folder("eval").glob("*/report.json"),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     for path in reports:
         report = read_json(path)

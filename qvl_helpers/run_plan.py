@@ -273,7 +273,7 @@ def preflight(cfg: CourseConfig, prepared: Any, records: dict[str, list[Record]]
 def ensure_output_folder(cfg: CourseConfig) -> None:
     """``output_dir/runs`` exists and is writable; the error names where output_dir was set."""
     try:
-        ensure_folder(Outputs.of(cfg).runs, what="output folder")
+        ensure_folder(Outputs.of(cfg).folder("runs"), what="output folder")
     except OutputFolderError as exc:
         raise cfg.error("output_dir", f"{exc.message[:-1]}: {exc.file}.", exc.fix) from None
 

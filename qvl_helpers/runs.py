@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .config import CourseConfig
 from .errors import QVLError
@@ -67,30 +67,16 @@ class Outputs:
         """The layout the run folder ``run`` (``<root>/runs/NAME``) belongs to."""
         return cls(Path(run).resolve().parent.parent)
 
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    def run(self, name: str) -> Path:
-        return self.runs / name
-
-    def data(self, key: str) -> Path:
-        return self.root / "data" / key
-
-    @property
-    def evals(self) -> Path:
-        return self.root / "eval"
-
-    def eval(self, name: str) -> Path:
-        return self.evals / name
-
-    def export(self, name: str) -> Path:
-        return self.root / "export" / name
+    def folder(self, kind: Literal["data", "runs", "eval", "export"],
+               name: str | None = None) -> Path:
+        """``<root>/KIND`` (data, runs, eval or export), or the folder ``NAME`` in it."""
+        base = self.root / kind
+        return base / name if name else base
 
 
 def run_dir(cfg: CourseConfig, name: str | None = None) -> Path:
     """``<output_dir>/runs/<run_name>`` (:class:`Outputs`)."""
-    return Outputs.of(cfg).run(name or cfg.run_name)
+    return Outputs.of(cfg).folder("runs", name or cfg.run_name)
 
 
 # ----------------------------------------------------------------------------- identity
@@ -273,7 +259,7 @@ def inspect_run(folder: Path) -> RunState:
 def finished_runs(output_dir: str | Path) -> list[Path]:
     """The finished runs (a final adapter and a run.json) under ``<output_dir>/runs``, the most
     recently finished first."""
-    folders = [p for p in Outputs(Path(output_dir)).runs.glob("*")
+    folders = [p for p in Outputs(Path(output_dir)).folder("runs").glob("*")
                if (p / ADAPTER).is_dir() and read_identity(p) is not None]
     return sorted(folders, key=lambda p: (p / ADAPTER).stat().st_mtime, reverse=True)
 

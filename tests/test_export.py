@@ -434,19 +434,27 @@ EXPORT_COMBOS = [  # flags, exit status, words of the output (stdout or the erro
 ]
 
 
+def export_says(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                args: list, status: int, words: str) -> int:
+    """``qvl export ARGS`` (verified in this process): its exit status is ``status`` and it says
+    ``words`` (on stdout when it succeeds, else in its one-line refusal)."""
+    import qvl_helpers.verify as V
+
+    monkeypatch.setattr(V, "observe_in_fresh_process", in_this_process)
+    code, stdout, err = run_main(capsys, "export", *args)
+    clear_refusal_or_success(code, err)
+    assert code == status, err
+    assert words in (stdout if code == 0 else err)
+    return code
+
+
 @pytest.mark.parametrize(("flags", "status", "words"), EXPORT_COMBOS,
                          ids=[" ".join(c[0]) or "none" for c in EXPORT_COMBOS])
 def test_every_export_combination_works_or_says_why(
         flags: list[str], status: int, words: str, combo: dict[str, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import qvl_helpers.verify as V
-
-    monkeypatch.setattr(V, "observe_in_fresh_process", in_this_process)
     out = tmp_path / "merged"
-    code, stdout, err = run_main(capsys, "export", *expand(flags, combo), "--out", out)
-    clear_refusal_or_success(code, err)
-    assert code == status, err
-    assert words in (stdout if code == 0 else err)
+    code = export_says(capsys, monkeypatch, [*expand(flags, combo), "--out", out], status, words)
     if code == 0:
         info = json.loads((out / "export.json").read_text())
         assert info["verified"] is ("Verified" in words)
@@ -475,15 +483,9 @@ def test_every_check_only_combination_works_or_says_why(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    import qvl_helpers.verify as V
-
-    monkeypatch.setattr(V, "observe_in_fresh_process", in_this_process)
     paths = {**combo, "E": tmp_path / "export"}
     shutil.copytree(combo["E"], paths["E"])
-    code, stdout, err = run_main(capsys, "export", "--check-only", *expand(flags, paths))
-    clear_refusal_or_success(code, err)
-    assert code == status, err
-    assert words in (stdout if code == 0 else err)
+    export_says(capsys, monkeypatch, ["--check-only", *expand(flags, paths)], status, words)
 
 
 @pytest.fixture

@@ -27,25 +27,24 @@ def _write(folder: Path, name: str, payload: object) -> Path:
 
 #: One two-turn conversation (question before the image in turn 1, two images in turn 2,
 #: Chinese) in each layout the readers accept, and the turns it must give.
+IMAGES = ["images/a.png", "images/b.png", "images/c.png"]
+
+
+def _turns(who: str, said: str, user: str, assistant: str, tag: str,
+           sep: str = "") -> list[dict[str, str]]:
+    """The conversation with the layout's key names, role names and image placeholder ``tag``
+    (``sep`` between the first question and its image)."""
+    lines = [f"图中是什么颜色？{sep}{tag}", "红色", f"{tag}{tag}Which digit?", "6"]
+    return [{who: role, said: text} for role, text in zip([user, assistant] * 2, lines, strict=True)]
+
+
 LAYOUTS = {
-    "official.json": [{"id": "s1", "image": ["images/a.png", "images/b.png", "images/c.png"],
-                       "conversations": [
-                           {"from": "human", "value": "图中是什么颜色？\n<image>"},
-                           {"from": "gpt", "value": "红色"},
-                           {"from": "human", "value": "<image><image>Which digit?"},
-                           {"from": "gpt", "value": "6"}]}],
-    "seed.jsonl": [{"id": "s1", "image": ["images/a.png", "images/b.png", "images/c.png"],
-                    "conversations": [
-                        {"from": "user", "value": "图中是什么颜色？<img></img>"},
-                        {"from": "assistant", "value": "红色"},
-                        {"from": "user", "value": "<img></img><img></img>Which digit?"},
-                        {"from": "assistant", "value": "6"}]}],
-    "sharegpt.json": [{"id": "s1", "images": ["images/a.png", "images/b.png", "images/c.png"],
-                       "messages": [
-                           {"role": "user", "content": "图中是什么颜色？<image>"},
-                           {"role": "assistant", "content": "红色"},
-                           {"role": "user", "content": "<image><image>Which digit?"},
-                           {"role": "assistant", "content": "6"}]}],
+    "official.json": [{"id": "s1", "image": IMAGES,
+                       "conversations": _turns("from", "value", "human", "gpt", "<image>", "\n")}],
+    "seed.jsonl": [{"id": "s1", "image": IMAGES,
+                    "conversations": _turns("from", "value", "user", "assistant", "<img></img>")}],
+    "sharegpt.json": [{"id": "s1", "images": IMAGES,
+                       "messages": _turns("role", "content", "user", "assistant", "<image>")}],
     "canonical.jsonl": [{"id": "s1", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "图中是什么颜色？"},
                                      {"type": "image", "image": "images/a.png"}]},

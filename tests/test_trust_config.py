@@ -25,6 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "configs"
 
 
+def refused(course_yaml: Path, text: bytes | str) -> ConfigError:
+    """The error ``load_config`` raises for a course.yaml holding ``text``."""
+    write(course_yaml, text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    return info.value
+
+
 def write(path: Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
@@ -92,12 +100,9 @@ def test_an_empty_preset_says_so_with_a_fix_for_the_preset(clean_env: Path) -> N
 
 
 def test_a_key_written_twice_is_refused_naming_both_lines(clean_env: Path) -> None:
-    write(clean_env / "course.yaml", "model: tiny\nlr: 0.0002\nseed: 0\nlr: 0.01\n")
-    with pytest.raises(ConfigError) as info:
-        load_config()
-    message = str(info.value)
-    assert "lr is set twice, on line 2 and on line 4" in message
-    assert info.value.line == 4 and "course.yaml:4" in message
+    error = refused(clean_env / "course.yaml", "model: tiny\nlr: 0.0002\nseed: 0\nlr: 0.01\n")
+    assert "lr is set twice, on line 2 and on line 4" in str(error)
+    assert error.line == 4 and "course.yaml:4" in str(error)
 
 
 def test_a_key_twice_in_a_preset_names_the_preset(clean_env: Path) -> None:
@@ -200,13 +205,11 @@ def test_min_above_max_flags_are_refused_by_qvl_tokens(
 
 
 def test_min_pixels_that_leave_no_room_within_max_length(clean_env: Path) -> None:
-    write(clean_env / "course.yaml", "model: tiny\nmin_pixels: 401408\nmax_length: 256\n")
-    with pytest.raises(ConfigError) as info:
-        load_config()
-    message = str(info.value)
+    error = refused(clean_env / "course.yaml", "model: tiny\nmin_pixels: 401408\nmax_length: 256\n")
+    message = str(error)
     assert "at least 512 visual tokens, and max_length (256) is no more than that" in message
     assert "min_pixels from" in message and "max_length from" in message
-    assert info.value.line == 2  # the first key of the pair, both named with their lines
+    assert error.line == 2  # the first key of the pair, both named with their lines
 
 
 def test_a_contradiction_across_layers_blames_the_latest(clean_env: Path) -> None:

@@ -285,12 +285,17 @@ def test_full_disk_in_a_fresh_split_leaves_nothing_and_a_rerun_works(
     assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
 
 
+def _split_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> tuple[Path, dict]:
+    """A first split (seed 1) into ``tmp_path/splits``, and the snapshot of its files."""
+    out = tmp_path / "splits"
+    assert _split(capsys, out, "--seed", "1")[0] == 0
+    return out, _snapshot(out)
+
+
 def test_full_disk_in_split_force_keeps_the_earlier_set_whole(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "splits"
-    assert _split(capsys, out, "--seed", "1")[0] == 0
-    before = _snapshot(out)
+    out, before = _split_once(capsys, tmp_path)
     with monkeypatch.context() as m:
         _disk_fills_after(m, 50)
         code, _, err = _split(capsys, out, "--force")
@@ -332,9 +337,7 @@ def test_a_kill_while_a_split_file_is_written_keeps_the_earlier_set(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from qvl_helpers.data import split
 
-    out = tmp_path / "splits"
-    assert _split(capsys, out, "--seed", "1")[0] == 0
-    before = _snapshot(out)
+    out, before = _split_once(capsys, tmp_path)
     real, calls = split.write_jsonl, {"n": 0}
 
     def killed_in_val(records: Any, path: Path) -> int:

@@ -126,7 +126,7 @@ def prepare_data(cfg: CourseConfig, *, val: float = VAL_FRACTION, test: float = 
     check_path_settings(cfg, ("data", "image_root", "output_dir"))
     data, root = course_data(cfg)
     digest = file_hash(data)
-    folder = Outputs.of(cfg).data(dataset_key(data, root, val, test, cfg.seed, digest))
+    folder = Outputs.of(cfg).folder("data", dataset_key(data, root, val, test, cfg.seed, digest))
     if (folder / SPLIT_INFO).is_file():
         say(f"Using the splits of {data.name} in {folder} (made earlier from the same data).")
         return _prepared(folder, built=False)
