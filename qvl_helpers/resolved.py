@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .errors import count
+
 #: The compute dtypes by the names settings use, and their torch names (run.json, reports).
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -76,7 +78,7 @@ class Resolved:
                f"compute      {self.torch_dtype_name}"]
         if self.steps is not None:
             out.append(f"steps        about {self.steps} ({self.samples_per_step} samples per "
-                       f"optimizer step, {self.world_size} process(es))")
+                       f"optimizer step, {count(self.world_size, 'process', 'processes')})")
         return out
 
     def to_dict(self) -> dict[str, Any]:
