@@ -1,8 +1,16 @@
-# Setup. On Colab or Kaggle this cell installs the course; anywhere else it does nothing
-# (locally, `bash scripts/lab.sh` or the Docker image has already installed the tested versions).
-# It looks for the course in this order: already installed in this session; the archive made by
-# `qvl bundle` (uploaded to the session, in Google Drive, or attached as a Kaggle dataset, which
-# Kaggle unpacks); the git URL in COURSE_REPO. It never replaces the platform's own PyTorch.
+"""What the notebooks' first cell runs: on Colab or Kaggle, install the course once per session and
+work from its notebooks folder; anywhere else, nothing (locally, `bash scripts/lab.sh` or the Docker
+image has already installed the tested versions).
+
+The course is looked for in this order: already installed in this session; the archive made by
+`qvl bundle` (uploaded to the session, in Google Drive, or attached as a Kaggle dataset, which Kaggle
+unpacks); the git URL in COURSE_REPO. The platform's own PyTorch is never replaced.
+
+Standard library only: in a new hosted session this file runs before the package and its
+dependencies are installed (the first cell reads it from the installed package, or from the
+package's wheel in the archive, or from a clone of COURSE_REPO, and calls :func:`main`).
+"""
+
 import importlib.util
 import os
 import subprocess
@@ -10,8 +18,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-COURSE_REPO = os.environ.get("QVL_COURSE_REPO", "")  # or paste the course's git URL here
-KEEP_OUTPUTS = False  # True: runs go to Google Drive (Colab), or /kaggle/working (Kaggle)
+COURSE_REPO = os.environ.get("QVL_COURSE_REPO", "")  # the first cell's COURSE_REPO, when given
+KEEP_OUTPUTS = False  # the first cell's KEEP_OUTPUTS: runs go to Google Drive or /kaggle/working
 ARCHIVE = "qvl-course*.zip"
 SEARCHED = ["/content", "/content/drive/MyDrive", "/kaggle/input", "/kaggle/working"]
 
@@ -72,7 +80,13 @@ def install_course(home: Path, places: list[str]) -> Path:
 
         drive.mount("/content/drive")
         found = find_course(places)
-    if found is not None:
+    if found is not None and not (found / "wheels").is_dir() and (found / "pyproject.toml").is_file():
+        # The first cell cloned COURSE_REPO here (a source tree, no wheels): install it as cloned.
+        print(f"Installing the course from {COURSE_REPO or found}")
+        if not pip(f"{found}[hosted]", *platform_pins(found)):
+            raise SystemExit("Installing the course from git failed (see above).")
+        course = found
+    elif found is not None:
         unpack(found, course)
         wheels = sorted((course / "wheels").glob("qvl_helpers-*.whl"))
         if not wheels:
@@ -116,5 +130,14 @@ def setup_hosted() -> None:
         print(f"Runs and checkpoints go to {os.environ['QVL_OUTPUT_DIR']}")
 
 
-if __name__ == "__main__" and on_hosted():
-    setup_hosted()
+def main(keep_outputs: bool = False, course_repo: str = "") -> None:
+    """The first cell's hand-over: on Colab or Kaggle, install the course (once) and work from its
+    notebooks folder, keeping runs in Drive or /kaggle/working if ``keep_outputs``."""
+    global KEEP_OUTPUTS, COURSE_REPO
+    KEEP_OUTPUTS, COURSE_REPO = keep_outputs, course_repo or COURSE_REPO
+    if on_hosted():
+        setup_hosted()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,14 @@ from pathlib import Path
 
 NAME = re.compile(r"^\d\d_[a-z0-9]+(?:_[a-z0-9]+)*\.ipynb$")
 MAX_BYTES = 200 * 1024
+#: The first code cell finds qvl_helpers/setup_cell.py and hands over to it; in a new Colab or
+#: Kaggle session that file is inside the package's wheel in the course archive (or a clone of
+#: COURSE_REPO), which the cell must find itself. Everything else is the package's.
+MAX_SETUP_LINES = 31
+PACKAGE = Path(__file__).resolve().parent.parent / "qvl_helpers"
+#: Where notebooks may import the package from: the module and the file whose ``__all__``
+#: lists the names they may import from it.
+API = {"qvl_helpers": PACKAGE / "__init__.py", "qvl_helpers.course": PACKAGE / "course.py"}
 FORBIDDEN = {"sys.path.": "edits sys.path (import the installed package instead)",
              "login(": "logs in interactively (tokens come from the environment)",
              "data:image/": "embeds an image as base64 (write images to outputs/ instead)"}
@@ -36,17 +44,69 @@ def _key(node: ast.AST) -> object:
         node.slice, ast.Constant) else None
 
 
+def _tree(code: str) -> ast.Module | None:
+    """A code cell's syntax tree, IPython lines aside (shell lines and cell magics go; a line
+    magic keeps the code it runs); ``None`` when it is not Python."""
+    lines = [re.sub(r"^\s*%\w+\s*", "", line) for line in code.splitlines()
+             if not line.lstrip().startswith(("!", "%%"))]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def exported(path: Path) -> set[str]:
+    """The names in a module's ``__all__``, read from its source (nothing is imported)."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__"
+                                                for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return set()
+
+
+def package_names(code: str) -> list[tuple[str, str]]:
+    """(module, name) for each import of the package in a code cell: ``from qvl_helpers.course
+    import train`` gives ("qvl_helpers.course", "train"), ``import qvl_helpers.memory`` gives
+    ("qvl_helpers.memory", "")."""
+    tree = _tree(code)
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(tree) if tree else []:
+        if isinstance(node, ast.Import):
+            found += [(a.name, "") for a in node.names if a.name.split(".")[0] == "qvl_helpers"]
+        elif (isinstance(node, ast.ImportFrom) and not node.level and node.module
+              and node.module.split(".")[0] == "qvl_helpers"):
+            found += [(node.module, a.name) for a in node.names]
+    return found
+
+
+def package_imports(code: str, api: dict[str, set[str]]) -> list[str]:
+    """What a code cell imports from the package outside ``api`` (module -> the names it
+    exports): ``import qvl_helpers...`` (the modules behind the API, reached as attributes),
+    ``from qvl_helpers.MODULE import ...`` for any other module, or a name not in ``__all__``."""
+    return [f"from {module} import {name}" if name else f"import {module}"
+            for module, name in package_names(code) if name not in api.get(module, set())]
+
+
+def import_problems(path: Path) -> list[str]:
+    """Code cells of one notebook that import the package from outside its notebook API."""
+    api = {module: exported(file) for module, file in API.items()}
+    found = []
+    for i, cell in enumerate(load(path).get("cells", [])):
+        places = package_imports(source(cell), api) if cell.get("cell_type") == "code" else []
+        if places:
+            found.append(f"{path.name}: cell {i} imports the package from outside its notebook "
+                         f"API ({', '.join(places)}); import it from qvl_helpers.course (or "
+                         "qvl_helpers), adding it to course.py's __all__ if the lesson needs it")
+    return found
+
+
 def positional_access(code: str) -> list[str]:
     """Places where a code cell unpacks a record by position: ``x["messages"][0]``,
     ``x["content"][1]`` (any index or slice), or ``x[0]["content"]`` (a message or part taken
     by its number). Records come in many shapes (image after the question, several images,
     several turns, a system message); notebooks read them through the package's turn view."""
-    # IPython syntax: shell lines and cell magics go; a line magic keeps the code it times.
-    lines = [re.sub(r"^\s*%\w+\s*", "", line) for line in code.splitlines()
-             if not line.lstrip().startswith(("!", "%%"))]
-    try:
-        tree = ast.parse("\n".join(lines))
-    except SyntaxError:
+    tree = _tree(code)
+    if tree is None:
         return [m.group(0) for m in re.finditer(
             r"\[[\"'](?:messages|content)[\"']\]\s*\[|\[\s*-?\d+\s*\]\s*\[[\"']content[\"']\]",
             code)]
@@ -71,7 +131,7 @@ def record_problems(path: Path) -> list[str]:
         if places:
             found.append(f"{path.name}: cell {i} reads a record by position "
                          f"({', '.join(dict.fromkeys(places))}); use the package's turn view "
-                         "(scored_turn, turns_of, images_of, collate.prompt_messages)")
+                         "(scored_turn, turns_of, images_of, prompt_messages from qvl_helpers.course)")
     return found
 
 
@@ -102,6 +162,11 @@ def problems(path: Path, reference_setup: str | None = None) -> list[str]:
         found.append(f"{path.name}: first cell needs a '# ' title and a '**Needs:**' line")
     if reference_setup is not None and source(cells[1]) != reference_setup:
         found.append(f"{path.name}: setup cell differs from the other notebooks'")
+    setup_lines = len(source(cells[1]).rstrip("\n").splitlines())
+    if setup_lines > MAX_SETUP_LINES:
+        found.append(f"{path.name}: the setup cell has {setup_lines} lines, over "
+                     f"{MAX_SETUP_LINES}: it finds qvl_helpers/setup_cell.py and hands over; "
+                     "anything more belongs in that file")
     if "load_config()" not in source(cells[2]) or "model_banner" not in source(cells[2]):
         found.append(f"{path.name}: third cell must be the config cell (load_config, model_banner)")
     markdown = "\n".join(source(c) for c in cells if c.get("cell_type") == "markdown")

@@ -1,9 +1,13 @@
-"""Colab and Kaggle: ``qvl bundle`` and the notebooks' first cell (``qvl_helpers/setup_cell.py``).
+"""Colab and Kaggle: ``qvl bundle``, the notebooks' first cell, and ``qvl_helpers/setup_cell.py``
+that the cell hands over to.
 
-The slow test simulates a hosted session: a fresh virtual environment whose PyTorch and Jupyter
-kernel are "the platform's" (linked from this environment, outside the new one), the hosted
-marker set, the archive in the session folder, pip cut off from every index; notebook 00 then
-runs with its first cell installing the course.
+The first cell only finds ``setup_cell.py``: in the installed package, or (a new session) in the
+package's wheel inside the newest archive, or in a clone of COURSE_REPO. The fast tests run the
+cell in a Python without the package (``-S``: no site-packages) against a stand-in
+``setup_cell.py``. The slow test simulates a hosted session: a fresh virtual environment whose
+PyTorch and Jupyter kernel are "the platform's" (linked from this environment, outside the new
+one), the hosted marker set, the archive in the session folder, pip cut off from every index;
+notebook 00 then runs with its first cell installing the course.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import subprocess
 import sys
 import venv
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -29,12 +34,116 @@ from qvl_helpers.errors import OutputExistsError
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+#: The first cell every notebook opens with (the tests below run it as it is).
+FIRST_CELL = source(load(NOTEBOOKS[0])["cells"][1])
 
 
-def test_every_notebook_opens_with_the_setup_cell_module() -> None:
-    cell = (REPO / "qvl_helpers" / "setup_cell.py").read_text(encoding="utf-8").rstrip("\n")
+def test_every_notebook_opens_with_the_cell_that_hands_over_to_setup_cell() -> None:
     for path in NOTEBOOKS:
-        assert source(load(path)["cells"][1]) == cell, f"{path.name}: run the setup cell update"
+        assert source(load(path)["cells"][1]) == FIRST_CELL, f"{path.name}: copy 00's first cell"
+    assert 'setup["main"](keep_outputs=KEEP_OUTPUTS, course_repo=COURSE_REPO)' in FIRST_CELL
+    assert callable(setup_cell.main)
+
+
+def _stub_wheel(folder: Path, mark: str) -> Path:
+    """A wheel of the package whose setup_cell.py only says it ran, and with what."""
+    wheel = folder / "qvl_helpers-0.1.0-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("qvl_helpers/setup_cell.py", _stub(mark))
+    return wheel
+
+
+def _stub(mark: str) -> str:
+    return ("def main(keep_outputs=False, course_repo=''):\n"
+            f"    print('setup_cell from {mark}', keep_outputs, repr(course_repo))\n")
+
+
+def _archive(path: Path, mark: str) -> Path:
+    """An archive as ``qvl bundle`` lays it out, with a stand-in for the package's wheel."""
+    wheel = _stub_wheel(path.parent / f".{path.name}-wheel", mark)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("qvl-course/course.yaml", "model: auto\n")
+        z.writestr("qvl-course/wheels/accelerate-1.0.0-py3-none-any.whl", b"another package")
+        z.write(wheel, f"qvl-course/wheels/{wheel.name}")
+    return path
+
+
+#: Colab's Drive, as a stand-in: mounting it brings the archive in Drive into the session.
+COLAB = """import shutil, sys, types
+def _mount(path):
+    print("mounted", path)
+    shutil.copytree({drive!r}, "MyDrive")
+sys.modules["google.colab"] = types.ModuleType("google.colab")
+sys.modules["google.colab.drive"] = types.SimpleNamespace(mount=_mount)
+"""
+
+
+def _first_cell(cwd: Path, *, repo: str = "",
+                drive: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The first cell run as in a new session: a Python that has not got the package (-S: no
+    site-packages), with the stand-in setup_cell.py saying what it was given; on "Colab" with
+    ``drive`` as Google Drive's contents."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QVL_", "KAGGLE_"))}
+    env["QVL_COURSE_REPO"] = repo
+    code = (COLAB.format(drive=str(drive)) if drive else "") + FIRST_CELL
+    return subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_new_session_runs_setup_cell_from_the_newest_archive(tmp_path: Path) -> None:
+    old = _archive(tmp_path / "qvl-course.zip", "the old archive")
+    os.utime(old, (1, 1))
+    _archive(tmp_path / "drive" / "course" / "qvl-course (1).zip", "the new archive")
+    done = _first_cell(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "setup_cell from the new archive False ''"
+
+
+def test_a_new_session_runs_setup_cell_from_a_folder_kaggle_unpacked(tmp_path: Path) -> None:
+    course = tmp_path / "input" / "my-course" / "qvl-course"
+    _stub_wheel(course / "wheels", "the unpacked dataset")
+    done = _first_cell(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "setup_cell from the unpacked dataset False ''"
+
+
+def test_on_colab_google_drive_is_mounted_only_when_nothing_was_uploaded(tmp_path: Path) -> None:
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    _archive(drive / "qvl-course.zip", "Google Drive")
+    session = tmp_path / "content"
+    session.mkdir()
+    done = _first_cell(session, drive=drive)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["mounted /content/drive",
+                                           "setup_cell from Google Drive False ''"]
+    uploaded = tmp_path / "uploaded"
+    uploaded.mkdir()
+    _archive(uploaded / "qvl-course.zip", "the upload")
+    done = _first_cell(uploaded, drive=drive)
+    assert done.stdout.strip() == "setup_cell from the upload False ''"  # Drive left alone
+
+
+def test_a_new_session_clones_course_repo_when_there_is_no_archive(tmp_path: Path) -> None:
+    repo = tmp_path / "upstream"
+    (repo / "qvl_helpers").mkdir(parents=True)
+    (repo / "qvl_helpers" / "setup_cell.py").write_text(_stub("the clone"), encoding="utf-8")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "course"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    session = tmp_path / "session"
+    session.mkdir()
+    done = _first_cell(session, repo=f"file://{repo}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"setup_cell from the clone False 'file://{repo}'"
+    assert (session / "qvl-course" / "qvl_helpers" / "setup_cell.py").is_file()
+
+
+def test_a_new_session_without_a_course_says_what_to_do(tmp_path: Path) -> None:
+    done = _first_cell(tmp_path)
+    assert done.returncode == 1
+    assert "qvl bundle" in done.stderr and "Kaggle" in done.stderr and "COURSE_REPO" in done.stderr
 
 
 def test_the_newest_archive_is_found_in_any_searched_place(tmp_path: Path) -> None:
@@ -78,6 +187,24 @@ def test_a_kaggle_dataset_unpacked_by_kaggle_is_copied_and_installed(tmp_path: P
     assert f"torch=={metadata.version('torch')}" in pins  # the platform's PyTorch stays
 
 
+def test_a_clone_the_first_cell_made_is_installed_as_cloned(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """COURSE_REPO in a new session: the first cell cloned the course into the session folder
+    (to read setup_cell.py); it is installed from that source tree, not cloned again."""
+    clone = tmp_path / "qvl-course"
+    clone.mkdir()
+    (clone / "course.yaml").write_text("model: auto\n", encoding="utf-8")
+    (clone / "pyproject.toml").write_text("[project]\nname = 'qvl-helpers'\n", encoding="utf-8")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(setup_cell, "pip", lambda *args: calls.append(args) or True)
+    monkeypatch.setattr(setup_cell, "COURSE_REPO", "https://example.org/course.git")
+    assert setup_cell.install_course(tmp_path, [str(tmp_path)]) == clone
+    (args,) = calls
+    assert args[0] == f"{clone}[hosted]" and "--no-index" not in args
+    pins = (clone / "platform-constraints.txt").read_text(encoding="utf-8")
+    assert f"torch=={metadata.version('torch')}" in pins  # the platform's PyTorch stays
+
+
 def test_without_archive_or_repo_the_cell_names_the_three_ways(tmp_path: Path,
                                                                monkeypatch) -> None:
     monkeypatch.setattr(setup_cell, "COURSE_REPO", "")
@@ -90,7 +217,7 @@ def test_without_archive_or_repo_the_cell_names_the_three_ways(tmp_path: Path,
 def test_the_cell_does_nothing_outside_colab_and_kaggle(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("QVL_HOSTED", "KAGGLE_KERNEL_RUN_TYPE")}
-    code = (REPO / "qvl_helpers" / "setup_cell.py").read_text(encoding="utf-8")
+    code = FIRST_CELL  # the package installed: its own setup_cell.py
     done = subprocess.run([sys.executable, "-c", code + "\nprint(os.getcwd())"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -10,7 +10,19 @@ import json
 from pathlib import Path
 
 import pytest
-from nbcheck import load, positional_access, problems, record_problems, source
+from nbcheck import (
+    API,
+    MAX_SETUP_LINES,
+    exported,
+    import_problems,
+    load,
+    package_imports,
+    package_names,
+    positional_access,
+    problems,
+    record_problems,
+    source,
+)
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 REFERENCE = NOTEBOOKS[0]
@@ -32,6 +44,68 @@ def test_notebook_is_clean(path: Path) -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_reads_records_through_the_package(path: Path) -> None:
     assert record_problems(path) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_imports_the_package_only_through_its_notebook_api(path: Path) -> None:
+    assert import_problems(path) == []
+
+
+def test_the_course_api_is_what_the_notebooks_use() -> None:
+    """Nothing in ``qvl_helpers.course`` that no lesson calls, and nothing importable two ways
+    (the package's top level keeps its own names)."""
+    course, top = exported(API["qvl_helpers.course"]), exported(API["qvl_helpers"])
+    used = {name for path in NOTEBOOKS for cell in load(path)["cells"] if cell["cell_type"] == "code"
+            for module, name in package_names(source(cell)) if module == "qvl_helpers.course"}
+    assert course <= used, f"exported but no notebook imports them: {sorted(course - used)}"
+    assert not course & top, course & top
+
+
+API_NAMES = {module: exported(file) for module, file in API.items()}
+
+
+@pytest.mark.parametrize("code", [
+    "from qvl_helpers.train import train",
+    "from qvl_helpers.data.records import scored_turn",
+    "import qvl_helpers.memory",
+    "import qvl_helpers",
+    "from qvl_helpers import memory",  # a module, not a name of the top level's __all__
+    "from qvl_helpers.course import _private_helper",
+    "from qvl_helpers.course import (\n    train,\n    PRESETS_DIR,\n)",
+    "%time from qvl_helpers.evaluate import evaluate",
+    "def later():\n    from qvl_helpers.env import detect_gpus\n    return detect_gpus()",
+])
+def test_import_rule_fires_on_a_planted_cell(tmp_path: Path, code: str) -> None:
+    assert package_imports(code, API_NAMES)
+    nb = copy.deepcopy(load(REFERENCE))
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [],
+                        "execution_count": None, "source": code})
+    found = import_problems(_write(tmp_path, "00_x.ipynb", nb))
+    assert len(found) == 1 and f"cell {len(nb['cells']) - 1} imports the package" in found[0]
+
+
+@pytest.mark.parametrize("code", [
+    "from qvl_helpers import DatasetError, load_config, model_banner",
+    "from qvl_helpers.course import memory, recommended_preset, train",
+    "import torch\nfrom transformers import AutoProcessor",
+    'done = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "chat"])',
+    "!pip show qvl-helpers",
+])
+def test_import_rule_leaves_the_api_alone(code: str) -> None:
+    assert package_imports(code, API_NAMES) == []
+
+
+def test_import_rule_leaves_the_first_cell_alone() -> None:
+    assert package_imports(_setup(REFERENCE), API_NAMES) == []  # it finds the package by name
+
+
+def test_rules_catch_a_long_setup_cell(tmp_path: Path) -> None:
+    nb = copy.deepcopy(load(REFERENCE))
+    nb["cells"][1]["source"] = _setup(REFERENCE) + "\n" + "print('more setup')\n" * 5
+    found = problems(_write(tmp_path, "00_x.ipynb", nb))
+    assert any(f"the setup cell has {MAX_SETUP_LINES + 5} lines" in p for p in found)
+    nb["cells"][1]["source"] = _setup(REFERENCE)
+    assert problems(_write(tmp_path, "00_x.ipynb", nb)) == []
 
 
 @pytest.mark.parametrize("code", [
