@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nbcheck import (
@@ -64,7 +65,8 @@ def test_the_course_api_is_what_the_notebooks_use() -> None:
 API_NAMES = {module: exported(file) for module, file in API.items()}
 
 
-@pytest.mark.parametrize("code", [
+#: Cells that import the package other than through its API.
+BAD_IMPORTS = [
     "from qvl_helpers.train import train",
     "from qvl_helpers.data.records import scored_turn",
     "import qvl_helpers.memory",
@@ -74,14 +76,30 @@ API_NAMES = {module: exported(file) for module, file in API.items()}
     "from qvl_helpers.course import (\n    train,\n    PRESETS_DIR,\n)",
     "%time from qvl_helpers.evaluate import evaluate",
     "def later():\n    from qvl_helpers.env import detect_gpus\n    return detect_gpus()",
-])
-def test_import_rule_fires_on_a_planted_cell(tmp_path: Path, code: str) -> None:
-    assert package_imports(code, API_NAMES)
-    nb = copy.deepcopy(load(REFERENCE))
-    nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [],
-                        "execution_count": None, "source": code})
-    found = import_problems(_write(tmp_path, "00_x.ipynb", nb))
-    assert len(found) == 1 and f"cell {len(nb['cells']) - 1} imports the package" in found[0]
+]
+#: Cells that read a record by position instead of through the turn view.
+BY_POSITION = [
+    'image = sample["messages"][0]["content"][0]["image"]',
+    "q = s['messages'][0]['content'][1]['text']",
+    'answer = record["messages"][-1]',
+    'first = msgs[0]["content"]',
+    'parts = m["content"][1:]',
+    '%time x = r["messages"][1]',
+    'x = r["messages"][1]\n!ls',
+]
+#: Each rule: what finds the problem in code, what finds it in a notebook, and what it says.
+RULES = {"imports": (lambda code: package_imports(code, API_NAMES), import_problems,
+                     "imports the package"),
+         "position": (positional_access, record_problems, "reads a record by position")}
+
+
+@pytest.mark.parametrize(("rule", "code"), [("imports", c) for c in BAD_IMPORTS] +
+                         [("position", c) for c in BY_POSITION])
+def test_each_rule_fires_on_a_planted_cell(tmp_path: Path, rule: str, code: str) -> None:
+    in_code, in_notebook, says = RULES[rule]
+    assert in_code(code)
+    found, cell = _planted(tmp_path, code, in_notebook)
+    assert len(found) == 1 and f"cell {cell} {says}" in found[0]
 
 
 @pytest.mark.parametrize("code", [
@@ -109,24 +127,6 @@ def test_rules_catch_a_long_setup_cell(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", [
-    'image = sample["messages"][0]["content"][0]["image"]',
-    "q = s['messages'][0]['content'][1]['text']",
-    'answer = record["messages"][-1]',
-    'first = msgs[0]["content"]',
-    'parts = m["content"][1:]',
-    '%time x = r["messages"][1]',
-    'x = r["messages"][1]\n!ls',
-])
-def test_positional_rule_fires_on_a_planted_cell(tmp_path: Path, code: str) -> None:
-    assert positional_access(code)
-    nb = copy.deepcopy(load(REFERENCE))
-    nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [],
-                        "execution_count": None, "source": code})
-    found = record_problems(_write(tmp_path, "00_x.ipynb", nb))
-    assert len(found) == 1 and f"cell {len(nb['cells']) - 1} reads a record by position" in found[0]
-
-
-@pytest.mark.parametrize("code", [
     'record = records[0]\nturn = scored_turn(record)',
     'text = processor.apply_chat_template(receipts[0]["messages"], tokenize=False)',
     'for m in record["messages"]:\n    print(m["role"])',
@@ -134,6 +134,15 @@ def test_positional_rule_fires_on_a_planted_cell(tmp_path: Path, code: str) -> N
 ])
 def test_positional_rule_leaves_the_turn_view_alone(code: str) -> None:
     assert positional_access(code) == []
+
+
+def _planted(tmp_path: Path, code: str, rule: Any) -> tuple[list[str], int]:
+    """What ``rule`` finds in notebook 00 with a code cell of ``code`` added last, and that
+    cell's number."""
+    nb = copy.deepcopy(load(REFERENCE))
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [],
+                        "execution_count": None, "source": code})
+    return rule(_write(tmp_path, "00_x.ipynb", nb)), len(nb["cells"]) - 1
 
 
 def _write(tmp_path: Path, name: str, nb: dict) -> Path:
