@@ -18,7 +18,7 @@ from . import memory
 from .advice import error_types, next_steps
 from .chat import Chat, compare_text, terminal_question
 from .collate import prompt_messages
-from .config import PRESETS_DIR, SAMPLES_DIR, CourseConfig
+from .config import SAMPLES_DIR, CourseConfig
 from .data import (
     check_file,
     course_data,
@@ -31,7 +31,7 @@ from .data import (
     turns_of,
 )
 from .data.writers import convert_file
-from .env import detect_gpus, recommend, run_checks
+from .env import recommended_preset, run_checks
 from .evaluate import (
     evaluate,
     evaluate_run,
@@ -117,11 +117,6 @@ def memory_report(cfg: CourseConfig, budget: TokenBudget, records: Sequence[Any]
     resolved = resolve(cfg, **machine_facts(), train_records=len(records))
     return memory.report_for_run(cfg, ensure_model(choice), budget, resolved=resolved,
                                  is_tiny=choice.is_tiny, records=records)
-
-
-def recommended_preset() -> Path:
-    """The training preset ``qvl env`` recommends for this machine's GPUs (``configs/NAME.yaml``)."""
-    return PRESETS_DIR / f"{recommend(detect_gpus()).preset}.yaml"
 
 
 def new_output_folder(run: str | Path, step: Literal["eval", "export"], tag: str) -> Path:

@@ -330,6 +330,11 @@ def recommend(gpus: list[GpuInfo], presets: Path = PRESETS_DIR) -> Recommendatio
         notes=notes)
 
 
+def recommended_preset() -> Path:
+    """The training preset ``qvl env`` recommends for this machine's GPUs (``configs/NAME.yaml``)."""
+    return PRESETS_DIR / f"{recommend(detect_gpus()).preset}.yaml"
+
+
 def run_checks(cfg: CourseConfig | None = None, gpus: list[GpuInfo] | None = None) -> EnvReport:
     """Run every check and build the report (never raises for a broken environment)."""
     cfg = cfg or load_config()

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS_DIR, CourseConfig, load_config
-from .env import detect_gpus, recommend
+from .config import CourseConfig, load_config
+from .env import recommended_preset
 from .errors import TrainingError
 from .processes import child_process
 from .runs import COMPLETE_MARKER, finished_runs, run_dir
@@ -28,7 +28,7 @@ def newest_run_or_train(cfg: CourseConfig, *, prefix: str = "nb",
     runs = [r for r in finished_runs(cfg.output_dir) if not r.name.endswith("-demo")]
     if runs:
         return runs[0]
-    preset = PRESETS_DIR / f"{recommend(detect_gpus()).preset}.yaml"
+    preset = recommended_preset()
     say(f"No finished run in {cfg.output_dir}/runs yet: training one with {preset.name} first.")
     name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     return train(load_config(presets=[preset], run_name=name), live_plot=True).run_dir
