@@ -145,6 +145,9 @@ FIXES = {
     "lora_dropout": "use a value in [0, 1), e.g. 0.05.",
     "save_total_limit": "keep at least 2: the Trainer deletes the older checkpoint before the "
                         "new one is marked complete, so 1 can leave none to resume from.",
+    "eval_batch_size": "use a whole number of at least 1, e.g. 8 (lower it if evaluation runs out "
+                       "of GPU memory).",
+    "eval_quantization": "use none (16-bit), 4bit or 8bit.",
 }
 
 
