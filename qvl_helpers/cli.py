@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .commands import (
     cmd_bundle,
@@ -36,9 +36,6 @@ from .commands import (
 )
 from .errors import QVLError
 from .fixes import setting_flag
-
-if TYPE_CHECKING:  # the command line imports nothing heavy before a command runs
-    pass
 
 
 def non_negative_float(text: str) -> float:
@@ -192,8 +189,9 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
 def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="compare base, prompted and fine-tuned answers on held-out "
                                     "data: task metrics with intervals, and a failure gallery")
-    _run_flags(p, run="its model, adapter, test split, image root and image limits; other "
-                      "flags override", data="a JSONL file (prepared splits know their image root)")
+    _run_flags(p, run="its model, adapter, test split and image root (the image limits come with "
+                      "its adapter); --model, --adapter and --data override",
+               data="a JSONL file (prepared splits know their image root)")
     p.add_argument("--image-root")
     p.add_argument("--out", help="the evaluation folder (default: outputs/eval/RUN, "
                                  "outputs/eval/RUN-DATA with --data, outputs/eval/MODEL-DATA "
@@ -220,7 +218,7 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     _setting_flag(p, "eval_quantization", choices=["none", "4bit", "8bit"],
                   help="how to load the base model (none: 16-bit)")
     _setting_flag(p, "eval_batch_size", type=positive_int, help="samples generated together")
-    _setting_flag(p, "seed", type=int, help="seed of the bootstrap intervals")
+    _setting_flag(p, "eval_seed", type=int, help="seed of the bootstrap intervals")
     p.set_defaults(func=cmd_eval)
 
 
@@ -232,6 +230,7 @@ def _set_flag(p: argparse.ArgumentParser) -> None:
 def _setting_flag(p: argparse.ArgumentParser, key: str, **kwargs: Any) -> None:
     """A flag that is ``--set KEY=VALUE`` under its own name (its default: course.yaml's)."""
     help_text = kwargs.pop("help", "")
+    p.set_defaults(setting_keys=(*(p.get_default("setting_keys") or ()), key))
     p.add_argument(setting_flag(key), dest=key, default=None,
                    help=f"{help_text + '; ' if help_text else ''}the setting {key} (default: "
                         "course.yaml's)", **kwargs)

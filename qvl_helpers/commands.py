@@ -123,23 +123,42 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-#: The flags that name a course.yaml setting, each ``--set KEY=VALUE`` spelled as a flag (the
-#: parser stores each under its key); commands take them only where they matter.
-SETTING_KEYS = ("max_length", "min_pixels", "max_pixels", "eval_task", "eval_prompt",
-                "eval_batch_size", "eval_quantization", "seed")
+#: The settings a command reads (``qvl train`` and ``qvl config``: all of them). ``--set`` of
+#: another key would change nothing there, so it is refused.
+READS = {
+    "env": {"model", "output_dir", "cache_dir"},
+    "eval": {"output_dir", "cache_dir", "eval_task", "eval_prompt", "eval_batch_size",
+             "eval_quantization", "eval_seed"},
+    "check": {"data", "image_root", "cache_dir", "min_pixels", "max_pixels", "max_length"},
+    "tokens": {"model", "cache_dir", "min_pixels", "max_pixels", "max_length"},
+}
 
 
 def read_settings(args: argparse.Namespace) -> CourseConfig:
     """The settings a command runs with, the one way every command reads them: course.yaml, the
     preset (``--config``), ``QVL_*`` variables, ``--set KEY=VALUE``, then the command's flags that
-    name a setting; each value keeps its origin (what ``qvl config`` shows and errors name)."""
-    from .config import load_config, parse_set
+    name a setting (the parser lists them in ``setting_keys``); each value keeps its origin (what
+    ``qvl config`` shows and errors name).
 
-    flags = {key: (setting_flag(key), value) for key in SETTING_KEYS
+    Raises:
+        ConfigError: a ``--set`` of a setting the command does not read (it would change nothing).
+    """
+    from .config import load_config, parse_set
+    from .errors import ConfigError
+
+    sets = parse_set(getattr(args, "set", []))
+    reads = READS.get(getattr(args, "data_command", None) or args.command)
+    if reads is not None and (ignored := sorted(set(sets) - reads)):
+        command = " ".join(n for n in ("qvl", args.command, getattr(args, "data_command", None)) if n)
+        raise ConfigError(f"{command} does not read {', '.join(ignored)}: --set "
+                          f"{ignored[0]}=... would change nothing here.",
+                          fix=f"drop it; {command} reads {', '.join(sorted(reads))}"
+                              + (" (a run's image limits come with its adapter)"
+                                 if args.command == "eval" else "") + ".")
+    flags = {key: (setting_flag(key), value) for key in getattr(args, "setting_keys", ())
              if (value := getattr(args, key, None)) is not None}
     preset = getattr(args, "config", None)
-    return load_config(presets=[preset] if preset else [], sets=parse_set(getattr(args, "set", [])),
-                       flags=flags)
+    return load_config(presets=[preset] if preset else [], sets=sets, flags=flags)
 
 
 def _no_data(cfg: object) -> None:
@@ -220,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import EvalRequest, evaluate, format_report, plan_for_run
+    from .evaluate import EvalRequest, eval_settings, evaluate, format_report, plan_for_run
     from .runs import Outputs
 
     cfg = read_settings(args)
@@ -229,14 +248,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "out_dir": args.out}
     given = {k: Path(v) if v is not None and k != "model" else v for k, v in given.items()}
     settings = {"systems": args.compare, "image_ablation": args.image_ablation,
-                "task": cfg.eval_task, "prompt": cfg.eval_prompt, "metrics": args.metric,
-                "quantization": cfg.eval_quantization, "batch_size": cfg.eval_batch_size,
-                "allow_overlap": args.allow_overlap, "seed": cfg.seed, "force": args.force}
+                "metrics": args.metric, "allow_overlap": args.allow_overlap, "force": args.force,
+                **eval_settings(cfg)}
     if args.run:
         overrides = {k: v for k, v in given.items() if v is not None and k != "out_dir"}
         out = given["out_dir"]
         if out is None and given["data"] is not None:  # other data: not the held-out report
-            out = Outputs.of(cfg).folder("eval", f"{Path(args.run).name}-{given['data'].stem}")
+            name = f"{Path(args.run).name}-{given['data'].stem}"
+            out = Outputs.of_run(args.run).folder("eval", name)  # beside the run
         request = plan_for_run(args.run, out, **overrides, **settings)
     else:
         missing = [flag for flag, key in (("--model", "model"), ("--data", "data"))

@@ -205,6 +205,7 @@ class CourseConfig(BaseModel):
     eval_prompt: str | None = None  # the `prompt` system's system prompt (None: from the answers)
     eval_batch_size: PositiveInt = 8  # samples generated together
     eval_quantization: Literal["none", "4bit", "8bit"] = "none"  # how evaluation loads the base
+    eval_seed: int = 0  # the bootstrap intervals' resampling (not the training seed)
     source: Path | None = None  # the course.yaml this came from (None: defaults only)
 
     _origins: dict[str, Origin] = PrivateAttr(default_factory=dict)

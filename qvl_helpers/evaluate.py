@@ -365,9 +365,10 @@ def plan_for_run(run: str | Path, out_dir: str | Path | None = None,
                  **overrides: Any) -> EvalRequest:
     """What ``qvl eval --run RUN`` evaluates, read from the run's ``run.json``: the model it was
     trained from, its adapter, its held-out test split (whose ``split_info.json`` knows the image
-    root), its training split (for the overlap check) and its image limits (the adapter's
-    ``run_config.yaml``). ``out_dir`` defaults to ``<output_dir>/eval/<run name>`` beside the
-    run; ``overrides`` set any other field of :class:`EvalRequest`.
+    root) and its training split (for the overlap check); the image limits come with the
+    adapter's processor (:mod:`~qvl_helpers.inference`). ``out_dir`` defaults to
+    ``<output_dir>/eval/<run name>`` beside the run; ``overrides`` set any other field of
+    :class:`EvalRequest` (:func:`eval_settings` gives the ones ``course.yaml`` decides).
 
     Raises:
         ConfigError: the folder is not a finished run made by ``qvl train``.
@@ -401,10 +402,20 @@ def plan_for_run(run: str | Path, out_dir: str | Path | None = None,
     return EvalRequest(**fields)
 
 
+def eval_settings(cfg: Any) -> dict[str, Any]:
+    """The :class:`EvalRequest` fields the settings decide (``eval_*`` in ``course.yaml``): what
+    ``qvl eval`` and the notebooks evaluate with unless told otherwise."""
+    return {"task": cfg.eval_task, "prompt": cfg.eval_prompt, "batch_size": cfg.eval_batch_size,
+            "quantization": cfg.eval_quantization, "seed": cfg.eval_seed}
+
+
 def evaluate_run(run: str | Path, out_dir: str | Path | None = None,
                  **overrides: Any) -> dict[str, Any]:
-    """:func:`evaluate` a training run (see :func:`plan_for_run`)."""
-    return evaluate(plan_for_run(run, out_dir, **overrides))
+    """:func:`evaluate` a training run (see :func:`plan_for_run`) with the evaluation settings
+    of ``course.yaml`` (:func:`eval_settings`); ``overrides`` set any field."""
+    from .config import load_config
+
+    return evaluate(plan_for_run(run, out_dir, **{**eval_settings(load_config()), **overrides}))
 
 
 def read_predictions(out_dir: str | Path, system: str) -> list[dict[str, Any]]:

@@ -29,7 +29,8 @@ _RUNNING: ContextVar[EntryPoint | None] = ContextVar("qvl_entry_point", default=
 #: (each is ``--set KEY=VALUE``); every other setting's flag, where a command has one, is
 #: ``--key-with-dashes``.
 SETTING_FLAGS = {"eval_task": "--task", "eval_prompt": "--prompt",
-                 "eval_batch_size": "--batch-size", "eval_quantization": "--quantization"}
+                 "eval_batch_size": "--batch-size", "eval_quantization": "--quantization",
+                 "eval_seed": "--seed"}
 
 
 def setting_flag(key: str) -> str:

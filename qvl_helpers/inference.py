@@ -44,8 +44,9 @@ def load_processor_for(model_path: str | Path, adapter: str | Path | None = None
     from .model import load_processor
 
     processor = load_processor(processor_folder(model_path, adapter))
-    chosen = limits or _recorded_limits(adapter)
-    return chosen.apply_to(processor) if chosen is not None else processor
+    if limits is None and ImageLimits.of(processor) == ImageLimits():  # the hub's: saved before
+        limits = _recorded_limits(adapter)                              # processors carried them
+    return limits.apply_to(processor) if limits is not None else processor
 
 
 def _recorded_limits(adapter: str | Path | None) -> ImageLimits | None:

@@ -380,7 +380,9 @@ def plan_and_check(cfg: CourseConfig, *, resume: bool, force: bool, state: Any,
 
 
 def run_steps(plan: RunPlan) -> int:
-    """Optimizer steps of the planned run (:func:`~qvl_helpers.resolved.optimizer_steps`)."""
+    """Optimizer steps of the planned run (:func:`~qvl_helpers.resolved.optimizer_steps`; a plan
+    always knows its training split's size)."""
+    assert plan.resolved.steps is not None
     return plan.resolved.steps
 
 

@@ -15,7 +15,7 @@ MAX_BYTES = 200 * 1024
 #: The first code cell finds qvl_helpers/setup_cell.py and hands over to it; in a new Colab or
 #: Kaggle session that file is inside the package's wheel in the course archive (or a clone of
 #: COURSE_REPO), which the cell must find itself. Everything else is the package's.
-MAX_SETUP_LINES = 31
+MAX_SETUP_LINES = 32
 PACKAGE = Path(__file__).resolve().parent.parent / "qvl_helpers"
 #: Where notebooks may import the package from: the module and the file whose ``__all__``
 #: lists the names they may import from it.

@@ -33,15 +33,25 @@ class RankReport(TrainerCallback):
 
 
 class KillWhileSaving(TrainerCallback):
-    """SIGKILL this process while checkpoint ``step`` is saved: the Trainer's files are written,
-    the course's completion marker (written after every callback's ``on_save``) is not."""
+    """SIGKILL this process while checkpoint ``step`` is saved, leaving it as a kill between the
+    weights and the optimizer would: the adapter's weights written, the optimizer, scheduler,
+    RNG and trainer state not yet, and no completion marker (the course writes it after every
+    callback's ``on_save``, which is where this one runs)."""
+
+    #: What the Trainer writes after the weights (transformers' _save_checkpoint order).
+    LATER = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "rng_state*.pth")
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if state.global_step != self.step:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        for pattern in self.LATER:
+            for path in checkpoint.glob(pattern):
+                path.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def install(*probes: TrainerCallback) -> None:

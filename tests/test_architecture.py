@@ -172,3 +172,17 @@ def test_the_limit_check_finds_a_call_site() -> None:
     tree = ast.parse("make_collator(p, min_pixels=lo)\nsize = p.image_processor.size"
                      "['longest_edge']\n")
     assert limit_call_sites(tree) == ["line 1: min_pixels=", "line 2: ['longest_edge']"]
+
+
+def test_the_course_api_is_light_to_import_and_every_name_resolves() -> None:
+    """Notebook 00 checks the environment through ``qvl_helpers.course``: importing it must not
+    import torch or transformers (a broken install is then reported, not raised), and every
+    name of its ``__all__`` must resolve to where its table says."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qvl_helpers.course as c; print(sorted({'torch', 'transformers'} & "
+            "set(sys.modules))); [getattr(c, n) for n in c.__all__]; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]", "ok"]

@@ -95,14 +95,16 @@ def test_a_flag_that_names_a_setting_is_that_setting_with_its_origin(
     """``--max-pixels N`` is ``--set max_pixels=N`` under another name: checked with the other
     settings, and named as the origin the way ``qvl config`` names ``--set``."""
     from qvl_helpers.cli import build_parser
-    from qvl_helpers.commands import SETTING_KEYS, read_settings
+    from qvl_helpers.commands import read_settings
     from qvl_helpers.config import CourseConfig
 
-    assert set(SETTING_KEYS) <= set(CourseConfig.model_fields)
     parser = build_parser()
+    for command in ("eval --run r", "tokens d.jsonl", "data check"):
+        keys = parser.parse_args(command.split()).setting_keys
+        assert keys and set(keys) <= set(CourseConfig.model_fields), command
     cfg = read_settings(parser.parse_args(["eval", "--run", "r", "--batch-size", "3",
                                        "--set", "eval_task=json", "--seed", "5"]))
-    assert (cfg.eval_batch_size, cfg.eval_task, cfg.seed) == (3, "json", 5)
+    assert (cfg.eval_batch_size, cfg.eval_task, cfg.eval_seed) == (3, "json", 5)
     assert (str(cfg.origin("eval_batch_size")), str(cfg.origin("eval_task"))) == \
         ("--batch-size 3", "--set eval_task=json")
     defaults = read_settings(parser.parse_args(["eval", "--run", "r"]))
@@ -129,3 +131,18 @@ def test_the_out_of_memory_fix_names_only_what_the_command_has(command: str) -> 
     named = set(re.findall(r"--[a-z][a-z-]*", fix))
     assert named <= flags, (fix, named - flags)
     assert "max_pixels" in out_of_memory_fix()  # a notebook: course.yaml's settings
+
+
+@pytest.mark.parametrize(("args", "ignored"), [
+    (["eval", "--run", "r", "--set", "max_pixels=50176"], "max_pixels"),
+    (["tokens", "d.jsonl", "--set", "lr=1e-4"], "lr"),
+    (["data", "check", "--set", "eval_seed=3"], "eval_seed"),
+    (["env", "--set", "num_epochs=2"], "num_epochs"),
+])
+def test_a_set_that_would_change_nothing_is_refused(args: list[str], ignored: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``--set`` of a setting the command does not read is refused with the ones it reads,
+    before anything runs (eval takes a run's image limits from its adapter)."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"does not read {ignored}" in err and "Fix: drop it" in err, err

@@ -144,6 +144,11 @@ def test_a_new_session_without_a_course_says_what_to_do(tmp_path: Path) -> None:
     done = _first_cell(tmp_path)
     assert done.returncode == 1
     assert "qvl bundle" in done.stderr and "Kaggle" in done.stderr and "COURSE_REPO" in done.stderr
+    with zipfile.ZipFile(tmp_path / "qvl-course.zip", "w") as z:  # an archive without its wheel
+        z.writestr("qvl-course/wheels/accelerate-1.0.0-py3-none-any.whl", b"another package")
+    done = _first_cell(tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "qvl bundle" in done.stderr
 
 
 def test_the_newest_archive_is_found_in_any_searched_place(tmp_path: Path) -> None:

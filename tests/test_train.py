@@ -195,6 +195,9 @@ def test_sigkill_while_saving_then_resume(tmp_path: Path, monkeypatch: pytest.Mo
     assert killed.returncode == -signal.SIGKILL
     assert (run / "checkpoint-40").exists()
     assert not (run / "checkpoint-40" / "qvl_checkpoint_complete.json").exists()
+    # killed between the weights and the optimizer, as a crash in the middle of the save would
+    assert (run / "checkpoint-40" / "adapter_model.safetensors").exists()
+    assert not (run / "checkpoint-40" / "optimizer.pt").exists()
     monkeypatch.setenv("QVL_OUTPUT_DIR", str(tmp_path / "outputs"))
     code, stdout, err = run_main(capsys, "train", "--config", PRESET, "--set", "max_steps=60",
                                  "--set", "save_steps=20", "--resume")
