@@ -331,7 +331,7 @@ def recommend(gpus: list[GpuInfo], presets: Path = PRESETS_DIR) -> Recommendatio
 
 
 def recommended_preset() -> Path:
-    """The training preset ``qvl env`` recommends for this machine's GPUs (``configs/NAME.yaml``)."""
+    """The training preset ``qvl env`` recommends for this machine's GPUs (its file in configs/)."""
     return PRESETS_DIR / f"{recommend(detect_gpus()).preset}.yaml"
 
 
