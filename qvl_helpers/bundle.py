@@ -2,8 +2,9 @@
 
 The archive holds one folder, ``qvl-course/``: the notebooks, presets, sample data, settings,
 the docs, the tested-versions files and ``wheels/`` (the package's own wheel plus, unless
-``--no-deps``, every dependency it needs except PyTorch). Every notebook's first cell
-(:mod:`qvl_helpers.setup_cell`) finds it and installs it, offline if the wheels suffice.
+``--no-deps``, every dependency it needs except PyTorch), and ``qvl_helpers/setup_cell.py`` where a
+clone has it. Every notebook's first cell finds the archive and hands over to that file, which
+installs the course, offline if the wheels suffice.
 
 Hosted platforms bring their own PyTorch, CUDA and scientific stack. The hosted install pins only
 the packages that decide how the course behaves (``hosted-constraints.txt``: transformers, PEFT,
@@ -34,6 +35,9 @@ from .outputs import claim_output
 #: What the archive carries besides the wheels (relative to the course's root).
 CONTENTS = ("notebooks", "configs", "data_samples", "course.yaml", "constraints.txt",
             "hosted-constraints.txt", "README.md", "README.zh.md", "docs")
+#: The one package file the archive carries as source, where a clone has it: in a new session
+#: every notebook's first cell reads it from there, before anything is installed.
+SETUP_CELL = "qvl_helpers/setup_cell.py"
 #: The platform's: never installed, replaced or pinned by the hosted install.
 PLATFORM = ("torch", "torchvision", "torchaudio", "triton")
 PLATFORM_PREFIXES = ("nvidia-", "cuda-")
@@ -232,6 +236,7 @@ def make_bundle(out: str | Path, *, with_deps: bool = True, python_version: str 
     files = [p for name in CONTENTS if (root / name).exists()
              for p in ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*")))
              if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
+    files.append(root / SETUP_CELL)
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
         collect_wheels(root, wheels, with_deps, python_version)

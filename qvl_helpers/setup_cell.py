@@ -2,13 +2,13 @@
 work from its notebooks folder; anywhere else, nothing (locally, `bash scripts/lab.sh` or the Docker
 image has already installed the tested versions).
 
-The course is looked for in this order: already installed in this session; the archive made by
-`qvl bundle` (uploaded to the session, in Google Drive, or attached as a Kaggle dataset, which Kaggle
-unpacks); the git URL in COURSE_REPO. The platform's own PyTorch is never replaced.
+In a new session the first cell has already found the course: a clone of COURSE_REPO, or the
+newest archive made by `qvl bundle` (uploaded to the session, in Google Drive, or attached as a
+Kaggle dataset, which Kaggle unpacks). It read this file from there (the archive keeps it where a
+clone does, :data:`SETUP`) and calls :func:`main`, which finds the same course by the same rule
+(:func:`find_course`) and installs it. The platform's own PyTorch is never replaced.
 
-Standard library only: in a new hosted session this file runs before the package and its
-dependencies are installed (the first cell reads it from the installed package, or from the
-package's wheel in the archive, or from a clone of COURSE_REPO, and calls :func:`main`).
+Standard library only: this file runs before the package and its dependencies are installed.
 """
 
 import importlib.util
@@ -21,7 +21,11 @@ from pathlib import Path
 COURSE_REPO = os.environ.get("QVL_COURSE_REPO", "")  # the first cell's COURSE_REPO, when given
 KEEP_OUTPUTS = False  # the first cell's KEEP_OUTPUTS: runs go to Google Drive or /kaggle/working
 ARCHIVE = "qvl-course*.zip"
-SEARCHED = ["/content", "/content/drive/MyDrive", "/kaggle/input", "/kaggle/working"]
+#: Where a clone and the archive keep this file (the archive's one folder is ``qvl-course/``).
+SETUP = "qvl-course/qvl_helpers/setup_cell.py"
+#: Where the first cell looks, as this module does: the session's folder (the kernel's working
+#: folder in a new session), Google Drive, Kaggle's inputs.
+SEARCHED = (".", "/content/drive/MyDrive", "/kaggle/input")
 
 
 def on_hosted() -> bool:
@@ -34,14 +38,16 @@ def session_root() -> Path:
                 ("/kaggle/working" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else "/content"))
 
 
-def find_course(places: list[str]) -> Path | None:
-    """The newest course archive, or an unpacked course (Kaggle unpacks uploaded datasets), in
-    the session's folder, Google Drive or Kaggle's inputs, up to three folders deep."""
-    found = [p for place in places if Path(place).is_dir()
-             for depth in ("", "*/", "*/*/", "*/*/*/")
-             for p in [*Path(place).glob(depth + ARCHIVE),
-                       *(c.parent for c in Path(place).glob(depth + "qvl-course/course.yaml"))]]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+def find_course(places: tuple[str, ...] | list[str] = SEARCHED) -> Path | None:
+    """The newest course archive, or course folder (one Kaggle unpacked from an archive, or a
+    clone), up to three folders below each place: the first cell's rule, which picks the
+    ``setup_cell.py`` it runs from the same course."""
+    found = [p for place in places for depth in range(4) for name in (ARCHIVE, SETUP)
+             for p in Path(place).glob("*/" * depth + name)]
+    if not found:
+        return None
+    newest = sorted(found, key=lambda p: p.stat().st_mtime)[-1]  # as the cell: the last of a tie
+    return (newest if newest.suffix == ".zip" else newest.parents[1]).absolute()
 
 
 def pip(*args: str) -> bool:
@@ -71,17 +77,17 @@ def unpack(found: Path, course: Path) -> None:
             path.chmod(path.stat().st_mode | 0o200)
 
 
-def install_course(home: Path, places: list[str]) -> Path:
+def install_course(home: Path, places: tuple[str, ...] | list[str] = SEARCHED) -> Path:
     """Put the course in ``home`` and install its package; return the course folder."""
     course = home / "qvl-course"
     found = find_course(places)
-    if found is None and "google.colab" in sys.modules:  # a zip in Drive: mount it and look
+    if found is None and "google.colab" in sys.modules:  # an archive in Drive: mount it and look
         from google.colab import drive
 
         drive.mount("/content/drive")
         found = find_course(places)
     if found is not None and not (found / "wheels").is_dir() and (found / "pyproject.toml").is_file():
-        # The first cell cloned COURSE_REPO here (a source tree, no wheels): install it as cloned.
+        # A clone of COURSE_REPO, made by the first cell (a source tree, no wheels): install it as is.
         print(f"Installing the course from {COURSE_REPO or found}")
         if not pip(f"{found}[hosted]", *platform_pins(found)):
             raise SystemExit("Installing the course from git failed (see above).")
@@ -118,7 +124,7 @@ def setup_hosted() -> None:
     course = home / "qvl-course"
     if not Path("../course.yaml").is_file():  # not yet inside the course's notebooks folder
         if importlib.util.find_spec("qvl_helpers") is None or not (course / "course.yaml").is_file():
-            course = install_course(home, [str(home), *SEARCHED])
+            course = install_course(home)
         os.chdir(course / "notebooks")  # the notebooks find course.yaml one folder up
     if KEEP_OUTPUTS:  # on every run of the cell, so that turning it on later works too
         if "google.colab" in sys.modules:

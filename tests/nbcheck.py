@@ -12,10 +12,11 @@ from pathlib import Path
 
 NAME = re.compile(r"^\d\d_[a-z0-9]+(?:_[a-z0-9]+)*\.ipynb$")
 MAX_BYTES = 200 * 1024
-#: The first code cell finds qvl_helpers/setup_cell.py and hands over to it; in a new Colab or
-#: Kaggle session that file is inside the package's wheel in the course archive (or a clone of
-#: COURSE_REPO), which the cell must find itself. Everything else is the package's.
-MAX_SETUP_LINES = 32
+#: The first code cell finds qvl_helpers/setup_cell.py and hands over to it. In a new Colab or
+#: Kaggle session nothing is installed, so the cell itself must find that file (in the newest
+#: archive, a folder Kaggle unpacked, Google Drive, which it mounts, or a clone of COURSE_REPO,
+#: which it makes) and say what to do when there is none. Everything else is the package's.
+MAX_SETUP_LINES = 23
 PACKAGE = Path(__file__).resolve().parent.parent / "qvl_helpers"
 #: Where notebooks may import the package from: the module and the file whose ``__all__``
 #: lists the names they may import from it.

@@ -2,18 +2,21 @@
 that the cell hands over to.
 
 The first cell only finds ``setup_cell.py``: in the installed package, or (a new session) in the
-package's wheel inside the newest archive, or in a clone of COURSE_REPO. The fast tests run the
-cell in a Python without the package (``-S``: no site-packages) against a stand-in
-``setup_cell.py``. The slow test simulates a hosted session: a fresh virtual environment whose
-PyTorch and Jupyter kernel are "the platform's" (linked from this environment, outside the new
-one), the hosted marker set, the archive in the session folder, pip cut off from every index;
-notebook 00 then runs with its first cell installing the course.
+newest archive, in a folder Kaggle unpacked from one, or in a clone of COURSE_REPO, all of which
+keep it at ``qvl-course/qvl_helpers/setup_cell.py``. The fast tests run the cell in a Python
+without the package (``-S``: no site-packages) against a stand-in ``setup_cell.py``, and hold
+``setup_cell.find_course`` to the cell's choice over generated layouts. The slow test simulates a
+hosted session: a fresh virtual environment whose PyTorch and Jupyter kernel are "the platform's"
+(linked from this environment, outside the new one), the hosted marker set, the archive in the
+session folder, pip cut off from every index; notebook 00 then runs with its first cell
+installing the course.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import venv
@@ -41,32 +44,33 @@ FIRST_CELL = source(load(NOTEBOOKS[0])["cells"][1])
 def test_every_notebook_opens_with_the_cell_that_hands_over_to_setup_cell() -> None:
     for path in NOTEBOOKS:
         assert source(load(path)["cells"][1]) == FIRST_CELL, f"{path.name}: copy 00's first cell"
-    assert 'setup["main"](keep_outputs=KEEP_OUTPUTS, course_repo=COURSE_REPO)' in FIRST_CELL
+    assert 'setup_cell["main"](keep_outputs=KEEP_OUTPUTS, course_repo=COURSE_REPO)' in FIRST_CELL
     assert callable(setup_cell.main)
 
 
-def _stub_wheel(folder: Path, mark: str) -> Path:
-    """A wheel of the package whose setup_cell.py only says it ran, and with what."""
-    wheel = folder / "qvl_helpers-0.1.0-py3-none-any.whl"
-    folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("qvl_helpers/setup_cell.py", _stub(mark))
-    return wheel
-
-
 def _stub(mark: str) -> str:
+    """A setup_cell.py that only says it ran, and with what."""
     return ("def main(keep_outputs=False, course_repo=''):\n"
             f"    print('setup_cell from {mark}', keep_outputs, repr(course_repo))\n")
 
 
 def _archive(path: Path, mark: str) -> Path:
-    """An archive as ``qvl bundle`` lays it out, with a stand-in for the package's wheel."""
-    wheel = _stub_wheel(path.parent / f".{path.name}-wheel", mark)
+    """An archive as ``qvl bundle`` lays it out, with a stand-in setup_cell.py."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("qvl-course/course.yaml", "model: auto\n")
-        z.writestr("qvl-course/wheels/accelerate-1.0.0-py3-none-any.whl", b"another package")
-        z.write(wheel, f"qvl-course/wheels/{wheel.name}")
+        z.writestr("qvl-course/wheels/qvl_helpers-0.1.0-py3-none-any.whl", b"the wheel")
+        z.writestr(setup_cell.SETUP, _stub(mark))
     return path
+
+
+def _folder(parent: Path, mark: str) -> Path:
+    """A course folder as Kaggle unpacks an archive into ``parent`` (or as a clone lays it out):
+    the marker file is the stand-in setup_cell.py."""
+    setup = parent / setup_cell.SETUP
+    setup.parent.mkdir(parents=True, exist_ok=True)
+    setup.write_text(_stub(mark), encoding="utf-8")
+    return setup
 
 
 #: Colab's Drive, as a stand-in: mounting it brings the archive in Drive into the session.
@@ -79,14 +83,19 @@ sys.modules["google.colab.drive"] = types.SimpleNamespace(mount=_mount)
 """
 
 
-def _first_cell(cwd: Path, *, repo: str = "",
-                drive: Path | None = None) -> subprocess.CompletedProcess[str]:
+#: The places the cell searches, as written in it (the tests put them in temporary folders).
+PLACES = '(".", "/content/drive/MyDrive", "/kaggle/input")'
+
+
+def _first_cell(cwd: Path, *, repo: str = "", drive: Path | None = None,
+                places: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
     """The first cell run as in a new session: a Python that has not got the package (-S: no
     site-packages), with the stand-in setup_cell.py saying what it was given; on "Colab" with
-    ``drive`` as Google Drive's contents."""
+    ``drive`` as Google Drive's contents; searching ``places`` instead of its own if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QVL_", "KAGGLE_"))}
     env["QVL_COURSE_REPO"] = repo
-    code = (COLAB.format(drive=str(drive)) if drive else "") + FIRST_CELL
+    cell = FIRST_CELL.replace(PLACES, repr(tuple(map(str, places)))) if places else FIRST_CELL
+    code = (COLAB.format(drive=str(drive)) if drive else "") + cell
     return subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -101,8 +110,7 @@ def test_a_new_session_runs_setup_cell_from_the_newest_archive(tmp_path: Path) -
 
 
 def test_a_new_session_runs_setup_cell_from_a_folder_kaggle_unpacked(tmp_path: Path) -> None:
-    course = tmp_path / "input" / "my-course" / "qvl-course"
-    _stub_wheel(course / "wheels", "the unpacked dataset")
+    _folder(tmp_path / "input" / "my-course", "the unpacked dataset")
     done = _first_cell(tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "setup_cell from the unpacked dataset False ''"
@@ -144,11 +152,49 @@ def test_a_new_session_without_a_course_says_what_to_do(tmp_path: Path) -> None:
     done = _first_cell(tmp_path)
     assert done.returncode == 1
     assert "qvl bundle" in done.stderr and "Kaggle" in done.stderr and "COURSE_REPO" in done.stderr
-    with zipfile.ZipFile(tmp_path / "qvl-course.zip", "w") as z:  # an archive without its wheel
-        z.writestr("qvl-course/wheels/accelerate-1.0.0-py3-none-any.whl", b"another package")
+    with zipfile.ZipFile(tmp_path / "qvl-course.zip", "w") as z:  # made by an older qvl bundle
+        z.writestr("qvl-course/course.yaml", "model: auto\n")
     done = _first_cell(tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "qvl bundle" in done.stderr
+
+
+def test_the_cell_and_setup_cell_search_the_same_places_for_the_same_names() -> None:
+    assert str(setup_cell.SEARCHED).replace("'", '"') == PLACES and PLACES in FIRST_CELL
+    assert f'SETUP = "{setup_cell.SETUP}"' in FIRST_CELL and f'"{setup_cell.ARCHIVE}"' in FIRST_CELL
+
+
+def test_the_cell_and_setup_cell_pick_the_same_course_wherever_courses_lie(tmp_path: Path) -> None:
+    """Generated sessions: archives and unpacked courses at random depths in the three places,
+    some with equal times, beside things that are not a course. The cell runs the setup_cell.py
+    of the course that ``find_course`` then installs: the newest (the last found, on a tie)."""
+    rng = random.Random(23)
+    for case in range(24):
+        places = tuple(tmp_path / str(case) / name for name in ("session", "drive", "kaggle"))
+        marks: dict[Path, str] = {}
+        for n in range(rng.randint(1, 4)):
+            parent = rng.choice(places).joinpath(*rng.sample(["课程", "my course", "v2"],
+                                                              rng.randint(0, 3)))
+            mark = f"course {n}"
+            if rng.random() < 0.5:
+                found = _archive(parent / rng.choice(["qvl-course.zip", "qvl-course (1).zip"]), mark)
+            else:
+                found = parent / "qvl-course"
+                _folder(parent, mark)
+            marks[found] = mark  # the same name twice: the later one replaced it
+            os.utime(found if found.suffix == ".zip" else found / "qvl_helpers" / "setup_cell.py",
+                     (1, rng.choice([1_000, 2_000, 3_000])))
+        places[0].mkdir(parents=True, exist_ok=True)
+        (places[0] / "notes.zip").write_bytes(b"not the course")
+        (places[2] / "old" / "qvl-course" / "wheels").mkdir(parents=True)  # no setup_cell.py
+        chosen = setup_cell.find_course(places)
+        done = _first_cell(places[0], places=places)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"setup_cell from {marks[chosen]} False ''", (case, marks)
+        newest = max(p.stat().st_mtime if p.suffix == ".zip" else
+                     (p / "qvl_helpers" / "setup_cell.py").stat().st_mtime for p in marks)
+        assert (chosen.stat().st_mtime if chosen.suffix == ".zip" else
+                (chosen / "qvl_helpers" / "setup_cell.py").stat().st_mtime) == newest
 
 
 def test_the_newest_archive_is_found_in_any_searched_place(tmp_path: Path) -> None:
@@ -169,6 +215,7 @@ def test_a_kaggle_dataset_unpacked_by_kaggle_is_copied_and_installed(tmp_path: P
                                                                      monkeypatch) -> None:
     """Kaggle unpacks an uploaded zip: /kaggle/input/<dataset>/qvl-course/... (read-only)."""
     unpacked = tmp_path / "input" / "my-course" / "qvl-course"
+    _folder(unpacked.parent, "the dataset")
     (unpacked / "wheels").mkdir(parents=True)
     (unpacked / "course.yaml").write_text("model: auto\n", encoding="utf-8")
     (unpacked / "wheels" / "qvl_helpers-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
@@ -197,7 +244,7 @@ def test_a_clone_the_first_cell_made_is_installed_as_cloned(tmp_path: Path,
     """COURSE_REPO in a new session: the first cell cloned the course into the session folder
     (to read setup_cell.py); it is installed from that source tree, not cloned again."""
     clone = tmp_path / "qvl-course"
-    clone.mkdir()
+    _folder(tmp_path, "the clone")
     (clone / "course.yaml").write_text("model: auto\n", encoding="utf-8")
     (clone / "pyproject.toml").write_text("[project]\nname = 'qvl-helpers'\n", encoding="utf-8")
     calls: list[tuple[str, ...]] = []
@@ -338,6 +385,8 @@ def test_a_hosted_session_installs_the_archive_offline_and_runs_notebook_00(
     made = subprocess.run([sys.executable, "-m", "qvl_helpers.cli", "bundle", "--out",
                            str(archive)], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert made.returncode == 0, made.stderr[-2000:]
+    with zipfile.ZipFile(archive) as z:  # where the first cell reads it, as the package has it
+        assert z.read(setup_cell.SETUP) == Path(setup_cell.__file__).read_bytes()
 
     env_dir = tmp_path / "session-python"
     venv.EnvBuilder(with_pip=True).create(env_dir)
