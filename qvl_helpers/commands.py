@@ -93,7 +93,7 @@ def _processor_for(model: str, cfg: CourseConfig) -> object:
     from .real_tokenizer import SAME_PROCESSOR, real_processor
     from .tiny import ensure_model
 
-    choice = choose_model(model, "--model")
+    choice = choose_model(model, "--model", cache_dir=cfg.cache_dir)
     if choice.name in SAME_PROCESSOR:
         return cfg.image_limits.apply_to(real_processor(cfg.cache_dir))
     return load_processor_for(ensure_model(choice), limits=cfg.image_limits)

@@ -605,10 +605,14 @@ def load_config(path: str | Path | None = None, *, presets: Iterable[str | Path]
     return CourseConfig(_origins=layers.origins, **layers.values, source=file)
 
 
-def choose_model(model: str | Path, flag: str = "--model") -> ModelChoice:
+def choose_model(model: str | Path, flag: str = "--model", *,
+                 cache_dir: str | Path | None = None) -> ModelChoice:
     """Resolve a model named outside the settings (a command-line flag, a run's record), with
-    ``course.yaml``'s cache folder; errors name ``flag``, not a file."""
+    ``cache_dir`` as the cache folder (None: ``course.yaml``'s); errors name ``flag``, not a
+    file."""
     cfg = load_config()
+    if cache_dir is not None:  # a command's own settings (--set cache_dir=...)
+        cfg.cache_dir = Path(cache_dir)
     origin = Origin(flag, name=str(model))
     try:
         cfg.model = str(model)

@@ -199,6 +199,7 @@ class EvalRequest:
     limits: ImageLimits | None = None  # the processor's own (the run's) unless given
     allow_overlap: bool = False
     seed: int = 0
+    cache_dir: Path | None = None  # where the tiny stand-in is kept (None: course.yaml's)
     force: bool = False
 
 
@@ -239,7 +240,7 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
                             trained)
     prompts = task_prompts(request, task, records, trained)
 
-    model_path = ensure_model(choose_model(request.model, "--model"))
+    model_path = ensure_model(choose_model(request.model, "--model", cache_dir=request.cache_dir))
     net, processor = load_for_generation(model_path, request.adapter, request.quantization,
                                          limits=request.limits)
     budget = answer_budget(processor.tokenizer, references)
@@ -403,10 +404,11 @@ def plan_for_run(run: str | Path, out_dir: str | Path | None = None,
 
 
 def eval_settings(cfg: Any) -> dict[str, Any]:
-    """The :class:`EvalRequest` fields the settings decide (``eval_*`` in ``course.yaml``): what
-    ``qvl eval`` and the notebooks evaluate with unless told otherwise."""
+    """The :class:`EvalRequest` fields the settings decide (``eval_*`` in ``course.yaml``, and
+    the cache folder): what ``qvl eval`` and the notebooks evaluate with unless told otherwise."""
     return {"task": cfg.eval_task, "prompt": cfg.eval_prompt, "batch_size": cfg.eval_batch_size,
-            "quantization": cfg.eval_quantization, "seed": cfg.eval_seed}
+            "quantization": cfg.eval_quantization, "seed": cfg.eval_seed,
+            "cache_dir": cfg.cache_dir}
 
 
 def evaluate_run(run: str | Path, out_dir: str | Path | None = None,

@@ -146,3 +146,26 @@ def test_a_set_that_would_change_nothing_is_refused(args: list[str], ignored: st
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"does not read {ignored}" in err and "Fix: drop it" in err, err
+
+
+def test_eval_and_tokens_look_for_the_model_in_the_cache_dir_they_were_given(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--set cache_dir=...`` is a setting eval, tokens and data check read (commands.READS):
+    the tiny stand-in is looked for there, not in course.yaml's cache folder."""
+    from qvl_helpers import tiny
+
+    looked: list[Path] = []
+
+    def stop(choice: object) -> None:  # where the command would build or load the model
+        looked.append(Path(choice.path))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiny, "ensure_model", stop)
+    data = Path(__file__).resolve().parent.parent / "data_samples" / "shapes" / "shapes.jsonl"
+    cache = clean_env / "缓存"
+    for args in (["eval", "--model", "tiny", "--data", str(data), "--out", "e"],
+                 ["tokens", str(data), "--model", "tiny"],
+                 ["data", "check", str(data), "--model", "tiny"]):
+        looked.clear()
+        main([*args, "--set", f"cache_dir={cache}"])
+        assert [p.parent for p in looked] == [cache], args
