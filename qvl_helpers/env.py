@@ -315,13 +315,11 @@ def recommend(gpus: list[GpuInfo], presets: Path = PRESETS_DIR) -> Recommendatio
     """The recommended preset for these GPUs, with its values read from the preset file (the
     one place they live) and its ``auto`` choices made for them as training makes them
     (:func:`~qvl_helpers.resolved.resolve`)."""
-    from types import SimpleNamespace
-
     from .yaml_files import read_yaml_mapping
 
     name, notes = preset_for(gpus)
     values, _ = read_yaml_mapping(presets / f"{name}.yaml")
-    choices = resolve(SimpleNamespace(**{"quantization": "auto", "dtype": "auto", **values}),
+    choices = resolve(CourseConfig(**values),  # the preset over the defaults, checked as settings
                       cuda=bool(gpus), bf16_supported=bool(gpus) and gpus[0].bf16)
     return Recommendation(
         model="tiny" if not gpus else REAL_MODEL_ID, dtype=choices.torch_dtype_name,
