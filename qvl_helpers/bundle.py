@@ -189,8 +189,7 @@ def closure(requirement: str, pins: dict[str, str],
 def _pip(args: list[str], what: str) -> None:
     done = processes.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if done.returncode != 0:
-        tail = " / ".join(done.stderr.strip().splitlines()[-3:])
-        raise BundleError(f"{what} failed: {tail[:600]}",
+        raise BundleError(f"{what} failed: {processes.stderr_tail(done)}",
                           fix="check the network (pip needs the package index), then try again.")
 
 

@@ -93,8 +93,8 @@ def fetch_converter(into: Path) -> None:
                           "-d", str(into / "download")], capture_output=True, text=True)
     archives = sorted((into / "download").glob("llama_cpp_python-*.tar.gz"))
     if done.returncode != 0 or not archives:
-        tail = " / ".join(done.stderr.strip().splitlines()[-2:]) or "(no message)"
-        raise GGUFSetupError(f"fetching llama.cpp's converter failed: {tail[:400]}",
+        tail = processes.stderr_tail(done, lines=2, limit=400)
+        raise GGUFSetupError(f"fetching llama.cpp's converter failed: {tail}",
                              fix="this needs the package index once; connect, or set "
                                  "QVL_LLAMA_CPP to a llama.cpp checkout, then run it again.")
     prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
@@ -146,8 +146,8 @@ def convert(folder: Path, out: Path, name: str) -> tuple[Path, Path]:
                               "--outfile", str(target), "--outtype", "f16", *extra],
                              capture_output=True, text=True, env=env)
         if done.returncode != 0 or not target.is_file():
-            tail = " / ".join(done.stderr.strip().splitlines()[-3:]) or "(no message)"
-            raise ModelError(f"llama.cpp's converter failed on this folder: {tail[:600]}",
+            raise ModelError(f"llama.cpp's converter failed on this folder: "
+                             f"{processes.stderr_tail(done)}",
                              file=folder, fix="read the converter's message; report it with the "
                                               "folder's config.json if it is not about space.")
     return text, mmproj

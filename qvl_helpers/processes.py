@@ -115,3 +115,10 @@ def run(args: Sequence[str], *, capture_output: bool = False, text: bool = False
     with child_process(args, text=text, **popen_kwargs) as process:
         out, err = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(list(args), process.returncode, out, err)
+
+
+def stderr_tail(done: subprocess.CompletedProcess, lines: int = 3, limit: int = 600) -> str:
+    """The last ``lines`` lines of a finished child's error output, joined on one line and cut
+    to ``limit`` characters: what an error sentence quotes of it ("(no message)" if none)."""
+    tail = " / ".join(str(done.stderr or "").strip().splitlines()[-lines:])
+    return tail[:limit] or "(no message)"

@@ -171,9 +171,8 @@ def observe_in_fresh_process(folder: Path, records: list[Record],
         done = processes.run([sys.executable, "-m", "qvl_helpers.verify", str(folder), tmp],
                              capture_output=True, text=True)  # ends if this process is stopped
         if done.returncode != 0:
-            tail = " / ".join(done.stderr.strip().splitlines()[-3:]) or "(no message)"
             raise VerificationError(f"loading and running the merged folder in a fresh process "
-                                    f"failed: {tail[:600]}", file=folder,
+                                    f"failed: {processes.stderr_tail(done)}", file=folder,
                                     fix="read the message: out of memory means closing other "
                                         "programs (or running on the CPU); otherwise export "
                                         "again, and report it with QVL_DEBUG=1 if it repeats.")

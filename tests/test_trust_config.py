@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qvl_helpers import ConfigError, load_config
 from qvl_helpers.cli import main
@@ -435,6 +437,28 @@ def test_run_is_subprocess_run_and_restores_the_sigterm_handler() -> None:
                          capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (3, "hi")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300),
+                max_size=8), st.integers(1, 4), st.integers(1, 700))
+def test_a_childs_error_is_quoted_as_its_last_lines_on_one_line(
+        lines: list[str], wanted: int, limit: int) -> None:
+    """What every error sentence quotes of a failed child (pip, the converter, the verifier)."""
+    from qvl_helpers.processes import stderr_tail
+
+    text = "\n".join(lines)
+    tail = stderr_tail(subprocess.CompletedProcess([], 1, "", text), wanted, limit)
+    assert len(tail.splitlines()) == 1  # one line, for one sentence
+    last = text.strip().splitlines()
+    if not last:
+        assert tail == "(no message)"
+        return
+    assert len(tail) <= limit
+    shown = " / ".join(last[-wanted:])
+    assert shown.startswith(tail)  # the last lines, in order, from the earliest kept
+    if len(shown) <= limit:
+        assert tail.endswith(last[-1]) and tail.count(" / ") >= min(wanted, len(last)) - 1
 
 
 def test_every_child_process_of_the_package_goes_through_the_helper() -> None:
