@@ -39,11 +39,14 @@ def session_root() -> Path:
 
 
 def find_course(places: tuple[str, ...] | list[str] = SEARCHED) -> Path | None:
-    """The newest course archive, or course folder (one Kaggle unpacked from an archive, or a
-    clone), up to three folders below each place: the first cell's rule, which picks the
-    ``setup_cell.py`` it runs from the same course."""
+    """The newest whole course archive (not one still uploading), or course folder (one Kaggle
+    unpacked from an archive, or a clone), up to three folders below each place: the first
+    cell's rule, which picks the ``setup_cell.py`` it runs from the same course."""
+    import zipfile
+
     found = [p for place in places for depth in range(4) for name in (ARCHIVE, SETUP)
-             for p in Path(place).glob("*/" * depth + name)]
+             for p in Path(place).glob("*/" * depth + name)
+             if name == SETUP or zipfile.is_zipfile(p)]
     if not found:
         return None
     newest = sorted(found, key=lambda p: p.stat().st_mtime)[-1]  # as the cell: the last of a tie

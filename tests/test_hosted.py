@@ -91,10 +91,12 @@ def _first_cell(cwd: Path, *, repo: str = "", drive: Path | None = None,
                 places: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
     """The first cell run as in a new session: a Python that has not got the package (-S: no
     site-packages), with the stand-in setup_cell.py saying what it was given; on "Colab" with
-    ``drive`` as Google Drive's contents; searching ``places`` instead of its own if given."""
+    ``drive`` as Google Drive's contents; searching ``places`` (default: only its working folder,
+    whatever this machine has at /kaggle/input) instead of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QVL_", "KAGGLE_"))}
     env["QVL_COURSE_REPO"] = repo
-    cell = FIRST_CELL.replace(PLACES, repr(tuple(map(str, places)))) if places else FIRST_CELL
+    assert PLACES in FIRST_CELL
+    cell = FIRST_CELL.replace(PLACES, repr(tuple(map(str, places or [Path(".")]))))
     code = (COLAB.format(drive=str(drive)) if drive else "") + cell
     return subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
@@ -152,6 +154,12 @@ def test_a_new_session_without_a_course_says_what_to_do(tmp_path: Path) -> None:
     done = _first_cell(tmp_path)
     assert done.returncode == 1
     assert "qvl bundle" in done.stderr and "Kaggle" in done.stderr and "COURSE_REPO" in done.stderr
+    whole = _archive(tmp_path / "whole" / "qvl-course.zip", "the whole archive").read_bytes()
+    (tmp_path / "whole" / "qvl-course.zip").unlink()
+    (tmp_path / "qvl-course.zip").write_bytes(whole[:len(whole) // 2])  # still uploading
+    done = _first_cell(tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "let it finish" in done.stderr
     with zipfile.ZipFile(tmp_path / "qvl-course.zip", "w") as z:  # made by an older qvl bundle
         z.writestr("qvl-course/course.yaml", "model: auto\n")
     done = _first_cell(tmp_path)
@@ -186,6 +194,10 @@ def test_the_cell_and_setup_cell_pick_the_same_course_wherever_courses_lie(tmp_p
                      (1, rng.choice([1_000, 2_000, 3_000])))
         places[0].mkdir(parents=True, exist_ok=True)
         (places[0] / "notes.zip").write_bytes(b"not the course")
+        partial = places[rng.randrange(3)] / "qvl-course (2).zip"  # the newest, still uploading
+        whole = _archive(tmp_path / f"whole-{case}.zip", "a partial upload").read_bytes()
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(whole[:len(whole) // 2])
         (places[2] / "old" / "qvl-course" / "wheels").mkdir(parents=True)  # no setup_cell.py
         chosen = setup_cell.find_course(places)
         done = _first_cell(places[0], places=places)
@@ -201,12 +213,10 @@ def test_the_newest_archive_is_found_in_any_searched_place(tmp_path: Path) -> No
     upload, dataset = tmp_path / "content", tmp_path / "kaggle" / "my-course-zip"
     upload.mkdir()
     dataset.mkdir(parents=True)
-    old = upload / "qvl-course.zip"
-    old.write_bytes(b"old")
-    new = dataset / "qvl-course (1).zip"  # a dataset: one folder deeper
-    new.write_bytes(b"new")
+    old = _archive(upload / "qvl-course.zip", "old")
+    new = _archive(dataset / "qvl-course (1).zip", "new")  # a dataset: one folder deeper
     os.utime(old, (1, 1))
-    (upload / "other.zip").write_bytes(b"not the course")
+    _archive(upload / "other.zip", "not the course's name")
     assert setup_cell.find_course([str(upload), str(tmp_path / "kaggle")]) == new
     assert setup_cell.find_course([str(tmp_path / "missing")]) is None
 
