@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS_DIR, REAL_MODEL_ID, CourseConfig, load_config
+from .config import COURSE_ROOT, PRESETS_DIR, REAL_MODEL_ID, CourseConfig, load_config
 from .qwen import tokens_in
 from .resolved import compute_dtype_name, resolve
 
@@ -25,7 +25,9 @@ OK, WARN, FAIL = "OK", "WARN", "FAIL"
 #: Packages whose versions matter most for the course (the rest follow from them).
 KEY_PACKAGES = ["torch", "torchvision", "transformers", "peft", "accelerate", "bitsandbytes",
                 "tokenizers", "huggingface-hub", "pillow", "pyyaml"]
-CONSTRAINTS_FILE = Path(__file__).resolve().parent.parent / "constraints.txt"
+CONSTRAINTS_FILE = COURSE_ROOT / "constraints.txt"
+#: What Colab/Kaggle sessions pin: the course's packages, never the platform's PyTorch.
+HOSTED_CONSTRAINTS_FILE = COURSE_ROOT / "hosted-constraints.txt"
 GIB = 1024**3
 
 
@@ -142,26 +144,39 @@ def check_python() -> Check:
     return Check("python", OK, f"{version} ({sys.executable})")
 
 
-def check_packages(tested: dict[str, str] | None = None) -> list[Check]:
-    """Installed versions of :data:`KEY_PACKAGES` against the tested ones."""
+def check_packages(tested: dict[str, str] | None = None, *,
+                   hosted: bool | None = None) -> list[Check]:
+    """Installed versions of :data:`KEY_PACKAGES` against the tested ones. On Colab/Kaggle
+    (``hosted``, default: detected) those are the hosted pins, and a package they leave alone
+    (PyTorch, Pillow, ...) is the platform's own."""
     from packaging.utils import canonicalize_name
 
-    tested = load_tested_versions() if tested is None else tested
+    from .setup_cell import on_hosted
+
+    hosted = on_hosted() if hosted is None else hosted
+    if tested is None:
+        tested = load_tested_versions(HOSTED_CONSTRAINTS_FILE if hosted else CONSTRAINTS_FILE)
     checks = []
     for name in KEY_PACKAGES:
         want = tested.get(canonicalize_name(name))
         try:
             have = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            checks.append(Check(name, FAIL, "not installed; run: pip install -e . -c constraints.txt"))
+            checks.append(Check(name, FAIL, "not installed; " + (
+                "run the notebook's first cell again" if hosted else
+                "run: pip install -e . -c constraints.txt")))
             continue
         if want is None:
-            checks.append(Check(name, OK, f"{have} (no tested version on record)"))
+            checks.append(Check(name, OK, f"{have} (" + (
+                "the platform's own: the course does not pin it)" if hosted
+                else "no tested version on record)")))
         elif _same_release(have, want):
             checks.append(Check(name, OK, f"{have} (tested)"))
         else:
             checks.append(Check(name, WARN, f"{have}, tested with {want}; if something breaks, "
-                                            "reinstall with: pip install -e . -c constraints.txt"))
+                                            "reinstall with: " + (
+                                                f"pip install {name}=={want}" if hosted else
+                                                "pip install -e . -c constraints.txt")))
     return checks
 
 

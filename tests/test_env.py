@@ -67,6 +67,25 @@ def test_version_drift_is_a_warning() -> None:
     assert checks["torch"].status == WARN and "tested with 0.0.1" in checks["torch"].detail
 
 
+def test_on_colab_and_kaggle_versions_are_held_to_the_hosted_pins() -> None:
+    """A hosted session pins the course's packages only (hosted-constraints.txt): PyTorch and the
+    generic packages are the platform's, and no advice replaces them or names a checkout."""
+    from qvl_helpers.env import HOSTED_CONSTRAINTS_FILE, KEY_PACKAGES
+
+    pinned = load_tested_versions(HOSTED_CONSTRAINTS_FILE)
+    checks = {c.name: c for c in check_packages(hosted=True)}
+    assert set(checks) == set(KEY_PACKAGES)
+    for name, check in checks.items():
+        if name in pinned:
+            assert check.detail.endswith("(tested)"), check
+        else:
+            assert "the platform's own" in check.detail and check.status == OK, check
+    assert "torch" not in pinned and "transformers" in pinned
+    drift = {c.name: c for c in check_packages({"transformers": "0.0.1"}, hosted=True)}
+    assert drift["transformers"].status == WARN
+    assert drift["transformers"].detail.endswith("pip install transformers==0.0.1")
+
+
 def test_bnb_failure_is_reported_not_raised() -> None:
     check = check_bnb_4bit(device="no-such-device")
     assert check.status == FAIL and "no-such-device" in check.detail

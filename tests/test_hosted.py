@@ -433,6 +433,8 @@ def test_a_hosted_session_installs_the_archive_offline_and_runs_notebook_00(
                      for cell in notebook.cells for o in cell.get("outputs", []))
     assert f"Installing the course from {archive}" in text
     assert "tiny" in text.lower()  # the config cell's banner: the stand-in on a CPU
+    assert "transformers: " in text and "no tested version on record" not in text
+    assert "torch: " in text and "the platform's own" in text  # held to the hosted pins
     installed = subprocess.check_output(
         [str(python), "-c", "import qvl_helpers, torch; print(qvl_helpers.__file__); "
                             "print(torch.__file__)"], text=True, env=env, cwd=tmp_path).split()
