@@ -32,10 +32,11 @@ from .env import load_tested_versions
 from .errors import QVLError
 from .outputs import claim_output
 
-#: What the archive carries besides the wheels (relative to the course's root).
+#: What the archive carries besides the wheels and :data:`SETUP_CELL` (relative to the
+#: course's root).
 CONTENTS = ("notebooks", "configs", "data_samples", "course.yaml", "constraints.txt",
             "hosted-constraints.txt", "README.md", "README.zh.md", "docs")
-#: The one package file the archive carries as source, where a clone has it: in a new session
+#: The one package file the archive carries as source too, where a clone has it: in a new session
 #: every notebook's first cell reads it from there, before anything is installed.
 SETUP_CELL = "qvl_helpers/setup_cell.py"
 #: The platform's: never installed, replaced or pinned by the hosted install.
@@ -235,7 +236,6 @@ def make_bundle(out: str | Path, *, with_deps: bool = True, python_version: str 
     files = [p for name in CONTENTS if (root / name).exists()
              for p in ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*")))
              if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
-    files.append(root / SETUP_CELL)
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
         collect_wheels(root, wheels, with_deps, python_version)
@@ -244,10 +244,11 @@ def make_bundle(out: str | Path, *, with_deps: bool = True, python_version: str 
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
             for path in files:
                 z.write(path, f"{TOP}/{path.relative_to(root)}")
+            z.write(Path(__file__).with_name("setup_cell.py"), f"{TOP}/{SETUP_CELL}")
             for wheel in built:  # already compressed
                 z.write(wheel, f"{TOP}/wheels/{wheel.name}", compress_type=zipfile.ZIP_STORED)
         partial.replace(out)
-    return Bundle(out, len(files), [w.name for w in built], out.stat().st_size,
+    return Bundle(out, len(files) + 1, [w.name for w in built], out.stat().st_size,  # + setup_cell.py
                   files_left_out(root, files))
 
 

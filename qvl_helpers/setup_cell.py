@@ -2,11 +2,12 @@
 work from its notebooks folder; anywhere else, nothing (locally, `bash scripts/lab.sh` or the Docker
 image has already installed the tested versions).
 
-In a new session the first cell has already found the course: a clone of COURSE_REPO, or the
-newest archive made by `qvl bundle` (uploaded to the session, in Google Drive, or attached as a
-Kaggle dataset, which Kaggle unpacks). It read this file from there (the archive keeps it where a
-clone does, :data:`SETUP`) and calls :func:`main`, which finds the same course by the same rule
-(:func:`find_course`) and installs it. The platform's own PyTorch is never replaced.
+In a new session the first cell has already found the course: the newest archive made by `qvl
+bundle` (uploaded to the session, in Google Drive, or attached as a Kaggle dataset, which Kaggle
+unpacks), else a clone of COURSE_REPO. It read this file from there (the archive keeps it where a
+clone does, :data:`SETUP`) and calls :func:`main` with what it found, which this file installs.
+Where the package is installed but its course folder is gone, this file looks for the course by
+the cell's own rule (:func:`find_course`). The platform's own PyTorch is never replaced.
 
 Standard library only: this file runs before the package and its dependencies are installed.
 """
@@ -38,19 +39,23 @@ def session_root() -> Path:
                 ("/kaggle/working" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else "/content"))
 
 
+def course_of(found: Path) -> Path:
+    """The archive, or the course folder, that ``found`` (an archive, a course folder or its
+    :data:`SETUP` file) stands for."""
+    found = Path(found).absolute()
+    return found.parents[1] if found.name == "setup_cell.py" else found
+
+
 def find_course(places: tuple[str, ...] | list[str] = SEARCHED) -> Path | None:
     """The newest whole course archive (not one still uploading), or course folder (one Kaggle
     unpacked from an archive, or a clone), up to three folders below each place: the first
-    cell's rule, which picks the ``setup_cell.py`` it runs from the same course."""
+    cell's rule (the last of equal times)."""
     import zipfile
 
     found = [p for place in places for depth in range(4) for name in (ARCHIVE, SETUP)
              for p in Path(place).glob("*/" * depth + name)
              if name == SETUP or zipfile.is_zipfile(p)]
-    if not found:
-        return None
-    newest = sorted(found, key=lambda p: p.stat().st_mtime)[-1]  # as the cell: the last of a tie
-    return (newest if newest.suffix == ".zip" else newest.parents[1]).absolute()
+    return course_of(sorted(found, key=lambda p: p.stat().st_mtime)[-1]) if found else None
 
 
 def pip(*args: str) -> bool:
@@ -71,6 +76,9 @@ def unpack(found: Path, course: Path) -> None:
         import zipfile
 
         with zipfile.ZipFile(found) as z:
+            if SETUP not in z.namelist():  # the end of a wheel inside an archive cut short
+                raise SystemExit(f"{found} is not a whole course archive: let its upload finish, "
+                                 "or make it again with this course's `qvl bundle`.")
             z.extractall(course.parent)
     elif found.resolve() != course.resolve():  # an unpacked dataset (read-only): copy it
         import shutil
@@ -80,10 +88,13 @@ def unpack(found: Path, course: Path) -> None:
             path.chmod(path.stat().st_mode | 0o200)
 
 
-def install_course(home: Path, places: tuple[str, ...] | list[str] = SEARCHED) -> Path:
-    """Put the course in ``home`` and install its package; return the course folder."""
+def install_course(home: Path, found: Path | None = None,
+                   places: tuple[str, ...] | list[str] = SEARCHED) -> Path:
+    """Put the course in ``home`` and install its package; return the course folder. ``found``
+    is what the first cell found (see :func:`course_of`); without it the course is looked for
+    in ``places`` (:func:`find_course`)."""
     course = home / "qvl-course"
-    found = find_course(places)
+    found = course_of(found) if found is not None else find_course(places)
     if found is None and "google.colab" in sys.modules:  # an archive in Drive: mount it and look
         from google.colab import drive
 
@@ -107,7 +118,7 @@ def install_course(home: Path, places: tuple[str, ...] | list[str] = SEARCHED) -
         # Offline first (the archive carries the wheels), then with the package index.
         if not pip("--no-index", *wanted) and not pip(*wanted):
             raise SystemExit("Installing the course from the archive failed (see above).")
-    elif COURSE_REPO:
+    elif COURSE_REPO:  # the package is installed but its course folder is gone: clone it again
         print(f"Installing the course from {COURSE_REPO}")
         subprocess.run(["git", "clone", "--depth", "1", COURSE_REPO, str(course)], check=True)
         if not pip(f"{course}[hosted]", *platform_pins(course)):
@@ -122,12 +133,14 @@ def install_course(home: Path, places: tuple[str, ...] | list[str] = SEARCHED) -
     return course
 
 
-def setup_hosted() -> None:
+def setup_hosted(found: Path | None = None) -> None:
+    """Install the course (``found``: what the first cell found) unless this session has it, and
+    work from its notebooks folder; keep the runs if :data:`KEEP_OUTPUTS`."""
     home = session_root()
     course = home / "qvl-course"
     if not Path("../course.yaml").is_file():  # not yet inside the course's notebooks folder
         if importlib.util.find_spec("qvl_helpers") is None or not (course / "course.yaml").is_file():
-            course = install_course(home)
+            course = install_course(home, found)
         os.chdir(course / "notebooks")  # the notebooks find course.yaml one folder up
     if KEEP_OUTPUTS:  # on every run of the cell, so that turning it on later works too
         if "google.colab" in sys.modules:
@@ -139,13 +152,14 @@ def setup_hosted() -> None:
         print(f"Runs and checkpoints go to {os.environ['QVL_OUTPUT_DIR']}")
 
 
-def main(keep_outputs: bool = False, course_repo: str = "") -> None:
-    """The first cell's hand-over: on Colab or Kaggle, install the course (once) and work from its
-    notebooks folder, keeping runs in Drive or /kaggle/working if ``keep_outputs``."""
+def main(keep_outputs: bool = False, course_repo: str = "",
+         found: str | Path | None = None) -> None:
+    """The first cell's hand-over: on Colab or Kaggle, install the course it ``found`` (once) and
+    work from its notebooks folder, keeping runs in Drive or /kaggle/working if ``keep_outputs``."""
     global KEEP_OUTPUTS, COURSE_REPO
     KEEP_OUTPUTS, COURSE_REPO = keep_outputs, course_repo or COURSE_REPO
     if on_hosted():
-        setup_hosted()
+        setup_hosted(Path(found) if found is not None else None)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ installing the course.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -44,24 +45,47 @@ FIRST_CELL = source(load(NOTEBOOKS[0])["cells"][1])
 def test_every_notebook_opens_with_the_cell_that_hands_over_to_setup_cell() -> None:
     for path in NOTEBOOKS:
         assert source(load(path)["cells"][1]) == FIRST_CELL, f"{path.name}: copy 00's first cell"
-    assert 'setup_cell["main"](keep_outputs=KEEP_OUTPUTS, course_repo=COURSE_REPO)' in FIRST_CELL
+    assert ('setup_cell["main"](keep_outputs=KEEP_OUTPUTS, course_repo=COURSE_REPO, found=course)'
+            in FIRST_CELL)
     assert callable(setup_cell.main)
 
 
 def _stub(mark: str) -> str:
-    """A setup_cell.py that only says it ran, and with what."""
-    return ("def main(keep_outputs=False, course_repo=''):\n"
-            f"    print('setup_cell from {mark}', keep_outputs, repr(course_repo))\n")
+    """A setup_cell.py that only says it ran, with what, and what the cell found."""
+    return ("def main(keep_outputs=False, course_repo='', found=None):\n"
+            f"    print('setup_cell from {mark}', keep_outputs, repr(course_repo))\n"
+            "    print(found)\n")
+
+
+def _said(done: subprocess.CompletedProcess[str]) -> str:
+    """The stand-in's first line: which setup_cell.py ran, and with what."""
+    return done.stdout.strip().split("\n")[0]
 
 
 def _archive(path: Path, mark: str) -> Path:
-    """An archive as ``qvl bundle`` lays it out, with a stand-in setup_cell.py."""
+    """An archive as ``qvl bundle`` lays it out, with a stand-in setup_cell.py; its last entry is
+    a wheel stored as it is (a zip inside the zip), as ``qvl bundle`` stores them."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    wheel = io.BytesIO()
+    with zipfile.ZipFile(wheel, "w") as w:
+        w.writestr("accelerate/__init__.py", "# a dependency\n")
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("qvl-course/course.yaml", "model: auto\n")
-        z.writestr("qvl-course/wheels/qvl_helpers-0.1.0-py3-none-any.whl", b"the wheel")
         z.writestr(setup_cell.SETUP, _stub(mark))
+        z.writestr("qvl-course/wheels/qvl_helpers-0.1.0-py3-none-any.whl", b"the course's wheel")
+        z.writestr("qvl-course/wheels/accelerate-1.0-py3-none-any.whl", wheel.getvalue())
     return path
+
+
+def _cut_short(archive: Path) -> Path:
+    """``archive`` as it is while still uploading: cut just after its last wheel, whose own end
+    record then looks like the archive's (zipfile.is_zipfile says yes)."""
+    data = archive.read_bytes()
+    cut = data.rindex(b"PK\x05\x06") - 1  # the archive's own end record
+    cut = data.rindex(b"PK\x05\x06", 0, cut) + 22  # the wheel's
+    archive.write_bytes(data[:cut])
+    assert zipfile.is_zipfile(archive)
+    return archive
 
 
 def _folder(parent: Path, mark: str) -> Path:
@@ -92,7 +116,7 @@ def _first_cell(cwd: Path, *, repo: str = "", drive: Path | None = None,
     """The first cell run as in a new session: a Python that has not got the package (-S: no
     site-packages), with the stand-in setup_cell.py saying what it was given; on "Colab" with
     ``drive`` as Google Drive's contents; searching ``places`` (default: only its working folder,
-    whatever this machine has at /kaggle/input) instead of its own."""
+    not this machine's /kaggle/input or Drive) instead of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QVL_", "KAGGLE_"))}
     env["QVL_COURSE_REPO"] = repo
     assert PLACES in FIRST_CELL
@@ -108,14 +132,14 @@ def test_a_new_session_runs_setup_cell_from_the_newest_archive(tmp_path: Path) -
     _archive(tmp_path / "drive" / "course" / "qvl-course (1).zip", "the new archive")
     done = _first_cell(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "setup_cell from the new archive False ''"
+    assert _said(done) == "setup_cell from the new archive False ''"
 
 
 def test_a_new_session_runs_setup_cell_from_a_folder_kaggle_unpacked(tmp_path: Path) -> None:
     _folder(tmp_path / "input" / "my-course", "the unpacked dataset")
     done = _first_cell(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "setup_cell from the unpacked dataset False ''"
+    assert _said(done) == "setup_cell from the unpacked dataset False ''"
 
 
 def test_on_colab_google_drive_is_mounted_only_when_nothing_was_uploaded(tmp_path: Path) -> None:
@@ -132,7 +156,7 @@ def test_on_colab_google_drive_is_mounted_only_when_nothing_was_uploaded(tmp_pat
     uploaded.mkdir()
     _archive(uploaded / "qvl-course.zip", "the upload")
     done = _first_cell(uploaded, drive=drive)
-    assert done.stdout.strip() == "setup_cell from the upload False ''"  # Drive left alone
+    assert _said(done) == "setup_cell from the upload False ''"  # Drive left alone
 
 
 def test_a_new_session_clones_course_repo_when_there_is_no_archive(tmp_path: Path) -> None:
@@ -146,20 +170,30 @@ def test_a_new_session_clones_course_repo_when_there_is_no_archive(tmp_path: Pat
     session.mkdir()
     done = _first_cell(session, repo=f"file://{repo}")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"setup_cell from the clone False 'file://{repo}'"
+    assert _said(done) == f"setup_cell from the clone False 'file://{repo}'"
     assert (session / "qvl-course" / "qvl_helpers" / "setup_cell.py").is_file()
+
+
+def test_an_archive_comes_before_course_repo(tmp_path: Path) -> None:
+    """COURSE_REPO is the way without an archive: with one (a Kaggle dataset with the internet
+    off, say) nothing is cloned."""
+    _archive(tmp_path / "qvl-course.zip", "the archive")
+    done = _first_cell(tmp_path, repo="file:///nowhere/course.git")
+    assert done.returncode == 0, done.stderr
+    assert _said(done) == "setup_cell from the archive False 'file:///nowhere/course.git'"
+    assert not (tmp_path / "qvl-course").exists()
 
 
 def test_a_new_session_without_a_course_says_what_to_do(tmp_path: Path) -> None:
     done = _first_cell(tmp_path)
     assert done.returncode == 1
     assert "qvl bundle" in done.stderr and "Kaggle" in done.stderr and "COURSE_REPO" in done.stderr
-    whole = _archive(tmp_path / "whole" / "qvl-course.zip", "the whole archive").read_bytes()
-    (tmp_path / "whole" / "qvl-course.zip").unlink()
-    (tmp_path / "qvl-course.zip").write_bytes(whole[:len(whole) // 2])  # still uploading
-    done = _first_cell(tmp_path)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "let it finish" in done.stderr
+    whole = _archive(tmp_path / "qvl-course.zip", "the whole archive").read_bytes()
+    for partial in (whole[:len(whole) // 3], _cut_short(tmp_path / "qvl-course.zip").read_bytes()):
+        (tmp_path / "qvl-course.zip").write_bytes(partial)  # still uploading
+        done = _first_cell(tmp_path)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "let it finish" in done.stderr
     with zipfile.ZipFile(tmp_path / "qvl-course.zip", "w") as z:  # made by an older qvl bundle
         z.writestr("qvl-course/course.yaml", "model: auto\n")
     done = _first_cell(tmp_path)
@@ -194,15 +228,17 @@ def test_the_cell_and_setup_cell_pick_the_same_course_wherever_courses_lie(tmp_p
                      (1, rng.choice([1_000, 2_000, 3_000])))
         places[0].mkdir(parents=True, exist_ok=True)
         (places[0] / "notes.zip").write_bytes(b"not the course")
-        partial = places[rng.randrange(3)] / "qvl-course (2).zip"  # the newest, still uploading
+        partial = places[rng.randrange(3)] / "qvl-course (2).zip"  # the newest, just begun
         whole = _archive(tmp_path / f"whole-{case}.zip", "a partial upload").read_bytes()
         partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(whole[:len(whole) // 2])
+        partial.write_bytes(whole[:len(whole) // 3])
         (places[2] / "old" / "qvl-course" / "wheels").mkdir(parents=True)  # no setup_cell.py
         chosen = setup_cell.find_course(places)
         done = _first_cell(places[0], places=places)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == f"setup_cell from {marks[chosen]} False ''", (case, marks)
+        assert _said(done) == f"setup_cell from {marks[chosen]} False ''", (case, marks)
+        handed = Path(done.stdout.strip().split("\n")[1])  # what the cell passes on to install
+        assert setup_cell.course_of(places[0] / handed) == chosen
         newest = max(p.stat().st_mtime if p.suffix == ".zip" else
                      (p / "qvl_helpers" / "setup_cell.py").stat().st_mtime for p in marks)
         assert (chosen.stat().st_mtime if chosen.suffix == ".zip" else
@@ -236,7 +272,7 @@ def test_a_kaggle_dataset_unpacked_by_kaggle_is_copied_and_installed(tmp_path: P
     home = tmp_path / "working"
     home.mkdir()
     try:
-        course = setup_cell.install_course(home, [str(tmp_path / "input")])
+        course = setup_cell.install_course(home, places=[str(tmp_path / "input")])
     finally:
         for path in [unpacked, *unpacked.rglob("*")]:
             path.chmod(0o755)
@@ -247,6 +283,23 @@ def test_a_kaggle_dataset_unpacked_by_kaggle_is_copied_and_installed(tmp_path: P
     assert f"{course / 'wheels' / 'qvl_helpers-0.1.0-py3-none-any.whl'}[hosted]" in args
     pins = (course / "platform-constraints.txt").read_text(encoding="utf-8")
     assert f"torch=={metadata.version('torch')}" in pins  # the platform's PyTorch stays
+
+
+def test_setup_cell_installs_what_the_cell_found_and_refuses_an_archive_cut_short(
+        tmp_path: Path, monkeypatch) -> None:
+    """The cell passes on the course it found (no second search); an archive it took for whole
+    but that lacks setup_cell.py (cut short after a wheel) is refused in one sentence."""
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(setup_cell, "pip", lambda *args: calls.append(args) or True)
+    monkeypatch.setattr(setup_cell, "find_course", lambda *a: pytest.fail("searched again"))
+    home = tmp_path / "home"
+    home.mkdir()
+    archive = _archive(tmp_path / "upload" / "qvl-course.zip", "the upload")
+    assert setup_cell.install_course(home, archive) == home / "qvl-course"
+    assert (home / setup_cell.SETUP).is_file() and len(calls) == 1
+    with pytest.raises(SystemExit) as stop:
+        setup_cell.install_course(tmp_path / "again", _cut_short(archive))
+    assert "not a whole course archive" in str(stop.value) and "let its upload finish" in str(stop.value)
 
 
 def test_a_clone_the_first_cell_made_is_installed_as_cloned(tmp_path: Path,
@@ -260,7 +313,7 @@ def test_a_clone_the_first_cell_made_is_installed_as_cloned(tmp_path: Path,
     calls: list[tuple[str, ...]] = []
     monkeypatch.setattr(setup_cell, "pip", lambda *args: calls.append(args) or True)
     monkeypatch.setattr(setup_cell, "COURSE_REPO", "https://example.org/course.git")
-    assert setup_cell.install_course(tmp_path, [str(tmp_path)]) == clone
+    assert setup_cell.install_course(tmp_path, places=[str(tmp_path)]) == clone
     (args,) = calls
     assert args[0] == f"{clone}[hosted]" and "--no-index" not in args
     pins = (clone / "platform-constraints.txt").read_text(encoding="utf-8")
@@ -271,7 +324,7 @@ def test_without_archive_or_repo_the_cell_names_the_three_ways(tmp_path: Path,
                                                                monkeypatch) -> None:
     monkeypatch.setattr(setup_cell, "COURSE_REPO", "")
     with pytest.raises(SystemExit) as stop:
-        setup_cell.install_course(tmp_path, [str(tmp_path)])
+        setup_cell.install_course(tmp_path, places=[str(tmp_path)])
     message = str(stop.value)
     assert "qvl bundle" in message and "Kaggle" in message and "COURSE_REPO" in message
 
@@ -283,7 +336,7 @@ def test_the_cell_does_nothing_outside_colab_and_kaggle(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code + "\nprint(os.getcwd())"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(tmp_path)  # no install, no chdir
+    assert _said(done) == str(tmp_path)  # no install, no chdir
 
 
 def test_an_installed_course_is_reused_and_outputs_kept_on_kaggle(tmp_path: Path,

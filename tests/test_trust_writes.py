@@ -217,7 +217,9 @@ def test_bundle_says_which_course_yaml_files_it_does_not_carry(
 def test_bundle_with_the_bundled_data_warns_of_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch, no_wheels: None) -> None:
-    from qvl_helpers import bundle
+    import zipfile
+
+    from qvl_helpers import bundle, setup_cell
 
     root = _course(tmp_path / "course", "data: data_samples/shapes/shapes.jsonl\n"
                                         "image_root: data_samples/shapes\n")
@@ -225,6 +227,8 @@ def test_bundle_with_the_bundled_data_warns_of_nothing(
     code, text, err = run_main(capsys, "bundle", "--out", tmp_path / "c.zip", "--no-deps")
     assert code == 0, err
     assert "Warning" not in text + err
+    with zipfile.ZipFile(tmp_path / "c.zip") as z:  # where every notebook's first cell reads it
+        assert z.read(setup_cell.SETUP) == Path(setup_cell.__file__).read_bytes()
 
 
 # ----------------------------------------------------------------------------- data split/convert
