@@ -236,19 +236,20 @@ def make_bundle(out: str | Path, *, with_deps: bool = True, python_version: str 
     files = [p for name in CONTENTS if (root / name).exists()
              for p in ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*")))
              if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
+    packed = {f"{TOP}/{path.relative_to(root)}": path for path in files}
+    packed[f"{TOP}/{SETUP_CELL}"] = Path(__file__).with_name("setup_cell.py")  # this package's
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
         collect_wheels(root, wheels, with_deps, python_version)
         built = sorted(wheels.glob("*.whl"))
         partial = out.with_name(f".{out.name}.partial")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
-            for path in files:
-                z.write(path, f"{TOP}/{path.relative_to(root)}")
-            z.write(Path(__file__).with_name("setup_cell.py"), f"{TOP}/{SETUP_CELL}")
+            for name, path in packed.items():
+                z.write(path, name)
             for wheel in built:  # already compressed
                 z.write(wheel, f"{TOP}/wheels/{wheel.name}", compress_type=zipfile.ZIP_STORED)
         partial.replace(out)
-    return Bundle(out, len(files) + 1, [w.name for w in built], out.stat().st_size,  # + setup_cell.py
+    return Bundle(out, len(packed), [w.name for w in built], out.stat().st_size,
                   files_left_out(root, files))
 
 

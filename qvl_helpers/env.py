@@ -156,27 +156,28 @@ def check_packages(tested: dict[str, str] | None = None, *,
     hosted = on_hosted() if hosted is None else hosted
     if tested is None:
         tested = load_tested_versions(HOSTED_CONSTRAINTS_FILE if hosted else CONSTRAINTS_FILE)
+    # What to say where no version is pinned, and how to put one back, in this kind of session.
+    if hosted:
+        install = "run the notebook's first cell again"
+        unpinned = "the platform's own: the course does not pin it"
+    else:
+        install, unpinned = "run: pip install -e . -c constraints.txt", "no tested version on record"
     checks = []
     for name in KEY_PACKAGES:
         want = tested.get(canonicalize_name(name))
         try:
             have = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            checks.append(Check(name, FAIL, "not installed; " + (
-                "run the notebook's first cell again" if hosted else
-                "run: pip install -e . -c constraints.txt")))
+            checks.append(Check(name, FAIL, f"not installed; {install}"))
             continue
         if want is None:
-            checks.append(Check(name, OK, f"{have} (" + (
-                "the platform's own: the course does not pin it)" if hosted
-                else "no tested version on record)")))
+            checks.append(Check(name, OK, f"{have} ({unpinned})"))
         elif _same_release(have, want):
             checks.append(Check(name, OK, f"{have} (tested)"))
         else:
+            fix = f"pip install {name}=={want}" if hosted else "pip install -e . -c constraints.txt"
             checks.append(Check(name, WARN, f"{have}, tested with {want}; if something breaks, "
-                                            "reinstall with: " + (
-                                                f"pip install {name}=={want}" if hosted else
-                                                "pip install -e . -c constraints.txt")))
+                                            f"reinstall with: {fix}"))
     return checks
 
 

@@ -39,7 +39,7 @@ def session_root() -> Path:
                 ("/kaggle/working" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else "/content"))
 
 
-def course_of(found: Path) -> Path:
+def course_of(found: str | Path) -> Path:
     """The archive, or the course folder, that ``found`` (an archive, a course folder or its
     :data:`SETUP` file) stands for."""
     found = Path(found).absolute()
@@ -88,7 +88,7 @@ def unpack(found: Path, course: Path) -> None:
             path.chmod(path.stat().st_mode | 0o200)
 
 
-def install_course(home: Path, found: Path | None = None,
+def install_course(home: Path, found: str | Path | None = None,
                    places: tuple[str, ...] | list[str] = SEARCHED) -> Path:
     """Put the course in ``home`` and install its package; return the course folder. ``found``
     is what the first cell found (see :func:`course_of`); without it the course is looked for
@@ -133,7 +133,7 @@ def install_course(home: Path, found: Path | None = None,
     return course
 
 
-def setup_hosted(found: Path | None = None) -> None:
+def setup_hosted(found: str | Path | None = None) -> None:
     """Install the course (``found``: what the first cell found) unless this session has it, and
     work from its notebooks folder; keep the runs if :data:`KEEP_OUTPUTS`."""
     home = session_root()
@@ -159,7 +159,7 @@ def main(keep_outputs: bool = False, course_repo: str = "",
     global KEEP_OUTPUTS, COURSE_REPO
     KEEP_OUTPUTS, COURSE_REPO = keep_outputs, course_repo or COURSE_REPO
     if on_hosted():
-        setup_hosted(Path(found) if found is not None else None)
+        setup_hosted(found)
 
 
 if __name__ == "__main__":
